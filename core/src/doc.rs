@@ -1,0 +1,342 @@
+//! The author document: what one author wrote in one bucket of one room, as a
+//! yrs `Doc` only that author writes to.
+//!
+//! Layout inside the document (root maps, all values are `Any::Buffer` in the
+//! record formats below, documented byte by byte in `docs/protocol.md`):
+//!
+//! | root | key | value |
+//! |---|---|---|
+//! | `m` | message id (32 hex digits) | [`PostRecord`]: the author's live posts |
+//! | `d` | message id | [`TombstoneRecord`]: the author's deletes |
+//! | `x` | message id ‖ emoji | reaction stamp (8 bytes), or empty once withdrawn |
+//! | `r` | `read` | the read marker: sort key (56 bytes) ‖ stamp (8 bytes) |
+//!
+//! Every change inserts at least one item, so every envelope advances the
+//! author's clock and `[clock_start, clock_end)` names it exactly. Withdrawing a
+//! reaction therefore writes an empty value instead of removing the key.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use yrs::updates::decoder::Decode;
+use yrs::{Any, ClientID, Doc, Map, MapRef, Options, Out, ReadTxn, Transact, Update};
+
+use crate::codec::{Reader, Writer};
+use crate::error::{DecodeError, EnvelopeError};
+use crate::ids::{AuthorId, BlobHash, Hlc, MessageId, SortKey};
+use crate::keys;
+
+const MESSAGES: &str = "m";
+const TOMBSTONES: &str = "d";
+const REACTIONS: &str = "x";
+const READ: &str = "r";
+const READ_KEY: &str = "read";
+const RECORD_VERSION: u8 = 1;
+
+/// Most attachments on one message (the body takes the 16th blob slot).
+pub const MAX_ATTACHMENTS: usize = 15;
+/// Longest reaction key (an emoji or short code), in bytes of UTF-8.
+pub const MAX_REACTION_BYTES: usize = 64;
+
+/// A post as its author's document holds it.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub(crate) struct PostRecord {
+    pub hlc: Hlc,
+    pub body: BlobHash,
+    pub reply_to: Option<MessageId>,
+    pub attachments: Vec<BlobHash>,
+    pub edited: Option<Hlc>,
+}
+
+impl PostRecord {
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64 + 32 * self.attachments.len());
+        out.put_u8(RECORD_VERSION);
+        out.put_u64(self.hlc.as_u64());
+        out.extend_from_slice(self.body.as_bytes());
+        let flags = u8::from(self.reply_to.is_some()) | (u8::from(self.edited.is_some()) << 1);
+        out.put_u8(flags);
+        if let Some(reply) = &self.reply_to {
+            out.extend_from_slice(reply.as_bytes());
+        }
+        if let Some(edited) = self.edited {
+            out.put_u64(edited.as_u64());
+        }
+        out.put_u8(self.attachments.len() as u8);
+        for a in &self.attachments {
+            out.extend_from_slice(a.as_bytes());
+        }
+        out
+    }
+
+    pub(crate) fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(bytes);
+        if r.u8("record version")? != RECORD_VERSION {
+            return Err(DecodeError::InvalidValue("post record version"));
+        }
+        let hlc = Hlc(r.u64("post hlc")?);
+        let body = BlobHash(r.array("post body")?);
+        let flags = r.u8("post flags")?;
+        if flags & !0b11 != 0 {
+            return Err(DecodeError::InvalidValue("post flags"));
+        }
+        let reply_to =
+            if flags & 1 != 0 { Some(MessageId::from_bytes(r.array("reply to")?)) } else { None };
+        let edited = if flags & 2 != 0 { Some(Hlc(r.u64("edited")?)) } else { None };
+        let count = r.u8("attachments")? as usize;
+        if count > MAX_ATTACHMENTS {
+            return Err(DecodeError::TooLarge {
+                what: "attachments",
+                len: count,
+                max: MAX_ATTACHMENTS,
+            });
+        }
+        let mut attachments = Vec::with_capacity(count);
+        for _ in 0..count {
+            attachments.push(BlobHash(r.array("attachment")?));
+        }
+        r.finish()?;
+        Ok(Self { hlc, body, reply_to, attachments, edited })
+    }
+}
+
+/// A delete as its author's document holds it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) struct TombstoneRecord {
+    pub posted: Hlc,
+    pub deleted: Hlc,
+}
+
+impl TombstoneRecord {
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16);
+        out.put_u64(self.posted.as_u64());
+        out.put_u64(self.deleted.as_u64());
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(bytes);
+        let posted = Hlc(r.u64("tombstone posted")?);
+        let deleted = Hlc(r.u64("tombstone deleted")?);
+        r.finish()?;
+        Ok(Self { posted, deleted })
+    }
+}
+
+/// One local change to the author's own document.
+#[derive(Clone, Debug)]
+pub(crate) enum DocChange {
+    Post { id: MessageId, record: PostRecord },
+    Delete { id: MessageId, tombstone: TombstoneRecord },
+    React { id: MessageId, emoji: String, hlc: Hlc, on: bool },
+    MarkRead { key: SortKey, hlc: Hlc },
+}
+
+/// What a local change produced: the update and the clock range it inserted.
+pub(crate) struct LocalUpdate {
+    pub update: Vec<u8>,
+    pub clock_start: u32,
+    pub clock_end: u32,
+}
+
+/// Everything an author document says, parsed. Malformed entries (which only
+/// a misbehaving author can write, into its own document) are skipped; the
+/// skip depends only on the document, so every replica skips the same ones.
+#[derive(Default, Debug)]
+pub(crate) struct DocContents {
+    pub posts: Vec<(MessageId, PostRecord)>,
+    pub tombstones: Vec<(MessageId, TombstoneRecord)>,
+    pub reactions: Vec<(MessageId, String)>,
+    pub read: Option<SortKey>,
+}
+
+/// One author's document in one bucket.
+pub(crate) struct AuthorDoc {
+    doc: Doc,
+    client: ClientID,
+    messages: MapRef,
+    tombstones: MapRef,
+    reactions: MapRef,
+    read: MapRef,
+}
+
+fn buffer(out: Option<Out>) -> Option<std::sync::Arc<[u8]>> {
+    match out {
+        Some(Out::Any(Any::Buffer(b))) => Some(b),
+        _ => None,
+    }
+}
+
+fn parse_id(key: &str) -> Option<MessageId> {
+    if key.len() < 32 || !key.is_char_boundary(32) {
+        return None;
+    }
+    uuid::Uuid::try_parse(&key[..32]).ok().map(MessageId)
+}
+
+impl AuthorDoc {
+    pub(crate) fn new(author: &AuthorId) -> Self {
+        let client = ClientID::new(keys::client_id(author));
+        // GC stays on (skip_gc: false): a removed post's record is dropped from
+        // memory when the delete is integrated.
+        let doc =
+            Doc::with_options(Options { client_id: client, skip_gc: false, ..Options::default() });
+        Self {
+            messages: doc.get_or_insert_map(MESSAGES),
+            tombstones: doc.get_or_insert_map(TOMBSTONES),
+            reactions: doc.get_or_insert_map(REACTIONS),
+            read: doc.get_or_insert_map(READ),
+            doc,
+            client,
+        }
+    }
+
+    /// The next clock the author will write: everything below it is integrated.
+    pub(crate) fn next_clock(&self) -> u32 {
+        self.doc.transact().state_vector().get(&self.client)
+    }
+
+    /// Integrates an update that [`validate_update`] accepted (or that the store
+    /// holds, having accepted it before).
+    /// A panic inside yrs is caught and reported; the caller then discards
+    /// this document and reloads it from the store.
+    pub(crate) fn apply(&self, update: Update) -> Result<(), EnvelopeError> {
+        catch_unwind(AssertUnwindSafe(|| {
+            let mut txn = self.doc.transact_mut();
+            txn.apply_update(update)
+        }))
+        .map_err(|_| EnvelopeError::BadUpdate("integration panicked".into()))?
+        .map_err(|e| EnvelopeError::BadUpdate(e.to_string()))
+    }
+
+    /// Decodes, validates and integrates update bytes from the store.
+    pub(crate) fn apply_bytes(
+        &self,
+        bytes: &[u8],
+        start: u32,
+        end: u32,
+    ) -> Result<(), EnvelopeError> {
+        let update = validate_update(bytes, self.client.get(), start, end)?;
+        self.apply(update)
+    }
+
+    /// Applies a local change and returns the update that describes it.
+    pub(crate) fn change(&self, change: &DocChange) -> LocalUpdate {
+        let clock_start = self.next_clock();
+        let mut txn = self.doc.transact_mut();
+        match change {
+            DocChange::Post { id, record } => {
+                self.messages.insert(&mut txn, id.simple(), Any::Buffer(record.encode().into()));
+            }
+            DocChange::Delete { id, tombstone } => {
+                self.messages.remove(&mut txn, &id.simple());
+                self.tombstones.insert(
+                    &mut txn,
+                    id.simple(),
+                    Any::Buffer(tombstone.encode().into()),
+                );
+            }
+            DocChange::React { id, emoji, hlc, on } => {
+                let value: Vec<u8> =
+                    if *on { hlc.as_u64().to_be_bytes().to_vec() } else { Vec::new() };
+                self.reactions.insert(
+                    &mut txn,
+                    format!("{}{}", id.simple(), emoji),
+                    Any::Buffer(value.into()),
+                );
+            }
+            DocChange::MarkRead { key, hlc } => {
+                let mut value = key.to_bytes().to_vec();
+                value.put_u64(hlc.as_u64());
+                self.read.insert(&mut txn, READ_KEY, Any::Buffer(value.into()));
+            }
+        }
+        let update = txn.encode_update_v1();
+        drop(txn);
+        LocalUpdate { update, clock_start, clock_end: self.next_clock() }
+    }
+
+    /// The author's live post with this id, if any.
+    pub(crate) fn post(&self, id: &MessageId) -> Option<PostRecord> {
+        let txn = self.doc.transact();
+        buffer(self.messages.get(&txn, &id.simple())).and_then(|b| PostRecord::decode(&b).ok())
+    }
+
+    /// Whether the author deleted the message with this id.
+    pub(crate) fn is_deleted(&self, id: &MessageId) -> bool {
+        let txn = self.doc.transact();
+        self.tombstones.get(&txn, &id.simple()).is_some()
+    }
+
+    /// Parses the whole document.
+    pub(crate) fn contents(&self) -> DocContents {
+        let txn = self.doc.transact();
+        let mut out = DocContents::default();
+        for (key, value) in self.messages.iter(&txn) {
+            let record = buffer(Some(value)).and_then(|b| PostRecord::decode(&b).ok());
+            if let (Some(id), Some(record), 32) = (parse_id(key), record, key.len()) {
+                out.posts.push((id, record));
+            }
+        }
+        for (key, value) in self.tombstones.iter(&txn) {
+            let record = buffer(Some(value)).and_then(|b| TombstoneRecord::decode(&b).ok());
+            if let (Some(id), Some(record), 32) = (parse_id(key), record, key.len()) {
+                out.tombstones.push((id, record));
+            }
+        }
+        for (key, value) in self.reactions.iter(&txn) {
+            let active = buffer(Some(value)).is_some_and(|b| b.len() == 8);
+            let emoji = key.get(32..).unwrap_or_default();
+            if let (Some(id), true, false) = (parse_id(key), active, emoji.is_empty()) {
+                if emoji.len() <= MAX_REACTION_BYTES {
+                    out.reactions.push((id, emoji.to_owned()));
+                }
+            }
+        }
+        out.read = buffer(self.read.get(&txn, READ_KEY))
+            .filter(|b| b.len() == SortKey::LEN + 8)
+            .and_then(|b| SortKey::from_bytes(&b[..SortKey::LEN]).ok());
+        out
+    }
+}
+
+/// Decodes untrusted update bytes and checks that they only insert into and
+/// delete from `client`'s own items, inserting exactly `[start, end)`.
+///
+/// yrs's decoder is third-party code fed hostile bytes; the envelope size cap
+/// bounds what it can allocate, and a panic inside it is caught here and turned
+/// into a typed error so a bad peer can never take the replica down.
+pub(crate) fn validate_update(
+    bytes: &[u8],
+    client: u64,
+    start: u32,
+    end: u32,
+) -> Result<Update, EnvelopeError> {
+    let decoded = catch_unwind(AssertUnwindSafe(|| Update::decode_v1(bytes)))
+        .map_err(|_| EnvelopeError::BadUpdate("decoder panicked".into()))?
+        .map_err(|e| EnvelopeError::BadUpdate(e.to_string()))?;
+    let insertions = decoded.insertions(true);
+    let mut lo = u32::MAX;
+    let mut hi = 0u32;
+    let mut total = 0u64;
+    for (id, ranges) in insertions.iter() {
+        if id.get() != client {
+            return Err(EnvelopeError::ForeignClient);
+        }
+        for r in ranges.iter() {
+            lo = lo.min(r.start);
+            hi = hi.max(r.end);
+            total += u64::from(r.end.saturating_sub(r.start));
+        }
+    }
+    if total == 0 {
+        return Err(EnvelopeError::EmptyUpdate);
+    }
+    if lo != start || hi != end || total != u64::from(end - start) {
+        return Err(EnvelopeError::ClockMismatch);
+    }
+    if decoded.delete_set().client_ids().any(|id| id.get() != client) {
+        return Err(EnvelopeError::ForeignClient);
+    }
+    Ok(decoded)
+}

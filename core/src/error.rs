@@ -1,0 +1,153 @@
+//! Error types of the core, one enum per area, each with a `Result` alias.
+//!
+//! Decoding untrusted bytes yields [`DecodeError`]; judging an envelope yields
+//! [`EnvelopeError`]; the storage layer yields [`StoreError`]; the replica API
+//! wraps all of them in [`Error`].
+
+use crate::ids::{MessageId, RoomId};
+
+/// Why bytes could not be decoded. Every decoder in the crate returns this
+/// instead of panicking, and checks sizes before it allocates.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// The input ended before the named field was complete.
+    #[error("truncated input: {what} is incomplete")]
+    Truncated {
+        /// The field being read.
+        what: &'static str,
+    },
+    /// A length field or the whole input exceeds its cap.
+    #[error("{what} is {len} bytes, more than the cap of {max}")]
+    TooLarge {
+        /// The field that is too large.
+        what: &'static str,
+        /// The declared or actual length.
+        len: usize,
+        /// The cap.
+        max: usize,
+    },
+    /// The input does not start with the expected magic bytes.
+    #[error("not a Concord {what}: bad magic")]
+    BadMagic {
+        /// What was expected.
+        what: &'static str,
+    },
+    /// The format version is not one this build understands.
+    #[error("unsupported format version {0}")]
+    UnsupportedVersion(u8),
+    /// A field holds a value outside its domain.
+    #[error("invalid value for {0}")]
+    InvalidValue(&'static str),
+    /// Bytes remain after a complete value.
+    #[error("{0} trailing bytes after a complete value")]
+    TrailingBytes(usize),
+}
+
+/// Why an envelope was rejected. A rejected envelope leaves the replica unchanged.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum EnvelopeError {
+    /// The bytes are not a well-formed envelope.
+    #[error("malformed envelope: {0}")]
+    Decode(#[from] DecodeError),
+    /// The author field is not a valid Ed25519 public key.
+    #[error("author is not a valid Ed25519 public key")]
+    BadAuthorKey,
+    /// The signature does not verify against the author's key.
+    #[error("signature does not verify against the author key")]
+    BadSignature,
+    /// The envelope belongs to another room (for example, replayed from one).
+    #[error("envelope is for room {found}, not {expected}")]
+    WrongRoom {
+        /// The room it was offered to.
+        expected: RoomId,
+        /// The room it was signed for.
+        found: RoomId,
+    },
+    /// The room is not known to this replica.
+    #[error("room {0} is not known to this replica")]
+    UnknownRoom(RoomId),
+    /// The update writes to a document other than its author's own.
+    #[error("update touches a client id that is not the author's")]
+    ForeignClient,
+    /// The declared clock range does not match the update's contents.
+    #[error("declared clock range does not match the update")]
+    ClockMismatch,
+    /// The update inserts nothing; every valid change inserts at least one item.
+    #[error("update inserts nothing")]
+    EmptyUpdate,
+    /// The update bytes are not a valid yrs v1 update.
+    #[error("update is not a valid yrs update: {0}")]
+    BadUpdate(String),
+    /// An attached blob does not match any hash the envelope names.
+    #[error("attached blob does not match the envelope's blob hashes")]
+    BlobMismatch,
+    /// The author signed two different envelopes for the same place in its document.
+    #[error("author signed two different envelopes for the same clock range")]
+    Equivocation,
+}
+
+/// Errors from the storage layer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The store could not be opened (missing permissions, corruption, a lock held).
+    #[error("cannot open store: {0}")]
+    Open(String),
+    /// A stored record failed to decode: the store's contents are corrupt.
+    #[error("corrupt store record in {tree}: {reason}")]
+    Corrupt {
+        /// The tree holding the record.
+        tree: &'static str,
+        /// What was wrong with it.
+        reason: String,
+    },
+    /// An I/O error while reading, writing or flushing.
+    #[error("store I/O error: {0}")]
+    Io(String),
+    /// The store was written by a newer version of Concord.
+    #[error("store schema version {found} is newer than this build supports ({supported})")]
+    NewerSchema {
+        /// The version found on disk.
+        found: u32,
+        /// The newest version this build knows.
+        supported: u32,
+    },
+}
+
+/// Errors of the replica API.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The storage layer failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// An envelope was rejected.
+    #[error(transparent)]
+    Envelope(#[from] EnvelopeError),
+    /// Bytes could not be decoded.
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    /// The room is not known to this replica.
+    #[error("unknown room {0}")]
+    UnknownRoom(RoomId),
+    /// No live message has this id in the room.
+    #[error("unknown message {0}")]
+    UnknownMessage(MessageId),
+    /// The message was deleted; it cannot be edited, reacted to or marked read.
+    #[error("message {0} was deleted")]
+    MessageDeleted(MessageId),
+    /// Only a message's author may edit or delete it.
+    #[error("only the author of message {0} may change it")]
+    NotAuthor(MessageId),
+    /// An argument was out of range (too long, empty, malformed).
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
+    /// The operating system could not provide randomness for a new device key.
+    #[error("no randomness available for a new device key: {0}")]
+    Randomness(String),
+}
+
+/// Result of the replica API.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,65 @@
+//! # concord-core
+//!
+//! The sans-IO core of Concord, a CRDT offline-first chat sync engine. It owns
+//! identity (Ed25519 device keys, UUIDv7 message ids, a hybrid logical clock
+//! fed by an injected [`Clock`]), signed [`Envelope`]s, the room log (one yrs
+//! document per author per time bucket), the tombstone-aware merge that
+//! renders a room, and durable storage behind the [`Store`] trait.
+//!
+//! It performs no network I/O and needs no async runtime: the node crate
+//! drives it, and tests drive it directly.
+//!
+//! Two replicas converge by exchanging deliveries in any order:
+//!
+//! ```
+//! use std::sync::Arc;
+//! use concord_core::{Draft, ManualClock, MemoryStore, Replica};
+//!
+//! let clock = Arc::new(ManualClock::new(1_700_000_000_000));
+//! let mut alice = Replica::open_with_seed(MemoryStore::new(), clock.clone(), [1; 32])?;
+//! let mut bob = Replica::open_with_seed(MemoryStore::new(), clock.clone(), [2; 32])?;
+//!
+//! let room = alice.create_room("lunch")?;
+//! bob.join_room(alice.genesis(&room)?.as_bytes())?;
+//!
+//! let hello = alice.post(&room, Draft::text("hello"))?;
+//! clock.advance(10);
+//! let bye = alice.delete(&room, &hello.id)?;
+//!
+//! // The delete arrives first; the post never shows and its body is never stored.
+//! bob.apply(&room, vec![bye.delivery, hello.delivery])?;
+//! assert_eq!(alice.snapshot(&room)?, bob.snapshot(&room)?);
+//! assert!(bob.snapshot(&room)?.messages.is_empty());
+//! # Ok::<(), concord_core::Error>(())
+//! ```
+#![deny(missing_docs)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
+mod blob;
+mod clock;
+mod codec;
+mod doc;
+mod envelope;
+mod error;
+mod ids;
+mod keys;
+mod replica;
+mod store;
+mod view;
+
+pub use blob::{MAX_BLOB_BYTES, MAX_BODY_BYTES};
+pub use clock::{Clock, ManualClock, SystemClock, MAX_HLC_DRIFT_MILLIS};
+pub use doc::{MAX_ATTACHMENTS, MAX_REACTION_BYTES};
+pub use envelope::{
+    Delivery, Envelope, Genesis, FORMAT_VERSION, MAX_BLOBS_PER_ENVELOPE, MAX_DELIVERY_BYTES,
+    MAX_ENVELOPE_BYTES, MAX_ROOM_NAME_BYTES, MAX_UPDATE_BYTES,
+};
+pub use error::{DecodeError, EnvelopeError, Error, Result, StoreError};
+pub use ids::{AuthorId, BlobHash, Cursor, Hlc, MessageId, RoomId, SortKey};
+pub use keys::{client_id, DeviceKey};
+pub use replica::{
+    Anchor, Applied, Draft, Op, Page, Replica, RoomInfo, RoomSnapshot, Sent, Subscription,
+    TimelineListener, MAX_PAGE,
+};
+pub use store::{KeyRange, MemoryStore, Order, SledStore, Store, Tree, WriteBatch};
+pub use view::{bucket_of, Message, Reaction, TimelineDiff, Tombstone, BUCKET_SPAN_MILLIS};

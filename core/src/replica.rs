@@ -1,0 +1,1229 @@
+//! The replica: one device's copy of all its rooms, the engine behind every
+//! operation and query.
+//!
+//! Each operation runs as a transaction ([`Tx`]): it changes in-memory author
+//! documents, stages every write in one [`WriteBatch`], renders each touched
+//! bucket once, stages the timeline rows and blob erasures that follow, then
+//! commits the batch (atomic and flushed) and only then tells listeners. If
+//! the commit fails, the touched documents are dropped from memory and reload
+//! from the store, so memory never runs ahead of what is durable.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+
+use crate::blob::{self, BLOB_NONCE_LEN, MAX_BLOB_BYTES, MAX_BODY_BYTES};
+use crate::clock::{Clock, HlcState};
+use crate::doc::{
+    self, AuthorDoc, DocChange, PostRecord, TombstoneRecord, MAX_ATTACHMENTS, MAX_REACTION_BYTES,
+};
+use crate::envelope::{Delivery, Envelope, EnvelopeFields, Genesis, MAX_ROOM_NAME_BYTES};
+use crate::error::{EnvelopeError, Error, Result, StoreError};
+use crate::ids::{AuthorId, BlobHash, Cursor, Hlc, MessageId, RoomId, SortKey};
+use crate::keys::{self, DeviceKey};
+use crate::store::migrations;
+use crate::store::tables::{self, META_DEVICE_KEY, META_HLC};
+use crate::store::{KeyRange, Order, Store, Tree, WriteBatch};
+use crate::view::{
+    self, bucket_bounds, bucket_of, BucketRender, Message, Row, TimelineDiff, Tombstone,
+};
+
+/// Key derivation contexts (blake3 `derive_key`), one per purpose.
+const CONTEXT_BLOB_NONCE: &str = "concord 2026 blob nonce v1";
+const CONTEXT_MESSAGE_ID: &str = "concord 2026 message id entropy v1";
+const CONTEXT_ROOM_NONCE: &str = "concord 2026 room genesis nonce v1";
+
+/// Largest page a query returns; larger requests are clamped.
+pub const MAX_PAGE: usize = 1000;
+
+/// What a message is made of when posted.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Draft {
+    /// The text (at most [`MAX_BODY_BYTES`] bytes of UTF-8).
+    pub text: String,
+    /// The message this one replies to.
+    pub reply_to: Option<MessageId>,
+    /// Attachment contents (each at most [`MAX_BLOB_BYTES`]).
+    pub attachments: Vec<Vec<u8>>,
+}
+
+impl Draft {
+    /// A text-only message.
+    pub fn text(text: impl Into<String>) -> Self {
+        Self { text: text.into(), ..Self::default() }
+    }
+}
+
+/// A local operation, for [`Replica::commit`] (many operations, one flush).
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum Op {
+    /// Post a message.
+    Post {
+        /// The room.
+        room: RoomId,
+        /// The message.
+        draft: Draft,
+    },
+    /// Replace the text of one of our messages.
+    Edit {
+        /// The room.
+        room: RoomId,
+        /// Our message.
+        id: MessageId,
+        /// The new text.
+        text: String,
+    },
+    /// Delete one of our messages for everyone.
+    Delete {
+        /// The room.
+        room: RoomId,
+        /// Our message.
+        id: MessageId,
+    },
+    /// Add (`on`) or withdraw a reaction.
+    React {
+        /// The room.
+        room: RoomId,
+        /// Any live message.
+        id: MessageId,
+        /// The emoji or short code.
+        emoji: String,
+        /// Add or withdraw.
+        on: bool,
+    },
+    /// Move our read marker to a message.
+    MarkRead {
+        /// The room.
+        room: RoomId,
+        /// Any live message.
+        id: MessageId,
+    },
+}
+
+/// The result of a local operation: the message it concerns and the delivery
+/// to hand to peers.
+#[derive(Clone, Debug)]
+pub struct Sent {
+    /// The message posted, or the message the operation targeted.
+    pub id: MessageId,
+    /// The signed envelope and its blobs.
+    pub delivery: Delivery,
+}
+
+/// What became of a remote envelope.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Applied {
+    /// Integrated now.
+    Applied,
+    /// Stored durably; integrates once the author's earlier changes arrive.
+    Pending,
+    /// Already integrated (any blobs it carried were still offered).
+    Duplicate,
+}
+
+/// Where a page starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Anchor {
+    /// The newest messages.
+    Latest,
+    /// Messages strictly before the cursor.
+    Before(Cursor),
+    /// Messages strictly after the cursor.
+    After(Cursor),
+}
+
+/// A page of messages, newest first.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Page {
+    /// The messages, newest first.
+    pub messages: Vec<Message>,
+    /// Whether more messages lie beyond this page in the direction asked.
+    pub has_more: bool,
+}
+
+/// A room this replica holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RoomInfo {
+    /// The room id.
+    pub id: RoomId,
+    /// The name given at creation.
+    pub name: String,
+    /// Who created it.
+    pub creator: AuthorId,
+    /// When it was created.
+    pub created: Hlc,
+}
+
+/// Everything a room renders to, for comparing replicas: all live messages
+/// (oldest first), all tombstones, and every author's read marker.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RoomSnapshot {
+    /// Live messages, oldest first.
+    pub messages: Vec<Message>,
+    /// Tombstones, in timeline order.
+    pub tombstones: Vec<Tombstone>,
+    /// Each author's read marker.
+    pub read_markers: BTreeMap<AuthorId, Cursor>,
+}
+
+/// Receives a room's timeline changes. Called on the thread that applied the
+/// change, after it is durable; keep it quick (hand off to a channel).
+pub trait TimelineListener: Send + Sync {
+    /// Diffs of one committed change, in timeline order.
+    fn on_diffs(&self, room: &RoomId, diffs: &[TimelineDiff]);
+}
+
+type Listeners = Mutex<BTreeMap<u64, (RoomId, Arc<dyn TimelineListener>)>>;
+
+/// A live timeline subscription; dropping it stops the deliveries.
+pub struct Subscription {
+    id: u64,
+    listeners: Weak<Listeners>,
+}
+
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription").field("id", &self.id).finish()
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        if let Some(listeners) = self.listeners.upgrade() {
+            lock(&listeners).remove(&self.id);
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Listeners run outside this lock, so a poisoned lock holds consistent data.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+type DocKey = (RoomId, u32, AuthorId);
+
+/// One transaction's staged state.
+#[derive(Default)]
+struct Tx {
+    batch: WriteBatch,
+    /// Buckets whose rendering must be refreshed, per room.
+    touched: BTreeSet<(RoomId, u32)>,
+    /// Documents changed in memory (dropped from the cache if the commit fails).
+    docs: HashSet<DocKey>,
+    /// Documents created in this transaction (not yet listed in `docs-1`).
+    new_docs: BTreeSet<DocKey>,
+    /// Blobs offered by local posts or remote deliveries, kept only if a live
+    /// message references them once the transaction's buckets are rendered.
+    blobs: HashMap<(RoomId, BlobHash), Vec<u8>>,
+    /// Messages posted, and deleted, earlier in this transaction.
+    posted: HashMap<(RoomId, MessageId), SortKey>,
+    deleted: HashSet<(RoomId, MessageId)>,
+    /// Pending deliveries staged in this transaction, by `pending-1` key.
+    pending: BTreeMap<Vec<u8>, Delivery>,
+    /// Timeline diffs to announce after the commit.
+    diffs: Vec<(RoomId, Vec<TimelineDiff>)>,
+}
+
+/// One device's replica of its rooms, over a [`Store`].
+pub struct Replica<S: Store> {
+    store: S,
+    clock: Arc<dyn Clock>,
+    key: DeviceKey,
+    hlc: HlcState,
+    rooms: HashMap<RoomId, Genesis>,
+    docs: HashMap<DocKey, AuthorDoc>,
+    listeners: Arc<Listeners>,
+    next_listener: u64,
+}
+
+impl<S: Store> std::fmt::Debug for Replica<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replica").field("author", &self.key.author()).finish_non_exhaustive()
+    }
+}
+
+fn corrupt(tree: Tree, reason: impl std::fmt::Display) -> Error {
+    Error::Store(StoreError::Corrupt { tree: tree.name(), reason: reason.to_string() })
+}
+
+fn read_u64(raw: Option<Vec<u8>>, tree: Tree) -> Result<Option<u64>> {
+    raw.map(|v| {
+        <[u8; 8]>::try_from(v.as_slice())
+            .map(u64::from_be_bytes)
+            .map_err(|_| corrupt(tree, "expected 8 bytes"))
+    })
+    .transpose()
+}
+
+impl<S: Store> Replica<S> {
+    /// Opens a replica over `store`, creating a device key on first open.
+    pub fn open(store: S, clock: Arc<dyn Clock>) -> Result<Self> {
+        Self::open_inner(store, clock, None)
+    }
+
+    /// Opens a replica whose device key, on first open, is made from `seed`
+    /// (for reproducible tests and simulations). A store that already has a
+    /// different key is refused.
+    pub fn open_with_seed(store: S, clock: Arc<dyn Clock>, seed: [u8; 32]) -> Result<Self> {
+        Self::open_inner(store, clock, Some(DeviceKey::from_seed(seed)))
+    }
+
+    fn open_inner(store: S, clock: Arc<dyn Clock>, wanted: Option<DeviceKey>) -> Result<Self> {
+        migrations::migrate(&store)?;
+        let key = match store.get(Tree::Meta, META_DEVICE_KEY)? {
+            Some(raw) => {
+                let seed: [u8; 32] = raw
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| corrupt(Tree::Meta, "device key length"))?;
+                let key = DeviceKey::from_seed(seed);
+                if wanted.as_ref().is_some_and(|w| w.author() != key.author()) {
+                    return Err(Error::InvalidInput(
+                        "the store already holds a different device key".into(),
+                    ));
+                }
+                key
+            }
+            None => {
+                let key = match wanted {
+                    Some(k) => k,
+                    None => DeviceKey::generate()?,
+                };
+                let mut batch = WriteBatch::new();
+                batch.put(Tree::Meta, META_DEVICE_KEY, key.seed());
+                store.commit(batch)?;
+                key
+            }
+        };
+        let last = read_u64(store.get(Tree::Meta, META_HLC)?, Tree::Meta)?.unwrap_or(0);
+        let mut rooms = HashMap::new();
+        for (k, v) in
+            store.scan(Tree::Rooms, &KeyRange::prefix(&[]), Order::Ascending, usize::MAX)?
+        {
+            let genesis = Genesis::from_bytes(&v).map_err(|e| corrupt(Tree::Rooms, e))?;
+            if genesis.room_id().as_bytes().as_slice() != k.as_slice() {
+                return Err(corrupt(Tree::Rooms, "genesis does not hash to its key"));
+            }
+            rooms.insert(genesis.room_id(), genesis);
+        }
+        Ok(Self {
+            store,
+            clock,
+            key,
+            hlc: HlcState::new(Hlc::from_u64(last)),
+            rooms,
+            docs: HashMap::new(),
+            listeners: Arc::new(Mutex::new(BTreeMap::new())),
+            next_listener: 0,
+        })
+    }
+
+    /// This device's author id (its public key).
+    pub fn author(&self) -> AuthorId {
+        self.key.author()
+    }
+
+    /// The underlying store.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    // ----- rooms -------------------------------------------------------------
+
+    /// Creates a room and returns its id.
+    pub fn create_room(&mut self, name: &str) -> Result<RoomId> {
+        if name.len() > MAX_ROOM_NAME_BYTES {
+            return Err(Error::InvalidInput(format!(
+                "room name longer than {MAX_ROOM_NAME_BYTES} bytes"
+            )));
+        }
+        let hlc = self.hlc.tick(self.clock.now_millis());
+        let mut nonce = [0u8; 16];
+        nonce.copy_from_slice(
+            &self.key.derive(CONTEXT_ROOM_NONCE, &hlc.as_u64().to_be_bytes())[..16],
+        );
+        let genesis = Genesis::sign(&self.key, hlc, name, nonce)?;
+        self.add_room(genesis)
+    }
+
+    /// Joins a room from its genesis bytes (as a ticket carries them).
+    pub fn join_room(&mut self, genesis: &[u8]) -> Result<RoomId> {
+        let genesis = Genesis::from_bytes(genesis)?;
+        self.add_room(genesis)
+    }
+
+    fn add_room(&mut self, genesis: Genesis) -> Result<RoomId> {
+        let id = genesis.room_id();
+        if !self.rooms.contains_key(&id) {
+            let mut batch = WriteBatch::new();
+            batch.put(Tree::Rooms, id.as_bytes().to_vec(), genesis.as_bytes().to_vec());
+            batch.put(Tree::Meta, META_HLC, self.hlc.last().as_u64().to_be_bytes());
+            self.store.commit(batch)?;
+            self.rooms.insert(id, genesis);
+        }
+        Ok(id)
+    }
+
+    /// The genesis of a room, to share with people who should join it.
+    pub fn genesis(&self, room: &RoomId) -> Result<&Genesis> {
+        self.rooms.get(room).ok_or(Error::UnknownRoom(*room))
+    }
+
+    /// Every room this replica holds, oldest first.
+    pub fn rooms(&self) -> Vec<RoomInfo> {
+        let mut out: Vec<RoomInfo> = self
+            .rooms
+            .values()
+            .map(|g| RoomInfo {
+                id: g.room_id(),
+                name: g.name().to_owned(),
+                creator: g.creator(),
+                created: g.created(),
+            })
+            .collect();
+        out.sort_by_key(|r| (r.created, r.id));
+        out
+    }
+
+    fn check_room(&self, room: &RoomId) -> Result<()> {
+        if self.rooms.contains_key(room) {
+            Ok(())
+        } else {
+            Err(Error::UnknownRoom(*room))
+        }
+    }
+
+    // ----- local operations --------------------------------------------------
+
+    /// Posts a message; returns once it is durable.
+    pub fn post(&mut self, room: &RoomId, draft: Draft) -> Result<Sent> {
+        self.commit_one(Op::Post { room: *room, draft })
+    }
+
+    /// Replaces the text of one of our messages; the old text is erased.
+    pub fn edit(&mut self, room: &RoomId, id: &MessageId, text: &str) -> Result<Sent> {
+        self.commit_one(Op::Edit { room: *room, id: *id, text: text.to_owned() })
+    }
+
+    /// Deletes one of our messages for everyone; its content is erased.
+    pub fn delete(&mut self, room: &RoomId, id: &MessageId) -> Result<Sent> {
+        self.commit_one(Op::Delete { room: *room, id: *id })
+    }
+
+    /// Adds a reaction to a live message.
+    pub fn react(&mut self, room: &RoomId, id: &MessageId, emoji: &str) -> Result<Sent> {
+        self.commit_one(Op::React { room: *room, id: *id, emoji: emoji.to_owned(), on: true })
+    }
+
+    /// Withdraws a reaction.
+    pub fn unreact(&mut self, room: &RoomId, id: &MessageId, emoji: &str) -> Result<Sent> {
+        self.commit_one(Op::React { room: *room, id: *id, emoji: emoji.to_owned(), on: false })
+    }
+
+    /// Moves our read marker to a message.
+    pub fn mark_read(&mut self, room: &RoomId, id: &MessageId) -> Result<Sent> {
+        self.commit_one(Op::MarkRead { room: *room, id: *id })
+    }
+
+    fn commit_one(&mut self, op: Op) -> Result<Sent> {
+        self.commit(vec![op])?
+            .pop()
+            .unwrap_or_else(|| Err(Error::InvalidInput("empty batch".into())))
+    }
+
+    /// Group commit: applies many operations with one atomic, flushed write.
+    /// The outer error means nothing was stored; otherwise each operation has
+    /// its own result, and the failed ones changed nothing.
+    pub fn commit(&mut self, ops: Vec<Op>) -> Result<Vec<Result<Sent>>> {
+        let mut tx = Tx::default();
+        let results: Vec<Result<Sent>> =
+            ops.into_iter().map(|op| self.local_op(&mut tx, op)).collect();
+        self.finish(tx)?;
+        Ok(results)
+    }
+
+    fn local_op(&mut self, tx: &mut Tx, op: Op) -> Result<Sent> {
+        match op {
+            Op::Post { room, draft } => self.local_post(tx, room, draft),
+            Op::Edit { room, id, text } => {
+                check_text(&text)?;
+                let (key, post) = self.own_live_post(tx, &room, &id)?;
+                let hlc = self.hlc.tick(self.clock.now_millis());
+                let body = self.seal_blob(&id, hlc, 0, text.as_bytes());
+                let record = PostRecord { body: blob::hash(&body), edited: Some(hlc), ..post };
+                let blobs = vec![body];
+                self.local_change(tx, room, key, hlc, DocChange::Post { id, record }, blobs)
+            }
+            Op::Delete { room, id } => {
+                let (key, post) = self.own_live_post(tx, &room, &id)?;
+                let hlc = self.hlc.tick(self.clock.now_millis());
+                let tombstone = TombstoneRecord { posted: post.hlc, deleted: hlc };
+                tx.deleted.insert((room, id));
+                self.local_change(
+                    tx,
+                    room,
+                    key,
+                    hlc,
+                    DocChange::Delete { id, tombstone },
+                    Vec::new(),
+                )
+            }
+            Op::React { room, id, emoji, on } => {
+                if emoji.is_empty() || emoji.len() > MAX_REACTION_BYTES {
+                    return Err(Error::InvalidInput(format!(
+                        "a reaction is 1 to {MAX_REACTION_BYTES} bytes"
+                    )));
+                }
+                let key = self.live_message(tx, &room, &id)?;
+                let hlc = self.hlc.tick(self.clock.now_millis());
+                self.local_change(
+                    tx,
+                    room,
+                    key,
+                    hlc,
+                    DocChange::React { id, emoji, hlc, on },
+                    Vec::new(),
+                )
+            }
+            Op::MarkRead { room, id } => {
+                let key = self.live_message(tx, &room, &id)?;
+                let hlc = self.hlc.tick(self.clock.now_millis());
+                self.local_change(tx, room, key, hlc, DocChange::MarkRead { key, hlc }, Vec::new())
+            }
+        }
+    }
+
+    fn local_post(&mut self, tx: &mut Tx, room: RoomId, draft: Draft) -> Result<Sent> {
+        self.check_room(&room)?;
+        check_text(&draft.text)?;
+        if draft.attachments.len() > MAX_ATTACHMENTS {
+            return Err(Error::InvalidInput(format!("at most {MAX_ATTACHMENTS} attachments")));
+        }
+        if draft.attachments.iter().any(|a| a.len() > MAX_BLOB_BYTES) {
+            return Err(Error::InvalidInput(format!(
+                "attachments are at most {MAX_BLOB_BYTES} bytes"
+            )));
+        }
+        if let Some(target) = &draft.reply_to {
+            self.live_message(tx, &room, target)?;
+        }
+        let hlc = self.hlc.tick(self.clock.now_millis());
+        let id = self.new_message_id(hlc);
+        let body = self.seal_blob(&id, hlc, 0, draft.text.as_bytes());
+        let mut blobs = vec![body];
+        for (i, a) in draft.attachments.iter().enumerate() {
+            blobs.push(self.seal_blob(&id, hlc, i as u8 + 1, a));
+        }
+        let record = PostRecord {
+            hlc,
+            body: blob::hash(&blobs[0]),
+            reply_to: draft.reply_to,
+            attachments: blobs[1..].iter().map(|b| blob::hash(b)).collect(),
+            edited: None,
+        };
+        let key = SortKey { hlc, author: self.key.author(), id };
+        tx.posted.insert((room, id), key);
+        self.local_change(tx, room, key, hlc, DocChange::Post { id, record }, blobs)
+    }
+
+    /// Writes `change` into our document in the bucket of the message at
+    /// `target`, signs the update and stages it.
+    fn local_change(
+        &mut self,
+        tx: &mut Tx,
+        room: RoomId,
+        target: SortKey,
+        hlc: Hlc,
+        change: DocChange,
+        blobs: Vec<Vec<u8>>,
+    ) -> Result<Sent> {
+        let bucket = bucket_of(target.hlc);
+        let author = self.key.author();
+        let dk = (room, bucket, author);
+        self.load_doc(tx, dk)?;
+        let doc = self.docs.get(&dk).ok_or_else(|| corrupt(Tree::Docs, "document vanished"))?;
+        let update = doc.change(&change);
+        tx.docs.insert(dk);
+        let hashes: Vec<BlobHash> = blobs.iter().map(|b| blob::hash(b)).collect();
+        let envelope = Envelope::sign(
+            &self.key,
+            EnvelopeFields {
+                room,
+                bucket,
+                clock_start: update.clock_start,
+                clock_end: update.clock_end,
+                hlc,
+                update: &update.update,
+                blobs: &hashes,
+            },
+        )?;
+        stage_envelope(tx, &envelope);
+        for b in &blobs {
+            tx.blobs.insert((room, blob::hash(b)), b.clone());
+        }
+        tx.touched.insert((room, bucket));
+        Ok(Sent { id: target.id, delivery: Delivery { envelope, blobs } })
+    }
+
+    fn seal_blob(&self, id: &MessageId, hlc: Hlc, index: u8, content: &[u8]) -> Vec<u8> {
+        let mut input = Vec::with_capacity(25);
+        input.extend_from_slice(id.as_bytes());
+        input.extend_from_slice(&hlc.as_u64().to_be_bytes());
+        input.push(index);
+        let mut nonce = [0u8; BLOB_NONCE_LEN];
+        nonce.copy_from_slice(&self.key.derive(CONTEXT_BLOB_NONCE, &input)[..BLOB_NONCE_LEN]);
+        blob::seal(&nonce, content)
+    }
+
+    /// A UUIDv7 whose time is the stamp's and whose random bits come from the
+    /// device key and the stamp: unique per device (stamps never repeat) and
+    /// reproducible under a seeded key and a manual clock.
+    fn new_message_id(&self, hlc: Hlc) -> MessageId {
+        let entropy = self.key.derive(CONTEXT_MESSAGE_ID, &hlc.as_u64().to_be_bytes());
+        let mut random = [0u8; 10];
+        random.copy_from_slice(&entropy[..10]);
+        MessageId(uuid::Builder::from_unix_timestamp_millis(hlc.millis(), &random).into_uuid())
+    }
+
+    /// The sort key of a live message, seeing this transaction's own changes.
+    fn live_message(&self, tx: &Tx, room: &RoomId, id: &MessageId) -> Result<SortKey> {
+        self.check_room(room)?;
+        if tx.deleted.contains(&(*room, *id)) {
+            return Err(Error::MessageDeleted(*id));
+        }
+        if let Some(key) = tx.posted.get(&(*room, *id)) {
+            return Ok(*key);
+        }
+        match self.store.get(Tree::MessageIds, &tables::message_id_key(room, id))? {
+            Some(raw) => Ok(SortKey::from_bytes(&raw).map_err(|e| corrupt(Tree::MessageIds, e))?),
+            None => Err(Error::UnknownMessage(*id)),
+        }
+    }
+
+    /// One of our own live posts, with its record.
+    fn own_live_post(
+        &mut self,
+        tx: &mut Tx,
+        room: &RoomId,
+        id: &MessageId,
+    ) -> Result<(SortKey, PostRecord)> {
+        let key = match self.live_message(tx, room, id) {
+            Err(Error::UnknownMessage(_)) if self.is_tombstoned(room, id)? => {
+                return Err(Error::MessageDeleted(*id))
+            }
+            other => other?,
+        };
+        if key.author != self.key.author() {
+            return Err(Error::NotAuthor(*id));
+        }
+        let dk = (*room, bucket_of(key.hlc), key.author);
+        self.load_doc(tx, dk)?;
+        let doc = self.docs.get(&dk).ok_or_else(|| corrupt(Tree::Docs, "document vanished"))?;
+        match doc.post(id) {
+            Some(post) => Ok((key, post)),
+            None if doc.is_deleted(id) => Err(Error::MessageDeleted(*id)),
+            None => Err(Error::UnknownMessage(*id)),
+        }
+    }
+
+    fn is_tombstoned(&self, room: &RoomId, id: &MessageId) -> Result<bool> {
+        // Honest ids carry their post's time, so look in that bucket first.
+        let millis = id
+            .as_uuid()
+            .get_timestamp()
+            .map(|t| t.to_unix())
+            .map(|(s, n)| s * 1000 + u64::from(n) / 1_000_000);
+        let Some(millis) = millis else { return Ok(false) };
+        let bucket = bucket_of(Hlc::new(millis, 0));
+        let mut prefix = tables::bucket_prefix(room, bucket);
+        prefix.extend_from_slice(id.as_bytes());
+        Ok(!self
+            .store
+            .scan(Tree::Tombstones, &KeyRange::prefix(&prefix), Order::Ascending, 1)?
+            .is_empty())
+    }
+
+    // ----- remote envelopes --------------------------------------------------
+
+    /// Verifies, validates and applies envelopes from peers, in any order.
+    /// Each has its own outcome; a rejected one changes nothing. The outer
+    /// error means the store failed and nothing of this call was kept.
+    pub fn apply(
+        &mut self,
+        room: &RoomId,
+        deliveries: Vec<Delivery>,
+    ) -> Result<Vec<Result<Applied, EnvelopeError>>> {
+        self.check_room(room)?;
+        // Apply each author document's changes in clock order, so a batch that
+        // holds a whole history integrates without detours through pending.
+        let mut order: Vec<usize> = (0..deliveries.len()).collect();
+        order.sort_by_key(|&i| {
+            let e = &deliveries[i].envelope;
+            (e.bucket(), e.author(), e.clock_range().0)
+        });
+        let mut slots: Vec<Option<Delivery>> = deliveries.into_iter().map(Some).collect();
+        let mut results: Vec<Result<Applied, EnvelopeError>> =
+            vec![Ok(Applied::Duplicate); slots.len()];
+        let mut tx = Tx::default();
+        for i in order {
+            if let Some(d) = slots[i].take() {
+                results[i] = self.apply_one(&mut tx, room, d)?;
+            }
+        }
+        self.finish(tx)?;
+        Ok(results)
+    }
+
+    /// Applies one delivery. The outer error is a store failure; the inner
+    /// one is this envelope's rejection.
+    fn apply_one(
+        &mut self,
+        tx: &mut Tx,
+        room: &RoomId,
+        d: Delivery,
+    ) -> Result<Result<Applied, EnvelopeError>> {
+        let env = &d.envelope;
+        if env.room() != *room {
+            return Ok(Err(EnvelopeError::WrongRoom { expected: *room, found: env.room() }));
+        }
+        let author = env.author();
+        let (start, end) = env.clock_range();
+        let update = match doc::validate_update(env.update(), keys::client_id(&author), start, end)
+        {
+            Ok(u) => u,
+            Err(e) => return Ok(Err(e)),
+        };
+        let dk = (*room, env.bucket(), author);
+        self.load_doc(tx, dk)?;
+        let next = self.docs.get(&dk).map_or(0, AuthorDoc::next_clock);
+        let ekey = tables::envelope_key(room, env.bucket(), &author, start);
+        if end <= next {
+            let stored = match tx.batch.get(Tree::Envelopes, &ekey) {
+                Some(v) => v.map(<[u8]>::to_vec),
+                None => self.store.get(Tree::Envelopes, &ekey)?,
+            };
+            if stored.is_some_and(|s| s != env.as_bytes()) {
+                return Ok(Err(EnvelopeError::Equivocation));
+            }
+            self.offer_blobs(tx, room, env.bucket(), d.blobs);
+            return Ok(Ok(Applied::Duplicate));
+        }
+        if start > next {
+            tx.batch.put(Tree::Pending, ekey.clone(), d.to_bytes());
+            tx.pending.insert(ekey, d);
+            return Ok(Ok(Applied::Pending));
+        }
+        if let Some(doc) = self.docs.get(&dk) {
+            if let Err(e) = doc.apply(update) {
+                // yrs may have half-integrated; reload this document from the store.
+                self.docs.remove(&dk);
+                tx.docs.remove(&dk);
+                return Ok(Err(e));
+            }
+        }
+        tx.docs.insert(dk);
+        self.hlc.observe(env.hlc(), self.clock.now_millis());
+        stage_envelope(tx, env);
+        let bucket = env.bucket();
+        self.offer_blobs(tx, room, bucket, d.blobs);
+        self.drain_pending(tx, dk)?;
+        Ok(Ok(Applied::Applied))
+    }
+
+    fn offer_blobs(&mut self, tx: &mut Tx, room: &RoomId, bucket: u32, blobs: Vec<Vec<u8>>) {
+        if blobs.is_empty() {
+            return;
+        }
+        for b in blobs {
+            tx.blobs.insert((*room, blob::hash(&b)), b);
+        }
+        tx.touched.insert((*room, bucket));
+    }
+
+    /// Integrates pending deliveries of a document whose clock just advanced.
+    fn drain_pending(&mut self, tx: &mut Tx, dk: DocKey) -> Result<()> {
+        let (room, bucket, author) = dk;
+        let prefix = tables::doc_key(&room, bucket, &author);
+        let mut waiting: BTreeMap<Vec<u8>, Delivery> = BTreeMap::new();
+        for (k, v) in self.store.scan(
+            Tree::Pending,
+            &KeyRange::prefix(&prefix),
+            Order::Ascending,
+            usize::MAX,
+        )? {
+            if tx.batch.get(Tree::Pending, &k) == Some(None) {
+                continue;
+            }
+            match Delivery::from_bytes(&v) {
+                Ok(d) => {
+                    waiting.insert(k, d);
+                }
+                // A record that no longer decodes can never apply; drop it.
+                Err(_) => tx.batch.delete(Tree::Pending, k),
+            }
+        }
+        for (k, d) in tx.pending.range(prefix.clone()..) {
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            waiting.insert(k.clone(), d.clone());
+        }
+        loop {
+            let next = self.docs.get(&dk).map_or(0, AuthorDoc::next_clock);
+            let ready: Vec<Vec<u8>> = waiting
+                .iter()
+                .filter(|(_, d)| d.envelope.clock_range().0 <= next)
+                .map(|(k, _)| k.clone())
+                .collect();
+            if ready.is_empty() {
+                return Ok(());
+            }
+            for k in ready {
+                if let Some(d) = waiting.remove(&k) {
+                    tx.batch.delete(Tree::Pending, k.clone());
+                    tx.pending.remove(&k);
+                    // Its outcome was reported when it arrived; a late rejection
+                    // (for example equivocation) just drops it.
+                    let _ = self.apply_one(tx, &room, d)?;
+                }
+            }
+        }
+    }
+
+    // ----- documents and rendering -------------------------------------------
+
+    /// Ensures the document is in memory, rebuilding it from stored envelopes.
+    fn load_doc(&mut self, tx: &mut Tx, dk: DocKey) -> Result<()> {
+        if self.docs.contains_key(&dk) {
+            return Ok(());
+        }
+        let (room, bucket, author) = dk;
+        let doc = AuthorDoc::new(&author);
+        let prefix = tables::doc_key(&room, bucket, &author);
+        let stored = self.store.scan(
+            Tree::Envelopes,
+            &KeyRange::prefix(&prefix),
+            Order::Ascending,
+            usize::MAX,
+        )?;
+        if stored.is_empty() && self.store.get(Tree::Docs, &prefix)?.is_none() {
+            tx.new_docs.insert(dk);
+        }
+        for (_, v) in stored {
+            let env = Envelope::from_stored_bytes(&v).map_err(|e| corrupt(Tree::Envelopes, e))?;
+            let (start, end) = env.clock_range();
+            doc.apply_bytes(env.update(), start, end).map_err(|e| corrupt(Tree::Envelopes, e))?;
+        }
+        self.docs.insert(dk, doc);
+        Ok(())
+    }
+
+    fn bucket_authors(&self, tx: &Tx, room: &RoomId, bucket: u32) -> Result<BTreeSet<AuthorId>> {
+        let prefix = tables::bucket_prefix(room, bucket);
+        let mut authors = BTreeSet::new();
+        for (k, _) in
+            self.store.scan(Tree::Docs, &KeyRange::prefix(&prefix), Order::Ascending, usize::MAX)?
+        {
+            authors.insert(
+                tables::doc_key_author(&k).ok_or_else(|| corrupt(Tree::Docs, "short key"))?,
+            );
+        }
+        for (r, b, a) in &tx.new_docs {
+            if r == room && *b == bucket {
+                authors.insert(*a);
+            }
+        }
+        Ok(authors)
+    }
+
+    fn render_bucket(&mut self, tx: &mut Tx, room: &RoomId, bucket: u32) -> Result<BucketRender> {
+        let authors = self.bucket_authors(tx, room, bucket)?;
+        let mut contents = Vec::with_capacity(authors.len());
+        for author in authors {
+            let dk = (*room, bucket, author);
+            self.load_doc(tx, dk)?;
+            if let Some(doc) = self.docs.get(&dk) {
+                contents.push((author, doc.contents()));
+            }
+        }
+        Ok(view::render(bucket, &contents))
+    }
+
+    /// The rows of a bucket as currently stored.
+    fn stored_bucket(&self, room: &RoomId, bucket: u32) -> Result<BucketRender> {
+        let (lo, hi) = bucket_bounds(bucket);
+        let mut out = BucketRender::default();
+        let start = [room.as_bytes().as_slice(), &lo.as_u64().to_be_bytes()].concat();
+        let end = [room.as_bytes().as_slice(), &hi.as_u64().to_be_bytes()].concat();
+        for (k, v) in self.store.scan(
+            Tree::Timeline,
+            &KeyRange::between(&start, &end),
+            Order::Ascending,
+            usize::MAX,
+        )? {
+            let key = SortKey::from_bytes(&k[32..]).map_err(|e| corrupt(Tree::Timeline, e))?;
+            out.rows.insert(key, Row::decode(&v).map_err(|e| corrupt(Tree::Timeline, e))?);
+        }
+        let prefix = tables::bucket_prefix(room, bucket);
+        for (k, v) in self.store.scan(
+            Tree::Tombstones,
+            &KeyRange::prefix(&prefix),
+            Order::Ascending,
+            usize::MAX,
+        )? {
+            out.tombstones.insert(decode_tombstone(&k, &v)?);
+        }
+        Ok(out)
+    }
+
+    /// Renders every touched bucket, stages the resulting rows, blob keeps and
+    /// erasures, commits, and announces the diffs.
+    fn finish(&mut self, mut tx: Tx) -> Result<()> {
+        let touched = std::mem::take(&mut tx.touched);
+        for (room, bucket) in touched {
+            if let Err(e) = self.refresh_bucket(&mut tx, &room, bucket) {
+                self.abandon(&tx);
+                return Err(e);
+            }
+        }
+        for dk in &tx.docs {
+            if let Some(doc) = self.docs.get(dk) {
+                tx.batch.put(
+                    Tree::Docs,
+                    tables::doc_key(&dk.0, dk.1, &dk.2),
+                    doc.next_clock().to_be_bytes(),
+                );
+            }
+        }
+        tx.batch.put(Tree::Meta, META_HLC, self.hlc.last().as_u64().to_be_bytes());
+        let batch = std::mem::take(&mut tx.batch);
+        if let Err(e) = self.store.commit(batch) {
+            self.abandon(&tx);
+            return Err(e.into());
+        }
+        self.announce(tx.diffs);
+        Ok(())
+    }
+
+    fn abandon(&mut self, tx: &Tx) {
+        for dk in &tx.docs {
+            self.docs.remove(dk);
+        }
+        for dk in &tx.new_docs {
+            self.docs.remove(dk);
+        }
+    }
+
+    fn refresh_bucket(&mut self, tx: &mut Tx, room: &RoomId, bucket: u32) -> Result<()> {
+        let old = self.stored_bucket(room, bucket)?;
+        let new = self.render_bucket(tx, room, bucket)?;
+        let old_blobs: BTreeSet<BlobHash> =
+            old.rows.values().flat_map(Row::blobs).copied().collect();
+        let new_blobs: BTreeSet<BlobHash> =
+            new.rows.values().flat_map(Row::blobs).copied().collect();
+        // Erase: blobs no live message references any more.
+        for hash in old_blobs.difference(&new_blobs) {
+            tx.batch.delete(Tree::Blobs, tables::blob_key(room, hash));
+        }
+        // Keep: offered blobs that a live message references.
+        for hash in &new_blobs {
+            if let Some(b) = tx.blobs.remove(&(*room, *hash)) {
+                let key = tables::blob_key(room, hash);
+                if self.store.get(Tree::Blobs, &key)?.is_none() {
+                    tx.batch.put(Tree::Blobs, key, b);
+                }
+            }
+        }
+        let mut diffs = Vec::new();
+        let keys: BTreeSet<SortKey> = old.rows.keys().chain(new.rows.keys()).copied().collect();
+        for key in keys {
+            let tkey = tables::timeline_key(room, &key);
+            let idkey = tables::message_id_key(room, &key.id);
+            match (old.rows.get(&key), new.rows.get(&key)) {
+                (None, Some(row)) => {
+                    tx.batch.put(Tree::Timeline, tkey, row.encode());
+                    tx.batch.put(Tree::MessageIds, idkey, key.to_bytes());
+                    diffs.push(TimelineDiff::Insert(self.message(tx, room, key, row)?));
+                }
+                (Some(before), Some(row)) if before != row => {
+                    tx.batch.put(Tree::Timeline, tkey, row.encode());
+                    diffs.push(TimelineDiff::Update(self.message(tx, room, key, row)?));
+                }
+                (Some(_), None) => {
+                    tx.batch.delete(Tree::Timeline, tkey);
+                    tx.batch.delete(Tree::MessageIds, idkey);
+                    diffs.push(TimelineDiff::Remove { id: key.id, cursor: Cursor(key) });
+                }
+                _ => {}
+            }
+        }
+        for t in new.tombstones.difference(&old.tombstones) {
+            let mut value = Vec::with_capacity(16);
+            value.extend_from_slice(&t.posted.as_u64().to_be_bytes());
+            value.extend_from_slice(&t.deleted.as_u64().to_be_bytes());
+            tx.batch.put(
+                Tree::Tombstones,
+                tables::tombstone_key(room, bucket, &t.id, &t.author),
+                value,
+            );
+        }
+        for (author, key) in &new.reads {
+            tx.batch.put(Tree::Reads, tables::read_key(room, author, bucket), key.to_bytes());
+        }
+        if !diffs.is_empty() {
+            tx.diffs.push((*room, diffs));
+        }
+        Ok(())
+    }
+
+    fn announce(&self, diffs: Vec<(RoomId, Vec<TimelineDiff>)>) {
+        if diffs.is_empty() {
+            return;
+        }
+        let listeners: Vec<(RoomId, Arc<dyn TimelineListener>)> =
+            lock(&self.listeners).values().cloned().collect();
+        for (room, diffs) in &diffs {
+            for (wanted, listener) in &listeners {
+                if wanted == room {
+                    // A panicking listener must not take the replica down with it.
+                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        listener.on_diffs(room, diffs)
+                    }));
+                }
+            }
+        }
+    }
+
+    // ----- queries -----------------------------------------------------------
+
+    /// Subscribes to a room's timeline diffs until the subscription is dropped.
+    pub fn subscribe(
+        &mut self,
+        room: &RoomId,
+        listener: Arc<dyn TimelineListener>,
+    ) -> Subscription {
+        let id = self.next_listener;
+        self.next_listener += 1;
+        lock(&self.listeners).insert(id, (*room, listener));
+        Subscription { id, listeners: Arc::downgrade(&self.listeners) }
+    }
+
+    /// A page of up to `limit` messages, newest first.
+    pub fn page(&self, room: &RoomId, anchor: Anchor, limit: usize) -> Result<Page> {
+        self.check_room(room)?;
+        let limit = limit.min(MAX_PAGE);
+        let prefix = room.as_bytes().to_vec();
+        let with = |k: &SortKey| [prefix.as_slice(), &k.to_bytes()].concat();
+        let (range, order) = match anchor {
+            Anchor::Latest => (KeyRange::prefix(&prefix), Order::Descending),
+            Anchor::Before(c) => (
+                KeyRange {
+                    start: std::ops::Bound::Included(prefix.clone()),
+                    end: std::ops::Bound::Excluded(with(&c.0)),
+                },
+                Order::Descending,
+            ),
+            Anchor::After(c) => {
+                let mut r = KeyRange::prefix(&prefix);
+                r.start = std::ops::Bound::Excluded(with(&c.0));
+                (r, Order::Ascending)
+            }
+        };
+        let rows = self.store.scan(Tree::Timeline, &range, order, limit + 1)?;
+        let has_more = rows.len() > limit;
+        let mut messages = Vec::with_capacity(limit.min(rows.len()));
+        for (k, v) in rows.into_iter().take(limit) {
+            let key = SortKey::from_bytes(&k[32..]).map_err(|e| corrupt(Tree::Timeline, e))?;
+            let row = Row::decode(&v).map_err(|e| corrupt(Tree::Timeline, e))?;
+            messages.push(self.message(&Tx::default(), room, key, &row)?);
+        }
+        if order == Order::Ascending {
+            messages.reverse();
+        }
+        Ok(Page { messages, has_more })
+    }
+
+    /// A live message by id.
+    pub fn message_by_id(&self, room: &RoomId, id: &MessageId) -> Result<Option<Message>> {
+        self.check_room(room)?;
+        let Some(raw) = self.store.get(Tree::MessageIds, &tables::message_id_key(room, id))? else {
+            return Ok(None);
+        };
+        let key = SortKey::from_bytes(&raw).map_err(|e| corrupt(Tree::MessageIds, e))?;
+        let Some(row) = self.store.get(Tree::Timeline, &tables::timeline_key(room, &key))? else {
+            return Err(corrupt(Tree::Timeline, "message id points at no row"));
+        };
+        let row = Row::decode(&row).map_err(|e| corrupt(Tree::Timeline, e))?;
+        Ok(Some(self.message(&Tx::default(), room, key, &row)?))
+    }
+
+    /// An attachment's content, while its message lives.
+    pub fn attachment(&self, room: &RoomId, hash: &BlobHash) -> Result<Option<Vec<u8>>> {
+        self.check_room(room)?;
+        match self.store.get(Tree::Blobs, &tables::blob_key(room, hash))? {
+            Some(b) => Ok(Some(blob::content(&b).map_err(|e| corrupt(Tree::Blobs, e))?.to_vec())),
+            None => Ok(None),
+        }
+    }
+
+    fn message(&self, tx: &Tx, room: &RoomId, key: SortKey, row: &Row) -> Result<Message> {
+        let blob = match tx.batch.get(Tree::Blobs, &tables::blob_key(room, &row.body)) {
+            Some(staged) => staged.map(<[u8]>::to_vec),
+            None => self.store.get(Tree::Blobs, &tables::blob_key(room, &row.body))?,
+        };
+        let body = match blob {
+            Some(b) => Some(
+                String::from_utf8(blob::content(&b).map_err(|e| corrupt(Tree::Blobs, e))?.to_vec())
+                    .map_err(|_| corrupt(Tree::Blobs, "body is not UTF-8"))?,
+            ),
+            None => None,
+        };
+        Ok(Message {
+            id: key.id,
+            author: key.author,
+            hlc: key.hlc,
+            cursor: Cursor(key),
+            body,
+            attachments: row.attachments.clone(),
+            reply_to: row.reply_to,
+            edited: row.edited,
+            reactions: row.reactions.clone(),
+        })
+    }
+
+    /// Each author's read marker: the furthest message they marked read.
+    pub fn read_markers(&self, room: &RoomId) -> Result<BTreeMap<AuthorId, Cursor>> {
+        self.check_room(room)?;
+        let mut out: BTreeMap<AuthorId, Cursor> = BTreeMap::new();
+        for (k, v) in self.store.scan(
+            Tree::Reads,
+            &KeyRange::prefix(room.as_bytes()),
+            Order::Ascending,
+            usize::MAX,
+        )? {
+            let author =
+                k.get(32..64).and_then(|a| <[u8; 32]>::try_from(a).ok()).map(AuthorId::from_bytes);
+            let author = author.ok_or_else(|| corrupt(Tree::Reads, "short key"))?;
+            let key = Cursor(SortKey::from_bytes(&v).map_err(|e| corrupt(Tree::Reads, e))?);
+            let entry = out.entry(author).or_insert(key);
+            if key > *entry {
+                *entry = key;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Messages by others after our read marker.
+    pub fn unread_count(&self, room: &RoomId) -> Result<u64> {
+        let me = self.key.author();
+        let marker = self.read_markers(room)?.get(&me).copied();
+        let prefix = room.as_bytes().to_vec();
+        let mut range = KeyRange::prefix(&prefix);
+        if let Some(m) = marker {
+            range.start = std::ops::Bound::Excluded([prefix.as_slice(), &m.0.to_bytes()].concat());
+        }
+        let rows = self.store.scan(Tree::Timeline, &range, Order::Ascending, usize::MAX)?;
+        Ok(rows.iter().filter(|(k, _)| k.get(40..72) != Some(me.as_bytes().as_slice())).count()
+            as u64)
+    }
+
+    /// Every tombstone in the room, in timeline order.
+    pub fn tombstones(&self, room: &RoomId) -> Result<Vec<Tombstone>> {
+        self.check_room(room)?;
+        let mut out = Vec::new();
+        for (k, v) in self.store.scan(
+            Tree::Tombstones,
+            &KeyRange::prefix(room.as_bytes()),
+            Order::Ascending,
+            usize::MAX,
+        )? {
+            out.push(decode_tombstone(&k, &v)?);
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// The whole rendered room, for comparing replicas.
+    pub fn snapshot(&self, room: &RoomId) -> Result<RoomSnapshot> {
+        let mut messages = Vec::new();
+        let mut anchor = Anchor::Latest;
+        loop {
+            let page = self.page(room, anchor, MAX_PAGE)?;
+            let Some(last) = page.messages.last() else { break };
+            anchor = Anchor::Before(last.cursor);
+            let more = page.has_more;
+            messages.extend(page.messages);
+            if !more {
+                break;
+            }
+        }
+        messages.reverse();
+        Ok(RoomSnapshot {
+            messages,
+            tombstones: self.tombstones(room)?,
+            read_markers: self.read_markers(room)?,
+        })
+    }
+
+    /// Every envelope this replica holds for a room, applied and pending, with
+    /// the blobs it still holds, for handing to a peer. Blobs of deleted and
+    /// edited-away content are gone and so never included.
+    pub fn deliveries(&self, room: &RoomId) -> Result<Vec<Delivery>> {
+        self.check_room(room)?;
+        let mut out = Vec::new();
+        for (_, v) in self.store.scan(
+            Tree::Envelopes,
+            &KeyRange::prefix(room.as_bytes()),
+            Order::Ascending,
+            usize::MAX,
+        )? {
+            let envelope =
+                Envelope::from_stored_bytes(&v).map_err(|e| corrupt(Tree::Envelopes, e))?;
+            let mut blobs = Vec::new();
+            for hash in envelope.blob_hashes() {
+                if let Some(b) = self.store.get(Tree::Blobs, &tables::blob_key(room, hash))? {
+                    blobs.push(b);
+                }
+            }
+            out.push(Delivery { envelope, blobs });
+        }
+        for (_, v) in self.store.scan(
+            Tree::Pending,
+            &KeyRange::prefix(room.as_bytes()),
+            Order::Ascending,
+            usize::MAX,
+        )? {
+            out.push(Delivery::from_bytes(&v).map_err(|e| corrupt(Tree::Pending, e))?);
+        }
+        Ok(out)
+    }
+}
+
+fn check_text(text: &str) -> Result<()> {
+    if text.len() > MAX_BODY_BYTES {
+        return Err(Error::InvalidInput(format!(
+            "message text longer than {MAX_BODY_BYTES} bytes"
+        )));
+    }
+    Ok(())
+}
+
+fn stage_envelope(tx: &mut Tx, env: &Envelope) {
+    let (start, _) = env.clock_range();
+    let key = tables::envelope_key(&env.room(), env.bucket(), &env.author(), start);
+    tx.batch.put(Tree::Envelopes, key, env.as_bytes().to_vec());
+}
+
+fn decode_tombstone(key: &[u8], value: &[u8]) -> Result<Tombstone> {
+    let bad = || corrupt(Tree::Tombstones, "bad record");
+    let id: [u8; 16] = key.get(36..52).and_then(|s| s.try_into().ok()).ok_or_else(bad)?;
+    let author: [u8; 32] = key.get(52..84).and_then(|s| s.try_into().ok()).ok_or_else(bad)?;
+    let posted: [u8; 8] = value.get(..8).and_then(|s| s.try_into().ok()).ok_or_else(bad)?;
+    let deleted: [u8; 8] = value.get(8..16).and_then(|s| s.try_into().ok()).ok_or_else(bad)?;
+    Ok(Tombstone {
+        posted: Hlc::from_u64(u64::from_be_bytes(posted)),
+        author: AuthorId::from_bytes(author),
+        id: MessageId::from_bytes(id),
+        deleted: Hlc::from_u64(u64::from_be_bytes(deleted)),
+    })
+}

@@ -1,0 +1,115 @@
+//! The sled backend: one sled tree per [`Tree`], multi-tree transactions for
+//! atomic batches, and a flush before [`Store::commit`] returns.
+//!
+//! sled 0.34 may panic on some corrupt files instead of returning an error;
+//! opening is wrapped so a corrupt store is a typed [`StoreError::Open`].
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::Path;
+
+use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
+
+use super::{KeyRange, Order, Store, Tree, WriteBatch};
+use crate::error::StoreError;
+
+/// A store in a sled database on disk.
+#[derive(Clone)]
+pub struct SledStore {
+    db: sled::Db,
+    trees: Vec<sled::Tree>,
+}
+
+impl std::fmt::Debug for SledStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SledStore").finish_non_exhaustive()
+    }
+}
+
+fn io(e: sled::Error) -> StoreError {
+    StoreError::Io(e.to_string())
+}
+
+impl SledStore {
+    /// Opens (or creates) the database in `path`.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        let path = path.as_ref().to_path_buf();
+        let opened = catch_unwind(AssertUnwindSafe(|| -> Result<Self, StoreError> {
+            let db = sled::Config::new()
+                .path(&path)
+                // Durability comes from the explicit flush in commit, not a timer.
+                .flush_every_ms(None)
+                .open()
+                .map_err(|e| StoreError::Open(e.to_string()))?;
+            let trees = Tree::ALL
+                .iter()
+                .map(|t| db.open_tree(t.name()))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| StoreError::Open(e.to_string()))?;
+            Ok(Self { db, trees })
+        }));
+        match opened {
+            Ok(result) => result,
+            Err(_) => Err(StoreError::Open(format!(
+                "sled panicked while opening {}: the store is corrupt",
+                path.display()
+            ))),
+        }
+    }
+
+    /// Bytes the database occupies on disk.
+    pub fn size_on_disk(&self) -> Result<u64, StoreError> {
+        self.db.size_on_disk().map_err(io)
+    }
+}
+
+impl Store for SledStore {
+    fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.trees[tree.index()].get(key).map_err(io)?.map(|v| v.to_vec()))
+    }
+
+    fn scan(
+        &self,
+        tree: Tree,
+        range: &KeyRange,
+        order: Order,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        let iter = self.trees[tree.index()].range::<&[u8], _>(range.as_refs());
+        let pair = |r: sled::Result<(sled::IVec, sled::IVec)>| {
+            r.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(io)
+        };
+        match order {
+            Order::Ascending => iter.take(limit).map(pair).collect(),
+            Order::Descending => iter.rev().take(limit).map(pair).collect(),
+        }
+    }
+
+    fn commit(&self, batch: WriteBatch) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut per_tree: Vec<sled::Batch> =
+            Tree::ALL.iter().map(|_| sled::Batch::default()).collect();
+        for (tree, key, value) in batch.into_writes() {
+            match value {
+                Some(v) => per_tree[tree.index()].insert(key, v),
+                None => per_tree[tree.index()].remove(key),
+            }
+        }
+        self.trees
+            .as_slice()
+            .transaction(|views| {
+                for (view, batch) in views.iter().zip(&per_tree) {
+                    view.apply_batch(batch)?;
+                }
+                Ok::<(), ConflictableTransactionError<()>>(())
+            })
+            .map_err(|e: TransactionError<()>| match e {
+                TransactionError::Storage(e) => io(e),
+                TransactionError::Abort(()) => StoreError::Io("transaction aborted".into()),
+            })?;
+        // Acknowledged means durable: the flush writes and fsyncs sled's log.
+        self.db.flush().map_err(io)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,145 @@
+//! Every tree of the store, in one place: name (with a version suffix), key
+//! layout and value layout. Integers are big-endian so byte order is numeric
+//! order. `room` is a 32-byte room id, `author` a 32-byte public key, `bucket`
+//! a `u32`, `sortkey` 56 bytes (hlc u64 ‖ author ‖ message id), `msgid` the 16
+//! bytes of a UUIDv7. A layout change gets a new suffix and a migration.
+//!
+//! | tree | key | value |
+//! |---|---|---|
+//! | `meta-1` | `schema` / `device-key` / `hlc` | schema u32 / 32-byte secret seed / last HLC u64 |
+//! | `rooms-1` | room | the room's signed genesis |
+//! | `docs-1` | room ‖ bucket ‖ author | next clock u32 of that author document |
+//! | `envelopes-1` | room ‖ bucket ‖ author ‖ clock_start u32 | applied envelope |
+//! | `pending-1` | room ‖ bucket ‖ author ‖ clock_start u32 | delivery waiting for its causal past |
+//! | `blobs-1` | room ‖ blob hash | blob (nonce ‖ content) of a live message |
+//! | `timeline-1` | room ‖ sortkey | rendered message row (no body) |
+//! | `message-ids-1` | room ‖ msgid | sortkey of the live message |
+//! | `tombstones-1` | room ‖ bucket ‖ msgid ‖ author | posted hlc u64 ‖ deleted hlc u64 |
+//! | `reads-1` | room ‖ author ‖ bucket | sortkey the author marked read in that bucket |
+
+use crate::ids::{AuthorId, BlobHash, MessageId, RoomId, SortKey};
+
+/// A tree of the store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[non_exhaustive]
+pub enum Tree {
+    /// Schema version, device key, last HLC.
+    Meta,
+    /// Room genesis records.
+    Rooms,
+    /// Author documents that exist, with their next clock.
+    Docs,
+    /// Applied envelopes.
+    Envelopes,
+    /// Deliveries waiting for their causal past.
+    Pending,
+    /// Blobs of live messages.
+    Blobs,
+    /// Rendered timeline rows.
+    Timeline,
+    /// Live message id to sort key.
+    MessageIds,
+    /// Tombstones of deleted messages.
+    Tombstones,
+    /// Read markers per author and bucket.
+    Reads,
+}
+
+impl Tree {
+    /// Every tree.
+    pub const ALL: [Tree; 10] = [
+        Tree::Meta,
+        Tree::Rooms,
+        Tree::Docs,
+        Tree::Envelopes,
+        Tree::Pending,
+        Tree::Blobs,
+        Tree::Timeline,
+        Tree::MessageIds,
+        Tree::Tombstones,
+        Tree::Reads,
+    ];
+
+    /// The tree's name on disk, with its layout version.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Tree::Meta => "meta-1",
+            Tree::Rooms => "rooms-1",
+            Tree::Docs => "docs-1",
+            Tree::Envelopes => "envelopes-1",
+            Tree::Pending => "pending-1",
+            Tree::Blobs => "blobs-1",
+            Tree::Timeline => "timeline-1",
+            Tree::MessageIds => "message-ids-1",
+            Tree::Tombstones => "tombstones-1",
+            Tree::Reads => "reads-1",
+        }
+    }
+
+    pub(crate) const fn index(self) -> usize {
+        self as usize
+    }
+}
+
+pub(crate) const META_SCHEMA: &[u8] = b"schema";
+pub(crate) const META_DEVICE_KEY: &[u8] = b"device-key";
+pub(crate) const META_HLC: &[u8] = b"hlc";
+
+fn cat(parts: &[&[u8]]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(parts.iter().map(|p| p.len()).sum());
+    for p in parts {
+        out.extend_from_slice(p);
+    }
+    out
+}
+
+/// `room ‖ bucket`: prefix of one bucket's documents, envelopes and tombstones.
+pub(crate) fn bucket_prefix(room: &RoomId, bucket: u32) -> Vec<u8> {
+    cat(&[room.as_bytes(), &bucket.to_be_bytes()])
+}
+
+/// `room ‖ bucket ‖ author`: key of `docs-1`, prefix of one document's envelopes.
+pub(crate) fn doc_key(room: &RoomId, bucket: u32, author: &AuthorId) -> Vec<u8> {
+    cat(&[room.as_bytes(), &bucket.to_be_bytes(), author.as_bytes()])
+}
+
+/// Key of `envelopes-1` and `pending-1`.
+pub(crate) fn envelope_key(room: &RoomId, bucket: u32, author: &AuthorId, clock: u32) -> Vec<u8> {
+    cat(&[room.as_bytes(), &bucket.to_be_bytes(), author.as_bytes(), &clock.to_be_bytes()])
+}
+
+/// Splits a `docs-1` key into its author.
+pub(crate) fn doc_key_author(key: &[u8]) -> Option<AuthorId> {
+    let raw: [u8; 32] = key.get(36..68)?.try_into().ok()?;
+    Some(AuthorId::from_bytes(raw))
+}
+
+/// Key of `blobs-1`.
+pub(crate) fn blob_key(room: &RoomId, hash: &BlobHash) -> Vec<u8> {
+    cat(&[room.as_bytes(), hash.as_bytes()])
+}
+
+/// Key of `timeline-1`.
+pub(crate) fn timeline_key(room: &RoomId, key: &SortKey) -> Vec<u8> {
+    cat(&[room.as_bytes(), &key.to_bytes()])
+}
+
+/// Key of `message-ids-1`.
+pub(crate) fn message_id_key(room: &RoomId, id: &MessageId) -> Vec<u8> {
+    cat(&[room.as_bytes(), id.as_bytes()])
+}
+
+/// Key of `tombstones-1`.
+pub(crate) fn tombstone_key(
+    room: &RoomId,
+    bucket: u32,
+    id: &MessageId,
+    author: &AuthorId,
+) -> Vec<u8> {
+    cat(&[room.as_bytes(), &bucket.to_be_bytes(), id.as_bytes(), author.as_bytes()])
+}
+
+/// Key of `reads-1`.
+pub(crate) fn read_key(room: &RoomId, author: &AuthorId, bucket: u32) -> Vec<u8> {
+    cat(&[room.as_bytes(), author.as_bytes(), &bucket.to_be_bytes()])
+}
