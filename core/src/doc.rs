@@ -167,11 +167,12 @@ fn buffer(out: Option<Out>) -> Option<std::sync::Arc<[u8]>> {
     }
 }
 
+/// The message id a key starts with, only in its canonical form (32 lowercase
+/// hex digits), so one id cannot hide under two spellings.
 fn parse_id(key: &str) -> Option<MessageId> {
-    if key.len() < 32 || !key.is_char_boundary(32) {
-        return None;
-    }
-    uuid::Uuid::try_parse(&key[..32]).ok().map(MessageId)
+    let head = key.get(..32)?;
+    let id = uuid::Uuid::try_parse(head).ok().map(MessageId)?;
+    (id.simple() == head).then_some(id)
 }
 
 impl AuthorDoc {

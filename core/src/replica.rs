@@ -725,6 +725,7 @@ impl<S: Store> Replica<S> {
         self.hlc.observe(env.hlc(), self.clock.now_millis());
         stage_envelope(tx, env);
         let bucket = env.bucket();
+        tx.touched.insert((*room, bucket));
         self.offer_blobs(tx, room, bucket, d.blobs);
         self.drain_pending(tx, dk)?;
         Ok(Ok(Applied::Applied))
@@ -828,7 +829,8 @@ impl<S: Store> Replica<S> {
                 tables::doc_key_author(&k).ok_or_else(|| corrupt(Tree::Docs, "short key"))?,
             );
         }
-        for (r, b, a) in &tx.new_docs {
+        // Documents this transaction changed may not be listed in `docs-1` yet.
+        for (r, b, a) in tx.new_docs.iter().chain(tx.docs.iter()) {
             if r == room && *b == bucket {
                 authors.insert(*a);
             }
@@ -925,9 +927,15 @@ impl<S: Store> Replica<S> {
         for hash in old_blobs.difference(&new_blobs) {
             tx.batch.delete(Tree::Blobs, tables::blob_key(room, hash));
         }
-        // Keep: offered blobs that a live message references.
+        // Keep: offered blobs that a live message references. A body must be
+        // UTF-8 within the body cap; a peer's invalid body is dropped (the
+        // message shows no body on every replica alike) instead of stored.
+        let bodies: BTreeSet<BlobHash> = new.rows.values().map(|r| r.body).collect();
         for hash in &new_blobs {
             if let Some(b) = tx.blobs.remove(&(*room, *hash)) {
+                if bodies.contains(hash) && !valid_body(&b) {
+                    continue;
+                }
                 let key = tables::blob_key(room, hash);
                 if self.store.get(Tree::Blobs, &key)?.is_none() {
                     tx.batch.put(Tree::Blobs, key, b);
@@ -1071,13 +1079,13 @@ impl<S: Store> Replica<S> {
             Some(staged) => staged.map(<[u8]>::to_vec),
             None => self.store.get(Tree::Blobs, &tables::blob_key(room, &row.body))?,
         };
-        let body = match blob {
-            Some(b) => Some(
-                String::from_utf8(blob::content(&b).map_err(|e| corrupt(Tree::Blobs, e))?.to_vec())
-                    .map_err(|_| corrupt(Tree::Blobs, "body is not UTF-8"))?,
-            ),
-            None => None,
-        };
+        // Bodies are checked before they are stored; one that still fails to
+        // decode reads as absent rather than failing the whole query.
+        let body = blob
+            .as_deref()
+            .and_then(|b| blob::content(b).ok())
+            .and_then(|c| std::str::from_utf8(c).ok())
+            .map(str::to_owned);
         Ok(Message {
             id: key.id,
             author: key.author,
@@ -1197,6 +1205,11 @@ impl<S: Store> Replica<S> {
         }
         Ok(out)
     }
+}
+
+/// Whether blob bytes hold a body a message may show.
+fn valid_body(blob: &[u8]) -> bool {
+    blob::content(blob).is_ok_and(|c| c.len() <= MAX_BODY_BYTES && std::str::from_utf8(c).is_ok())
 }
 
 fn check_text(text: &str) -> Result<()> {

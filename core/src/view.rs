@@ -129,7 +129,13 @@ impl Row {
             }
             None => out.put_u8(0),
         }
-        out.put_u64(self.edited.map_or(0, |h| h.as_u64()));
+        match self.edited {
+            Some(h) => {
+                out.put_u8(1);
+                out.put_u64(h.as_u64());
+            }
+            None => out.put_u8(0),
+        }
         out.put_u16(self.reactions.len() as u16);
         for r in &self.reactions {
             out.put_str_u8(&r.emoji);
@@ -156,7 +162,11 @@ impl Row {
             1 => Some(MessageId::from_bytes(r.array("row reply")?)),
             _ => return Err(DecodeError::InvalidValue("row reply flag")),
         };
-        let edited = Some(r.u64("row edited")?).filter(|&v| v != 0).map(Hlc);
+        let edited = match r.u8("row edited flag")? {
+            0 => None,
+            1 => Some(Hlc(r.u64("row edited")?)),
+            _ => return Err(DecodeError::InvalidValue("row edited flag")),
+        };
         let n = r.count_u16(MAX_ROW_REACTIONS, 3, "row reactions")?;
         let mut reactions = Vec::with_capacity(n);
         for _ in 0..n {
@@ -250,11 +260,17 @@ pub(crate) fn render(bucket: u32, docs: &[(AuthorId, DocContents)]) -> BucketRen
             }
         }
     }
+    // Caps keep every row decodable; which reactions survive a cap depends
+    // only on the documents (smallest emoji and authors first).
     for (key, by_emoji) in reactions {
         if let Some(row) = posts.get_mut(&key) {
             row.reactions = by_emoji
                 .into_iter()
-                .map(|(emoji, authors)| Reaction { emoji, authors: authors.into_iter().collect() })
+                .take(MAX_ROW_REACTIONS)
+                .map(|(emoji, authors)| Reaction {
+                    emoji,
+                    authors: authors.into_iter().take(MAX_ROW_REACTORS).collect(),
+                })
                 .collect();
         }
     }

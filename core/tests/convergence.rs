@@ -56,7 +56,16 @@ impl Sim {
         for r in &mut replicas[1..] {
             r.join_room(&genesis).unwrap();
         }
-        Sim { rng, clocks, replicas, room, wire: Vec::new(), withheld: Vec::new(), own: vec![Vec::new(); n], pending: 0 }
+        Sim {
+            rng,
+            clocks,
+            replicas,
+            room,
+            wire: Vec::new(),
+            withheld: Vec::new(),
+            own: vec![Vec::new(); n],
+            pending: 0,
+        }
     }
 
     fn visible(&self, r: usize) -> Vec<MessageId> {
@@ -151,6 +160,45 @@ impl Sim {
                 self.pending += usize::from(outcome == concord_core::Applied::Pending);
             }
         }
+        if self.rng.random_bool(0.25) {
+            self.check_view_is_fresh(r);
+        }
+    }
+
+    /// The incrementally maintained view of `r` equals a view rendered from
+    /// scratch out of the same envelopes: no change may leave a stale view.
+    fn check_view_is_fresh(&self, r: usize) {
+        let clock = Arc::new(ManualClock::new(common::EPOCH_MILLIS));
+        let mut fresh = Replica::open_with_seed(MemoryStore::new(), clock, [0xEE; 32]).unwrap();
+        fresh.join_room(self.replicas[r].genesis(&self.room).unwrap().as_bytes()).unwrap();
+        let out =
+            fresh.apply(&self.room, self.replicas[r].deliveries(&self.room).unwrap()).unwrap();
+        if std::env::var("SIM_DEBUG").is_ok() {
+            for (d, o) in self.replicas[r].deliveries(&self.room).unwrap().iter().zip(&out) {
+                eprintln!(
+                    "{:?} {:?} {:?} blobs={} -> {:?}",
+                    d.envelope.bucket(),
+                    d.envelope.author(),
+                    d.envelope.clock_range(),
+                    d.blobs.len(),
+                    o
+                );
+            }
+            for (t, k, v) in common::dump(self.replicas[r].store()) {
+                if t == concord_core::Tree::Docs || t == concord_core::Tree::Pending {
+                    eprintln!(
+                        "{t:?} {} {}",
+                        hex::encode(&k[32..]),
+                        if t == concord_core::Tree::Docs { hex::encode(&v) } else { String::new() }
+                    );
+                }
+            }
+        }
+        assert_eq!(
+            fresh.snapshot(&self.room).unwrap(),
+            self.replicas[r].snapshot(&self.room).unwrap(),
+            "replica {r}'s view is stale"
+        );
     }
 
     /// Everyone receives everything: the original wire (stale bodies of
@@ -178,12 +226,24 @@ impl Sim {
         tally.edited += first.messages.iter().filter(|m| m.edited.is_some()).count();
         tally.reactions += first.messages.iter().map(|m| m.reactions.len()).sum::<usize>();
         tally.read_markers += first.read_markers.len();
-        tally.buckets += first.messages.iter().map(|m| concord_core::bucket_of(m.hlc)).collect::<BTreeSet<_>>().len();
+        tally.buckets += first
+            .messages
+            .iter()
+            .map(|m| concord_core::bucket_of(m.hlc))
+            .collect::<BTreeSet<_>>()
+            .len();
         for (i, r) in self.replicas.iter().enumerate().skip(1) {
-            assert_eq!(r.snapshot(&self.room).unwrap(), first, "replica {i} differs from replica 0");
+            assert_eq!(
+                r.snapshot(&self.room).unwrap(),
+                first,
+                "replica {i} differs from replica 0"
+            );
         }
         let deleted: BTreeSet<MessageId> = first.tombstones.iter().map(|t| t.id).collect();
-        assert!(first.messages.iter().all(|m| !deleted.contains(&m.id)), "a deleted message is visible");
+        assert!(
+            first.messages.iter().all(|m| !deleted.contains(&m.id)),
+            "a deleted message is visible"
+        );
         assert!(first.messages.iter().all(|m| m.body.is_some()), "a live message lacks its body");
         let cursors: Vec<_> = first.messages.iter().map(|m| m.cursor).collect();
         let mut sorted = cursors.clone();
@@ -249,7 +309,8 @@ fn test_replicas_converge_under_random_delivery() {
     let mut tally = Tally::default();
     for i in 0..cases {
         let seed = base.wrapping_add(i);
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_case(seed, &mut tally)));
+        let result =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_case(seed, &mut tally)));
         if let Err(panic) = result {
             eprintln!("convergence failed for seed {seed}; replay with CONCORD_SEED={seed}");
             std::panic::resume_unwind(panic);

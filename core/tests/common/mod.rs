@@ -13,9 +13,12 @@ pub const EPOCH_MILLIS: u64 = 20_000 * concord_core::BUCKET_SPAN_MILLIS - 3 * 3_
 /// The seed a test runs with: `CONCORD_SEED` if set, to replay a failure,
 /// otherwise derived from the test's name. Always printed.
 pub fn test_seed(name: &str) -> u64 {
-    let seed = std::env::var("CONCORD_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-        name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
-    });
+    let seed =
+        std::env::var("CONCORD_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+            name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+            })
+        });
     println!("{name}: seed {seed} (replay with CONCORD_SEED={seed})");
     seed
 }
