@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard};
 
-use super::{KeyRange, Order, Store, Tree, WriteBatch};
+use super::{Entry, KeyRange, Order, Store, Tree, WriteBatch};
 use crate::error::StoreError;
 
 type Trees = [BTreeMap<Vec<u8>, Vec<u8>>; Tree::ALL.len()];
@@ -40,7 +40,7 @@ impl Store for MemoryStore {
         range: &KeyRange,
         order: Order,
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    ) -> Result<Vec<Entry>, StoreError> {
         let trees = self.lock();
         let iter = trees[tree.index()].range::<[u8], _>(range.as_refs());
         let clone = |(k, v): (&Vec<u8>, &Vec<u8>)| (k.clone(), v.clone());

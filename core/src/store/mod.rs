@@ -24,6 +24,9 @@ pub use memory::MemoryStore;
 pub use sled_store::SledStore;
 pub use tables::Tree;
 
+/// A key and its value, as scans return them.
+pub type Entry = (Vec<u8>, Vec<u8>);
+
 /// A range of keys within one tree.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KeyRange {
@@ -135,7 +138,7 @@ pub trait Store: Send {
         range: &KeyRange,
         order: Order,
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>;
+    ) -> Result<Vec<Entry>, StoreError>;
 
     /// Applies `batch` atomically and durably.
     fn commit(&self, batch: WriteBatch) -> Result<(), StoreError>;
@@ -151,7 +154,7 @@ impl<S: Store + Sync + ?Sized> Store for std::sync::Arc<S> {
         range: &KeyRange,
         order: Order,
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    ) -> Result<Vec<Entry>, StoreError> {
         (**self).scan(tree, range, order, limit)
     }
     fn commit(&self, batch: WriteBatch) -> Result<(), StoreError> {

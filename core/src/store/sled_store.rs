@@ -9,7 +9,7 @@ use std::path::Path;
 
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 
-use super::{KeyRange, Order, Store, Tree, WriteBatch};
+use super::{Entry, KeyRange, Order, Store, Tree, WriteBatch};
 use crate::error::StoreError;
 
 /// A store in a sled database on disk.
@@ -73,7 +73,7 @@ impl Store for SledStore {
         range: &KeyRange,
         order: Order,
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    ) -> Result<Vec<Entry>, StoreError> {
         let iter = self.trees[tree.index()].range::<&[u8], _>(range.as_refs());
         let pair = |r: sled::Result<(sled::IVec, sled::IVec)>| {
             r.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(io)
