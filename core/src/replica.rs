@@ -674,9 +674,26 @@ impl<S: Store> Replica<S> {
         Ok(results)
     }
 
-    /// Applies one delivery. The outer error is a store failure; the inner
+    /// Applies one delivery, then whatever of its document's pending
+    /// deliveries it unblocks. The outer error is a store failure; the inner
     /// one is this envelope's rejection.
     fn apply_one(
+        &mut self,
+        tx: &mut Tx,
+        room: &RoomId,
+        d: Delivery,
+    ) -> Result<Result<Applied, EnvelopeError>> {
+        let dk = (*room, d.envelope.bucket(), d.envelope.author());
+        let outcome = self.integrate(tx, room, d)?;
+        if outcome == Ok(Applied::Applied) {
+            self.drain_pending(tx, dk)?;
+        }
+        Ok(outcome)
+    }
+
+    /// Verifies and integrates one delivery, or stores it as pending. Never
+    /// drains, so integrating a long pending chain does not recurse.
+    fn integrate(
         &mut self,
         tx: &mut Tx,
         room: &RoomId,
@@ -727,7 +744,6 @@ impl<S: Store> Replica<S> {
         let bucket = env.bucket();
         tx.touched.insert((*room, bucket));
         self.offer_blobs(tx, room, bucket, d.blobs);
-        self.drain_pending(tx, dk)?;
         Ok(Ok(Applied::Applied))
     }
 
@@ -769,26 +785,21 @@ impl<S: Store> Replica<S> {
             }
             waiting.insert(k.clone(), d.clone());
         }
-        loop {
+        // Keys end in the big-endian clock_start, so `waiting` is in clock
+        // order and the ready deliveries are always at its front.
+        while let Some(entry) = waiting.first_entry() {
             let next = self.docs.get(&dk).map_or(0, AuthorDoc::next_clock);
-            let ready: Vec<Vec<u8>> = waiting
-                .iter()
-                .filter(|(_, d)| d.envelope.clock_range().0 <= next)
-                .map(|(k, _)| k.clone())
-                .collect();
-            if ready.is_empty() {
+            if entry.get().envelope.clock_range().0 > next {
                 return Ok(());
             }
-            for k in ready {
-                if let Some(d) = waiting.remove(&k) {
-                    tx.batch.delete(Tree::Pending, k.clone());
-                    tx.pending.remove(&k);
-                    // Its outcome was reported when it arrived; a late rejection
-                    // (for example equivocation) just drops it.
-                    let _ = self.apply_one(tx, &room, d)?;
-                }
-            }
+            let (k, d) = entry.remove_entry();
+            tx.batch.delete(Tree::Pending, k.clone());
+            tx.pending.remove(&k);
+            // Its outcome was reported when it arrived; a late rejection (for
+            // example equivocation) just drops it.
+            let _ = self.integrate(tx, &room, d)?;
         }
+        Ok(())
     }
 
     // ----- documents and rendering -------------------------------------------

@@ -269,3 +269,25 @@ fn test_only_author_can_edit_or_delete() {
         Some("mine")
     );
 }
+
+/// A device back after a long time may receive an author's history newest
+/// first, one envelope at a time: everything waits, then the oldest envelope
+/// unblocks the whole chain in one go (without recursing per envelope).
+#[test]
+fn test_long_pending_chain_integrates_in_one_step() {
+    let mut r = room();
+    let ops = (0..5_000)
+        .map(|i| concord_core::Op::Post { room: r.id, draft: Draft::text(format!("m{i}")) })
+        .collect();
+    let mut deliveries: Vec<_> =
+        r.alice.commit(ops).unwrap().into_iter().map(|sent| sent.unwrap().delivery).collect();
+    let first = deliveries.remove(0);
+    for d in deliveries.into_iter().rev() {
+        assert_eq!(r.bob.apply(&r.id, vec![d]).unwrap(), vec![Ok(Applied::Pending)]);
+    }
+    assert!(r.bob.snapshot(&r.id).unwrap().messages.is_empty());
+    assert_eq!(r.bob.apply(&r.id, vec![first]).unwrap(), vec![Ok(Applied::Applied)]);
+    assert_eq!(r.bob.snapshot(&r.id).unwrap(), r.alice.snapshot(&r.id).unwrap());
+    assert_eq!(r.bob.snapshot(&r.id).unwrap().messages.len(), 5_000);
+    assert!(common::dump(r.bob.store()).iter().all(|(t, _, _)| *t != Tree::Pending));
+}
