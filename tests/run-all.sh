@@ -23,8 +23,8 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "docs, warnings denied"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
 
-step "tests"
-cargo test --workspace --locked
-
 step "the README's main job"
 cargo run --locked -p concord-examples --bin two-replicas
+
+step "tests"
+cargo test --workspace --locked

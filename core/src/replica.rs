@@ -596,6 +596,7 @@ impl<S: Store> Replica<S> {
         }
         match self.store.get(Tree::MessageIds, &tables::message_id_key(room, id))? {
             Some(raw) => Ok(SortKey::from_bytes(&raw).map_err(|e| corrupt(Tree::MessageIds, e))?),
+            None if self.is_tombstoned(room, id)? => Err(Error::MessageDeleted(*id)),
             None => Err(Error::UnknownMessage(*id)),
         }
     }
@@ -607,12 +608,7 @@ impl<S: Store> Replica<S> {
         room: &RoomId,
         id: &MessageId,
     ) -> Result<(SortKey, PostRecord)> {
-        let key = match self.live_message(tx, room, id) {
-            Err(Error::UnknownMessage(_)) if self.is_tombstoned(room, id)? => {
-                return Err(Error::MessageDeleted(*id))
-            }
-            other => other?,
-        };
+        let key = self.live_message(tx, room, id)?;
         if key.author != self.key.author() {
             return Err(Error::NotAuthor(*id));
         }

@@ -1,0 +1,224 @@
+//! The replica's API as an app uses it: timeline subscriptions, paging with
+//! cursors, unread counts, rooms, durability of pending envelopes across a
+//! reopen, and typed errors for bad arguments and stores.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+
+use concord_core::{
+    Anchor, Applied, Cursor, Draft, Error, ManualClock, MemoryStore, Replica, RoomId, SledStore,
+    Store, StoreError, TimelineDiff, TimelineListener, Tree, WriteBatch,
+};
+
+#[derive(Default)]
+struct Recorder(Mutex<Vec<TimelineDiff>>);
+
+impl TimelineListener for Recorder {
+    fn on_diffs(&self, _room: &RoomId, diffs: &[TimelineDiff]) {
+        self.0.lock().unwrap().extend_from_slice(diffs);
+    }
+}
+
+impl Recorder {
+    fn take(&self) -> Vec<TimelineDiff> {
+        std::mem::take(&mut *self.0.lock().unwrap())
+    }
+}
+
+#[test]
+fn test_subscription_delivers_insert_update_remove_until_dropped() {
+    let clock = Arc::new(ManualClock::new(common::EPOCH_MILLIS));
+    let mut alice = common::memory_replica(1, &clock);
+    let mut bob = common::memory_replica(2, &clock);
+    let room = alice.create_room("diffs").unwrap();
+    bob.join_room(alice.genesis(&room).unwrap().as_bytes()).unwrap();
+    let seen = Arc::new(Recorder::default());
+    let sub = alice.subscribe(&room, seen.clone());
+
+    let post = alice.post(&room, Draft::text("hi")).unwrap();
+    match seen.take().as_slice() {
+        [TimelineDiff::Insert(m)] => assert_eq!((m.id, m.body.as_deref()), (post.id, Some("hi"))),
+        other => panic!("expected one insert, got {other:?}"),
+    }
+    alice.edit(&room, &post.id, "hello").unwrap();
+    match seen.take().as_slice() {
+        [TimelineDiff::Update(m)] => assert_eq!(m.body.as_deref(), Some("hello")),
+        other => panic!("expected one update, got {other:?}"),
+    }
+    // A remote reaction is an update too, delivered when it is applied.
+    bob.apply(&room, alice.deliveries(&room).unwrap()).unwrap();
+    let like = bob.react(&room, &post.id, "👍").unwrap();
+    alice.apply(&room, vec![like.delivery]).unwrap();
+    match seen.take().as_slice() {
+        [TimelineDiff::Update(m)] => assert_eq!(m.reactions[0].authors, vec![bob.author()]),
+        other => panic!("expected one update, got {other:?}"),
+    }
+    alice.delete(&room, &post.id).unwrap();
+    match seen.take().as_slice() {
+        [TimelineDiff::Remove { id, .. }] => assert_eq!(*id, post.id),
+        other => panic!("expected one remove, got {other:?}"),
+    }
+    drop(sub);
+    alice.post(&room, Draft::text("unheard")).unwrap();
+    assert!(seen.take().is_empty(), "a dropped subscription still received diffs");
+}
+
+#[test]
+fn test_pages_walk_back_and_forth_with_cursors() {
+    let clock = Arc::new(ManualClock::new(common::EPOCH_MILLIS));
+    let mut alice = common::memory_replica(1, &clock);
+    let room = alice.create_room("pages").unwrap();
+    let mut ids = Vec::new();
+    for i in 0..45 {
+        // Two hours apart: the room spans several buckets.
+        clock.advance(2 * 3_600_000);
+        ids.push(alice.post(&room, Draft::text(format!("m{i}"))).unwrap().id);
+    }
+    let latest = alice.page(&room, Anchor::Latest, 20).unwrap();
+    assert!(latest.has_more);
+    assert_eq!(
+        latest.messages.iter().map(|m| m.id).collect::<Vec<_>>(),
+        ids[25..].iter().rev().copied().collect::<Vec<_>>()
+    );
+
+    // Cursors survive a round trip through their string form, as an app stores them.
+    let cursor: Cursor = latest.messages[19].cursor.to_string().parse().unwrap();
+    let older = alice.page(&room, Anchor::Before(cursor), 20).unwrap();
+    assert_eq!(older.messages[0].id, ids[24]);
+    let oldest = alice.page(&room, Anchor::Before(older.messages[19].cursor), 20).unwrap();
+    assert_eq!(oldest.messages.len(), 5);
+    assert!(!oldest.has_more);
+
+    let after = alice.page(&room, Anchor::After(oldest.messages[0].cursor), 3).unwrap();
+    assert_eq!(
+        after.messages.iter().map(|m| m.id).collect::<Vec<_>>(),
+        vec![ids[7], ids[6], ids[5]]
+    );
+    assert!(after.has_more);
+    assert_eq!(alice.message_by_id(&room, &ids[7]).unwrap().unwrap().body.as_deref(), Some("m7"));
+}
+
+#[test]
+fn test_unread_count_follows_read_marker_and_ignores_own_messages() {
+    let clock = Arc::new(ManualClock::new(common::EPOCH_MILLIS));
+    let mut alice = common::memory_replica(1, &clock);
+    let mut bob = common::memory_replica(2, &clock);
+    let room = alice.create_room("unread").unwrap();
+    bob.join_room(alice.genesis(&room).unwrap().as_bytes()).unwrap();
+    let mut last = None;
+    for i in 0..6 {
+        clock.advance(1_000);
+        let sent = alice.post(&room, Draft::text(format!("m{i}"))).unwrap();
+        bob.apply(&room, vec![sent.delivery]).unwrap();
+        if i == 3 {
+            last = Some(sent.id);
+        }
+    }
+    bob.post(&room, Draft::text("my own")).unwrap();
+    assert_eq!(bob.unread_count(&room).unwrap(), 6);
+    let read = bob.mark_read(&room, &last.unwrap()).unwrap();
+    assert_eq!(bob.unread_count(&room).unwrap(), 2);
+    // The marker travels in Bob's document, after his own post in it.
+    let outcomes = alice.apply(&room, bob.deliveries(&room).unwrap()).unwrap();
+    assert!(outcomes.iter().all(|o| o.is_ok()));
+    assert_eq!(read.delivery.envelope.author(), bob.author());
+    let markers = alice.read_markers(&room).unwrap();
+    assert_eq!(markers.get(&bob.author()).map(|c| c.sort_key().id), last);
+    assert_eq!(alice.unread_count(&room).unwrap(), 1, "bob's own message is unread for alice");
+    let bobs = alice
+        .snapshot(&room)
+        .unwrap()
+        .messages
+        .iter()
+        .find(|m| m.author == bob.author())
+        .unwrap()
+        .id;
+    alice.mark_read(&room, &bobs).unwrap();
+    assert_eq!(alice.unread_count(&room).unwrap(), 0);
+}
+
+#[test]
+fn test_rooms_are_listed_and_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(common::EPOCH_MILLIS));
+    let (a, b, author) = {
+        let mut r = Replica::open(SledStore::open(dir.path()).unwrap(), clock.clone()).unwrap();
+        let a = r.create_room("alpha").unwrap();
+        clock.advance(1);
+        let b = r.create_room("beta").unwrap();
+        (a, b, r.author())
+    };
+    let r = Replica::open(SledStore::open(dir.path()).unwrap(), clock).unwrap();
+    assert_eq!(r.author(), author, "the device key must persist");
+    let rooms: Vec<_> = r.rooms().into_iter().map(|i| (i.id, i.name)).collect();
+    assert_eq!(rooms, vec![(a, "alpha".to_owned()), (b, "beta".to_owned())]);
+}
+
+#[test]
+fn test_pending_envelopes_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(common::EPOCH_MILLIS));
+    let mut alice = common::memory_replica(1, &clock);
+    let room = alice.create_room("pending").unwrap();
+    let post = alice.post(&room, Draft::text("hello")).unwrap();
+    let edit = alice.edit(&room, &post.id, "hello, edited").unwrap();
+    {
+        let mut bob =
+            Replica::open_with_seed(SledStore::open(dir.path()).unwrap(), clock.clone(), [2; 32])
+                .unwrap();
+        bob.join_room(alice.genesis(&room).unwrap().as_bytes()).unwrap();
+        assert_eq!(bob.apply(&room, vec![edit.delivery]).unwrap(), vec![Ok(Applied::Pending)]);
+    }
+    let mut bob =
+        Replica::open_with_seed(SledStore::open(dir.path()).unwrap(), clock, [2; 32]).unwrap();
+    assert_eq!(bob.apply(&room, vec![post.delivery]).unwrap(), vec![Ok(Applied::Applied)]);
+    assert_eq!(bob.snapshot(&room).unwrap(), alice.snapshot(&room).unwrap());
+    assert_eq!(
+        bob.message_by_id(&room, &post.id).unwrap().unwrap().body.as_deref(),
+        Some("hello, edited")
+    );
+}
+
+#[test]
+fn test_bad_arguments_are_typed_errors() {
+    let clock = Arc::new(ManualClock::new(common::EPOCH_MILLIS));
+    let mut alice = common::memory_replica(1, &clock);
+    let room = alice.create_room("errors").unwrap();
+    let unknown_room = RoomId::from_bytes([9; 32]);
+    assert!(matches!(alice.post(&unknown_room, Draft::text("x")), Err(Error::UnknownRoom(_))));
+    let too_long = "x".repeat(concord_core::MAX_BODY_BYTES + 1);
+    assert!(matches!(alice.post(&room, Draft::text(too_long)), Err(Error::InvalidInput(_))));
+    let post = alice.post(&room, Draft::text("x")).unwrap();
+    assert!(matches!(alice.react(&room, &post.id, ""), Err(Error::InvalidInput(_))));
+    let ghost = concord_core::MessageId::from_bytes([7; 16]);
+    assert!(matches!(alice.edit(&room, &ghost, "y"), Err(Error::UnknownMessage(_))));
+    assert!(matches!(alice.mark_read(&room, &ghost), Err(Error::UnknownMessage(_))));
+    alice.delete(&room, &post.id).unwrap();
+    assert!(matches!(alice.delete(&room, &post.id), Err(Error::MessageDeleted(_))));
+    assert!(matches!(alice.react(&room, &post.id, "👍"), Err(Error::MessageDeleted(_))));
+    assert!(matches!(alice.join_room(b"not a genesis"), Err(Error::Envelope(_))));
+    assert!("not-a-cursor".parse::<Cursor>().is_err());
+    // A failed operation in a group commit leaves the others intact.
+    let results = alice
+        .commit(vec![
+            concord_core::Op::Post { room, draft: Draft::text("kept") },
+            concord_core::Op::Edit { room, id: ghost, text: "nope".into() },
+        ])
+        .unwrap();
+    assert!(results[0].is_ok() && results[1].is_err());
+    assert_eq!(alice.snapshot(&room).unwrap().messages.len(), 1);
+}
+
+#[test]
+fn test_store_from_a_newer_version_is_refused() {
+    let store = MemoryStore::new();
+    let mut batch = WriteBatch::new();
+    batch.put(Tree::Meta, b"schema".to_vec(), 99u32.to_be_bytes().to_vec());
+    store.commit(batch).unwrap();
+    let clock = Arc::new(ManualClock::new(0));
+    match Replica::open(store, clock) {
+        Err(Error::Store(StoreError::NewerSchema { found: 99, .. })) => {}
+        other => panic!("expected NewerSchema, got {other:?}"),
+    }
+}
