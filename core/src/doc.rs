@@ -301,18 +301,55 @@ impl AuthorDoc {
     }
 }
 
+/// Reads one lib0 unsigned varint (7 bits a byte, low groups first) as a u32.
+fn read_var_u32(bytes: &[u8], pos: &mut usize) -> Option<u32> {
+    let mut value: u64 = 0;
+    for shift in (0..35).step_by(7) {
+        let byte = *bytes.get(*pos)?;
+        *pos += 1;
+        value |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return u32::try_from(value).ok();
+        }
+    }
+    None
+}
+
+/// Checks the counts at the head of a v1 update before yrs reads them: yrs
+/// reserves memory for the declared number of clients and of blocks up front,
+/// so four hostile bytes could make it reserve gigabytes. A valid update from
+/// one author declares exactly one client and no more blocks than bytes left.
+fn precheck_update(bytes: &[u8]) -> Result<(), EnvelopeError> {
+    let bad = |why: &str| EnvelopeError::BadUpdate(why.to_owned());
+    let mut pos = 0;
+    match read_var_u32(bytes, &mut pos) {
+        Some(1) => {}
+        Some(0) => return Err(EnvelopeError::EmptyUpdate),
+        Some(_) => return Err(EnvelopeError::ForeignClient),
+        None => return Err(bad("truncated client count")),
+    }
+    let blocks = read_var_u32(bytes, &mut pos).ok_or_else(|| bad("truncated block count"))?;
+    if blocks as usize > bytes.len().saturating_sub(pos) {
+        return Err(bad("block count exceeds the update's length"));
+    }
+    Ok(())
+}
+
 /// Decodes untrusted update bytes and checks that they only insert into and
 /// delete from `client`'s own items, inserting exactly `[start, end)`.
 ///
-/// yrs's decoder is third-party code fed hostile bytes; the envelope size cap
-/// bounds what it can allocate, and a panic inside it is caught here and turned
-/// into a typed error so a bad peer can never take the replica down.
+/// yrs's decoder is third-party code fed hostile bytes. [`precheck_update`]
+/// bounds the counts it pre-allocates for, the envelope cap bounds the rest,
+/// and a panic inside it (yrs asserts on some malformed updates) is caught and
+/// turned into a typed error, so a bad peer cannot take the replica down. This
+/// needs `panic = "unwind"`, the default, in every build that embeds the core.
 pub(crate) fn validate_update(
     bytes: &[u8],
     client: u64,
     start: u32,
     end: u32,
 ) -> Result<Update, EnvelopeError> {
+    precheck_update(bytes)?;
     let decoded = catch_unwind(AssertUnwindSafe(|| Update::decode_v1(bytes)))
         .map_err(|_| EnvelopeError::BadUpdate("decoder panicked".into()))?
         .map_err(|e| EnvelopeError::BadUpdate(e.to_string()))?;

@@ -710,18 +710,35 @@ impl<S: Store> Replica<S> {
         self.load_doc(tx, dk)?;
         let next = self.docs.get(&dk).map_or(0, AuthorDoc::next_clock);
         let ekey = tables::envelope_key(room, env.bucket(), &author, start);
-        if end <= next {
+        if start < next {
+            // Honest envelopes of a document tile its clock: each starts where
+            // the previous ended, and each is stored under its start. Anything
+            // else starting inside the integrated range is the author signing
+            // two histories (equivocation); the first one seen stays.
             let stored = match tx.batch.get(Tree::Envelopes, &ekey) {
                 Some(v) => v.map(<[u8]>::to_vec),
                 None => self.store.get(Tree::Envelopes, &ekey)?,
             };
-            if stored.is_some_and(|s| s != env.as_bytes()) {
+            if stored.as_deref() != Some(env.as_bytes()) {
                 return Ok(Err(EnvelopeError::Equivocation));
             }
             self.offer_blobs(tx, room, env.bucket(), d.blobs);
             return Ok(Ok(Applied::Duplicate));
         }
         if start > next {
+            let waiting = match tx.pending.get(&ekey) {
+                Some(p) => Some(p.envelope.as_bytes().to_vec()),
+                None if tx.batch.get(Tree::Pending, &ekey) == Some(None) => None,
+                None => match self.store.get(Tree::Pending, &ekey)? {
+                    Some(raw) => {
+                        Delivery::from_bytes(&raw).ok().map(|p| p.envelope.as_bytes().to_vec())
+                    }
+                    None => None,
+                },
+            };
+            if waiting.is_some_and(|w| w != env.as_bytes()) {
+                return Ok(Err(EnvelopeError::Equivocation));
+            }
             tx.batch.put(Tree::Pending, ekey.clone(), d.to_bytes());
             tx.pending.insert(ekey, d);
             return Ok(Ok(Applied::Pending));

@@ -1,0 +1,905 @@
+//! Hostile input: everything a peer, relay or ticket can hand the core that it
+//! did not produce honestly. This file owns the tests that tampered, forged,
+//! truncated, oversized, replayed, equivocating and random bytes are rejected
+//! with a typed error, never a panic, and leave a replica's store unchanged.
+//!
+//! Allocation bounds while decoding are checked in `hostile_alloc.rs`, which
+//! runs as its own test binary so nothing else allocates at the same time.
+//!
+//! The property tests run with a fixed seed derived from their name, printed
+//! on every run; `CONCORD_SEED=<n>` replays a different one.
+
+mod common;
+
+use std::sync::Arc;
+
+use concord_core::{
+    Applied, Cursor, DecodeError, Delivery, Draft, Envelope, EnvelopeError, Error, Genesis,
+    ManualClock, MemoryStore, MessageId, Replica, RoomId, Sent, MAX_BLOB_BYTES, MAX_DELIVERY_BYTES,
+    MAX_ENVELOPE_BYTES, MAX_UPDATE_BYTES,
+};
+use proptest::collection::vec;
+use proptest::prelude::*;
+use proptest::test_runner::RngSeed;
+use yrs::{Any, Map, Transact};
+
+// Byte offsets of an envelope's fields (docs/protocol.md): magic, version,
+// room, bucket, author, client, clock start, clock end, hlc, update length,
+// then the update, the blob-hash count, the hashes and the signature.
+const ROOM_AT: usize = 5;
+const AUTHOR_AT: usize = 41;
+const CLIENT_AT: usize = 73;
+const UPDATE_LEN_AT: usize = 97;
+const UPDATE_AT: usize = 101;
+const SIGNATURE_LEN: usize = 64;
+
+/// Two replicas in one room, and a post by Alice (a body and an attachment,
+/// so its delivery carries two blobs) that nobody else has seen yet.
+struct World {
+    clock: Arc<ManualClock>,
+    alice: Replica<MemoryStore>,
+    bob: Replica<MemoryStore>,
+    room: RoomId,
+    post: Sent,
+}
+
+fn world() -> World {
+    let clock = Arc::new(ManualClock::new(common::EPOCH_MILLIS));
+    let mut alice = common::memory_replica(1, &clock);
+    let mut bob = common::memory_replica(2, &clock);
+    let room = alice.create_room("hostile").unwrap();
+    bob.join_room(alice.genesis(&room).unwrap().as_bytes()).unwrap();
+    clock.advance(10);
+    let post = alice
+        .post(
+            &room,
+            Draft {
+                text: "hello".into(),
+                attachments: vec![b"a picture".to_vec()],
+                ..Draft::default()
+            },
+        )
+        .unwrap();
+    World { clock, alice, bob, room, post }
+}
+
+/// A replica holding only the room's genesis, for tests that need a clean one.
+fn fresh(w: &World, seed: u8) -> Replica<MemoryStore> {
+    let mut r = common::memory_replica(seed, &w.clock);
+    r.join_room(w.alice.genesis(&w.room).unwrap().as_bytes()).unwrap();
+    r
+}
+
+/// The fields of `envelope`, to re-sign variants of it by hand.
+fn raw(envelope: &Envelope) -> common::RawEnvelope {
+    let (clock_start, clock_end) = envelope.clock_range();
+    common::RawEnvelope {
+        room: *envelope.room().as_bytes(),
+        bucket: envelope.bucket(),
+        author: *envelope.author().as_bytes(),
+        client: concord_core::client_id(&envelope.author()),
+        clock_start,
+        clock_end,
+        hlc: envelope.hlc().as_u64(),
+        update: envelope.update().to_vec(),
+        blobs: envelope.blob_hashes().iter().map(|h| *h.as_bytes()).collect(),
+    }
+}
+
+/// A yrs v1 update, written with `client` as the yrs client id, that inserts
+/// one map entry per key into root map `m` of a fresh document: clock range
+/// `0..keys.len()` of that client.
+fn update_inserting(client: u64, keys: &[&str]) -> Vec<u8> {
+    let doc = yrs::Doc::with_client_id(client);
+    let messages = doc.get_or_insert_map("m");
+    let mut txn = doc.transact_mut();
+    for key in keys {
+        messages.insert(&mut txn, *key, Any::Buffer(vec![7u8; 8].into()));
+    }
+    txn.encode_update_v1()
+}
+
+fn decode_err(e: DecodeError) -> EnvelopeError {
+    EnvelopeError::Decode(e)
+}
+
+// ----- tampering and forgery -------------------------------------------------
+
+#[test]
+fn test_tampered_signature_or_body_is_rejected() {
+    let mut w = world();
+    let original = w.post.delivery.envelope.as_bytes().to_vec();
+    assert!(Envelope::from_bytes(&original).is_ok(), "the untampered envelope must decode");
+    let update_len = w.post.delivery.envelope.update().len();
+    let signature_at = original.len() - SIGNATURE_LEN;
+
+    let mut bad_signature = original.clone();
+    bad_signature[signature_at + 10] ^= 0x01;
+    assert_eq!(Envelope::from_bytes(&bad_signature), Err(EnvelopeError::BadSignature));
+    let mut bad_body = original.clone();
+    bad_body[UPDATE_AT + update_len / 2] ^= 0x01;
+    assert_eq!(Envelope::from_bytes(&bad_body), Err(EnvelopeError::BadSignature));
+
+    // Every other byte too. Structural bytes (magic, version, lengths, the
+    // hash count) may fail to parse instead; the author may stop being a valid
+    // key; every byte the signature covers and that still parses, and every
+    // byte of the signature itself, must fail the signature check.
+    let structural = |i: usize| {
+        i < ROOM_AT
+            || (UPDATE_LEN_AT..UPDATE_AT).contains(&i)
+            || (UPDATE_AT + update_len..UPDATE_AT + update_len + 2).contains(&i)
+    };
+    for i in 0..original.len() {
+        for bit in [0x01u8, 0x80] {
+            let mut tampered = original.clone();
+            tampered[i] ^= bit;
+            let result = Envelope::from_bytes(&tampered);
+            if structural(i) {
+                assert!(result.is_err(), "flipping structural byte {i} was accepted");
+            } else if (AUTHOR_AT..CLIENT_AT).contains(&i) {
+                assert!(
+                    matches!(
+                        result,
+                        Err(EnvelopeError::BadSignature | EnvelopeError::BadAuthorKey)
+                    ),
+                    "flipping author byte {i}: {result:?}"
+                );
+            } else {
+                assert_eq!(result, Err(EnvelopeError::BadSignature), "flipping byte {i}");
+            }
+        }
+    }
+
+    // A delivery built around a tampered envelope never reaches the replica:
+    // decoding it fails, and Bob's store is exactly as it was.
+    let before = common::dump(w.bob.store());
+    for tampered in [&bad_signature, &bad_body] {
+        let bytes = common::delivery_bytes(tampered, &w.post.delivery.blobs);
+        assert_eq!(Delivery::from_bytes(&bytes), Err(EnvelopeError::BadSignature));
+    }
+    // A tampered genesis (the join ticket) is refused the same way.
+    let genesis = w.alice.genesis(&w.room).unwrap().as_bytes().to_vec();
+    for i in [genesis.len() - 1, genesis.len() - SIGNATURE_LEN - 1, 50] {
+        let mut tampered = genesis.clone();
+        tampered[i] ^= 0x01;
+        assert!(
+            matches!(w.bob.join_room(&tampered), Err(Error::Envelope(EnvelopeError::BadSignature))),
+            "tampered genesis byte {i} was not refused with BadSignature"
+        );
+    }
+    assert_eq!(common::dump(w.bob.store()), before, "a rejected input changed the store");
+    assert_eq!(w.bob.rooms().len(), 1);
+
+    // The honest delivery still applies, so the unchanged store above is the
+    // rejection's doing and not a replica that cannot change.
+    let honest = Delivery::from_bytes(&w.post.delivery.to_bytes()).unwrap();
+    assert_eq!(w.bob.apply(&w.room, vec![honest]).unwrap(), vec![Ok(Applied::Applied)]);
+    assert_ne!(common::dump(w.bob.store()), before);
+}
+
+#[test]
+fn test_envelope_signed_by_someone_other_than_its_author_is_rejected() {
+    let w = world();
+    let base = raw(&w.post.delivery.envelope);
+    // The hand-built encoding is the real one: signed by Alice it reproduces
+    // her envelope byte for byte (Ed25519 signatures are deterministic).
+    assert_eq!(base.sign(&common::signing_key(1)), w.post.delivery.envelope.as_bytes());
+
+    // The same fields, author still Alice, signed by Bob.
+    let forged = base.sign(&common::signing_key(2));
+    assert_eq!(Envelope::from_bytes(&forged), Err(EnvelopeError::BadSignature));
+    let delivery = common::delivery_bytes(&forged, &w.post.delivery.blobs);
+    assert_eq!(Delivery::from_bytes(&delivery), Err(EnvelopeError::BadSignature));
+
+    // An author field that is not an Ed25519 point at all is its own error.
+    let mut not_a_key = raw(&w.post.delivery.envelope);
+    not_a_key.author = [0xFF; 32];
+    let forged = not_a_key.sign(&common::signing_key(2));
+    assert!(matches!(
+        Envelope::from_bytes(&forged),
+        Err(EnvelopeError::BadAuthorKey | EnvelopeError::BadSignature)
+    ));
+}
+
+#[test]
+fn test_update_writing_another_authors_client_is_rejected() {
+    let w = world();
+    let alice_client = concord_core::client_id(&w.alice.author());
+    let bob_author = w.bob.author();
+    let bob_client = concord_core::client_id(&bob_author);
+    let bob_key = common::signing_key(2);
+    let mut carol = fresh(&w, 3);
+    carol.apply(&w.room, vec![w.post.delivery.clone()]).unwrap();
+    let before = common::dump(carol.store());
+    let snapshot = carol.snapshot(&w.room).unwrap();
+
+    // Bob signs honestly as himself, but the update inserts an item with
+    // Alice's client id: a write into Alice's document.
+    let honest_as_bob = |update: Vec<u8>, clock_end: u32| common::RawEnvelope {
+        author: *bob_author.as_bytes(),
+        client: bob_client,
+        clock_start: 0,
+        clock_end,
+        hlc: w.post.delivery.envelope.hlc().as_u64() + 1,
+        update,
+        blobs: vec![],
+        ..raw(&w.post.delivery.envelope)
+    };
+    let insert = honest_as_bob(update_inserting(alice_client, &["forged"]), 1).sign(&bob_key);
+    let envelope = Envelope::from_bytes(&insert).expect("Bob's own signature verifies");
+    let delivery = Delivery::new(envelope, vec![]).unwrap();
+    assert_eq!(
+        carol.apply(&w.room, vec![delivery]).unwrap(),
+        vec![Err(EnvelopeError::ForeignClient)]
+    );
+
+    // Bob inserts into his own document, but the same update deletes Alice's
+    // post (an item of her client) through the delete set.
+    let bobs_update = |delete_alices_post: bool| {
+        let doc = yrs::Doc::with_client_id(bob_client);
+        let messages = doc.get_or_insert_map("m");
+        {
+            use yrs::updates::decoder::Decode;
+            let update = yrs::Update::decode_v1(w.post.delivery.envelope.update()).unwrap();
+            doc.transact_mut().apply_update(update).unwrap();
+        }
+        let mut txn = doc.transact_mut();
+        if delete_alices_post {
+            messages.remove(&mut txn, &w.post.id.as_uuid().simple().to_string());
+        }
+        messages.insert(&mut txn, "mine", Any::Buffer(vec![1u8].into()));
+        txn.encode_update_v1()
+    };
+    let delete = honest_as_bob(bobs_update(true), 1).sign(&bob_key);
+    let delivery = Delivery::from_bytes(&common::delivery_bytes(&delete, &[])).unwrap();
+    assert_eq!(
+        carol.apply(&w.room, vec![delivery]).unwrap(),
+        vec![Err(EnvelopeError::ForeignClient)]
+    );
+    // Without the delete, the same envelope is Bob's to write and applies
+    // (on another replica), so the delete set is what was refused above.
+    let insert_only = honest_as_bob(bobs_update(false), 1).sign(&bob_key);
+    let delivery = Delivery::from_bytes(&common::delivery_bytes(&insert_only, &[])).unwrap();
+    let mut dave = fresh(&w, 4);
+    assert_eq!(dave.apply(&w.room, vec![delivery]).unwrap(), vec![Ok(Applied::Applied)]);
+
+    assert_eq!(common::dump(carol.store()), before, "a rejected envelope changed the store");
+    assert_eq!(carol.snapshot(&w.room).unwrap(), snapshot);
+}
+
+// ----- truncation and size caps ----------------------------------------------
+
+#[test]
+fn test_truncated_envelopes_genesis_and_deliveries_are_rejected() {
+    let w = world();
+    let envelope = w.post.delivery.envelope.as_bytes().to_vec();
+    let genesis = w.alice.genesis(&w.room).unwrap().as_bytes().to_vec();
+    let delivery = w.post.delivery.to_bytes();
+    assert_eq!(w.post.delivery.blobs.len(), 2, "the delivery should carry blobs to cut into");
+
+    // Every field is fixed-size or length-prefixed, so any strict prefix ends
+    // inside a field: the error is always Truncated, never a panic.
+    for len in 0..envelope.len() {
+        let result = Envelope::from_bytes(&envelope[..len]);
+        assert!(
+            matches!(result, Err(EnvelopeError::Decode(DecodeError::Truncated { .. }))),
+            "envelope prefix of {len} bytes: {result:?}"
+        );
+    }
+    for len in 0..genesis.len() {
+        let result = Genesis::from_bytes(&genesis[..len]);
+        assert!(
+            matches!(result, Err(EnvelopeError::Decode(DecodeError::Truncated { .. }))),
+            "genesis prefix of {len} bytes: {result:?}"
+        );
+    }
+    for len in 0..delivery.len() {
+        let result = Delivery::from_bytes(&delivery[..len]);
+        assert!(
+            matches!(result, Err(EnvelopeError::Decode(DecodeError::Truncated { .. }))),
+            "delivery prefix of {len} bytes: {result:?}"
+        );
+    }
+    // The whole of each still decodes, so the loops above stopped one short.
+    assert!(Envelope::from_bytes(&envelope).is_ok());
+    assert!(Genesis::from_bytes(&genesis).is_ok());
+    assert!(Delivery::from_bytes(&delivery).is_ok());
+}
+
+#[test]
+fn test_oversized_inputs_are_rejected_before_parsing() {
+    let w = world();
+    let envelope = w.post.delivery.envelope.as_bytes().to_vec();
+
+    // Bytes that are not even an envelope (bad magic) but are one byte over
+    // the cap report TooLarge: the size is checked before anything is parsed.
+    fn too_large<T>(what: &'static str, len: usize, max: usize) -> Result<T, EnvelopeError> {
+        Err(decode_err(DecodeError::TooLarge { what, len, max }))
+    }
+    let junk = vec![0xFFu8; MAX_ENVELOPE_BYTES + 1];
+    assert_eq!(
+        Envelope::from_bytes(&junk),
+        too_large("envelope", MAX_ENVELOPE_BYTES + 1, MAX_ENVELOPE_BYTES)
+    );
+    // A real envelope padded past the cap, too.
+    let mut padded = envelope.clone();
+    padded.resize(MAX_ENVELOPE_BYTES + 1, 0);
+    assert_eq!(
+        Envelope::from_bytes(&padded),
+        too_large("envelope", MAX_ENVELOPE_BYTES + 1, MAX_ENVELOPE_BYTES)
+    );
+    let junk = vec![0xFFu8; MAX_DELIVERY_BYTES + 1];
+    assert_eq!(
+        Delivery::from_bytes(&junk),
+        too_large("delivery", MAX_DELIVERY_BYTES + 1, MAX_DELIVERY_BYTES)
+    );
+    let mut padded = w.post.delivery.to_bytes();
+    padded.resize(MAX_DELIVERY_BYTES + 1, 0);
+    assert_eq!(
+        Delivery::from_bytes(&padded),
+        too_large("delivery", MAX_DELIVERY_BYTES + 1, MAX_DELIVERY_BYTES)
+    );
+    let genesis_max = w.alice.genesis(&w.room).unwrap().as_bytes().len() + 255;
+    let junk = vec![0xFFu8; genesis_max + 1];
+    assert!(
+        matches!(
+            Genesis::from_bytes(&junk),
+            Err(EnvelopeError::Decode(DecodeError::TooLarge { what: "genesis", .. }))
+        ),
+        "a genesis longer than any valid one must be TooLarge"
+    );
+
+    // Length prefixes that claim 4 GiB inside short inputs: refused by the
+    // cap on that field, without reading (or allocating) what they claim.
+    let huge = u32::MAX as usize;
+    let mut claim = envelope[..UPDATE_LEN_AT].to_vec();
+    claim.extend_from_slice(&u32::MAX.to_be_bytes());
+    claim.extend_from_slice(&[0u8; 80]);
+    assert_eq!(Envelope::from_bytes(&claim), too_large("update", huge, MAX_UPDATE_BYTES));
+
+    let mut claim = b"CNCD\x01".to_vec();
+    claim.extend_from_slice(&u32::MAX.to_be_bytes());
+    claim.extend_from_slice(&envelope[..32]);
+    assert_eq!(Delivery::from_bytes(&claim), too_large("envelope", huge, MAX_ENVELOPE_BYTES));
+
+    let mut claim = common::delivery_bytes(&envelope, &[]);
+    claim.truncate(claim.len() - 2);
+    claim.extend_from_slice(&1u16.to_be_bytes());
+    claim.extend_from_slice(&u32::MAX.to_be_bytes());
+    claim.extend_from_slice(&[0u8; 32]);
+    assert!(
+        matches!(
+            Delivery::from_bytes(&claim),
+            Err(EnvelopeError::Decode(DecodeError::TooLarge { what: "blob", len, max }))
+                if len == huge && max >= MAX_BLOB_BYTES
+        ),
+        "a blob claiming 4 GiB: {:?}",
+        Delivery::from_bytes(&claim)
+    );
+
+    // Counts at their type's maximum are capped the same way.
+    let update_len = w.post.delivery.envelope.update().len();
+    let mut claim = envelope[..UPDATE_AT + update_len].to_vec();
+    claim.extend_from_slice(&u16::MAX.to_be_bytes());
+    claim.extend_from_slice(&[0u8; 96]);
+    assert!(matches!(
+        Envelope::from_bytes(&claim),
+        Err(EnvelopeError::Decode(DecodeError::TooLarge { what: "blob hashes", len: 65535, .. }))
+    ));
+    let mut claim = common::delivery_bytes(&envelope, &[]);
+    claim.truncate(claim.len() - 2);
+    claim.extend_from_slice(&u16::MAX.to_be_bytes());
+    assert!(matches!(
+        Delivery::from_bytes(&claim),
+        Err(EnvelopeError::Decode(DecodeError::TooLarge { what: "blobs", len: 65535, .. }))
+    ));
+
+    // A length within its cap but beyond the input is Truncated, not a read
+    // past the end.
+    let mut claim = envelope[..UPDATE_LEN_AT].to_vec();
+    claim.extend_from_slice(&(MAX_UPDATE_BYTES as u32).to_be_bytes());
+    claim.extend_from_slice(&[0u8; 80]);
+    assert_eq!(
+        Envelope::from_bytes(&claim),
+        Err(decode_err(DecodeError::Truncated { what: "update" }))
+    );
+    let mut claim = common::delivery_bytes(&envelope, &[]);
+    claim.truncate(claim.len() - 2);
+    claim.extend_from_slice(&1u16.to_be_bytes());
+    claim.extend_from_slice(&(MAX_BLOB_BYTES as u32).to_be_bytes());
+    claim.extend_from_slice(&[0u8; 32]);
+    assert_eq!(
+        Delivery::from_bytes(&claim),
+        Err(decode_err(DecodeError::Truncated { what: "blob" }))
+    );
+}
+
+// ----- replay and equivocation -----------------------------------------------
+
+#[test]
+fn test_replayed_delivery_into_another_room_is_rejected_and_into_same_room_is_duplicate() {
+    let mut w = world();
+    let other = w.alice.create_room("elsewhere").unwrap();
+    w.bob.join_room(w.alice.genesis(&other).unwrap().as_bytes()).unwrap();
+    let unknown = w.alice.create_room("bob was never invited").unwrap();
+    // What an eavesdropper captured off the wire.
+    let wire = w.post.delivery.to_bytes();
+    let replay = || Delivery::from_bytes(&wire).unwrap();
+
+    let before = common::dump(w.bob.store());
+    assert_eq!(
+        w.bob.apply(&other, vec![replay()]).unwrap(),
+        vec![Err(EnvelopeError::WrongRoom { expected: other, found: w.room })]
+    );
+    assert!(
+        matches!(w.bob.apply(&unknown, vec![replay()]), Err(Error::UnknownRoom(r)) if r == unknown)
+    );
+    assert_eq!(common::dump(w.bob.store()), before, "a replay into another room changed the store");
+    assert!(w.bob.snapshot(&other).unwrap().messages.is_empty());
+
+    // Delivered where it belongs, it applies once; every replay after that is
+    // a duplicate that changes neither the rendering nor the store.
+    assert_eq!(w.bob.apply(&w.room, vec![replay()]).unwrap(), vec![Ok(Applied::Applied)]);
+    let snapshot = w.bob.snapshot(&w.room).unwrap();
+    assert_eq!(snapshot.messages.len(), 1);
+    let applied = common::dump(w.bob.store());
+    assert_eq!(w.bob.apply(&w.room, vec![replay()]).unwrap(), vec![Ok(Applied::Duplicate)]);
+    assert_eq!(
+        w.bob.apply(&w.room, vec![replay(), replay()]).unwrap(),
+        vec![Ok(Applied::Duplicate), Ok(Applied::Duplicate)]
+    );
+    assert_eq!(w.bob.snapshot(&w.room).unwrap(), snapshot);
+    assert_eq!(common::dump(w.bob.store()), applied, "a duplicate changed the store");
+
+    // Twice in one batch: the first applies, the second is its duplicate.
+    let mut carol = fresh(&w, 3);
+    assert_eq!(
+        carol.apply(&w.room, vec![replay(), replay()]).unwrap(),
+        vec![Ok(Applied::Applied), Ok(Applied::Duplicate)]
+    );
+    assert_eq!(carol.snapshot(&w.room).unwrap(), snapshot);
+}
+
+#[test]
+fn test_equivocating_envelope_at_an_applied_clock_is_rejected() {
+    let mut w = world();
+    let alice_key = common::signing_key(1);
+    let alice_client = concord_core::client_id(&w.alice.author());
+    let real = w.post.delivery.clone();
+    assert_eq!(real.envelope.clock_range(), (0, 1), "the forgeries below assume a first post");
+    w.bob.apply(&w.room, vec![real.clone()]).unwrap();
+    let before = common::dump(w.bob.store());
+    let snapshot = w.bob.snapshot(&w.room).unwrap();
+
+    // Alice (her real key: only she can do this) signs other envelopes for
+    // the same place in her document: other update bytes, and the same update
+    // under another stamp.
+    let other_update = common::RawEnvelope {
+        update: update_inserting(alice_client, &["not what you saw"]),
+        blobs: vec![],
+        ..raw(&real.envelope)
+    };
+    let other_stamp =
+        common::RawEnvelope { hlc: real.envelope.hlc().as_u64() + 1, ..raw(&real.envelope) };
+    let forgeries: Vec<Delivery> = [other_update, other_stamp]
+        .iter()
+        .map(|f| Delivery::from_bytes(&common::delivery_bytes(&f.sign(&alice_key), &[])).unwrap())
+        .collect();
+    for forged in &forgeries {
+        assert_ne!(forged.envelope, real.envelope);
+        assert_eq!(
+            w.bob.apply(&w.room, vec![forged.clone()]).unwrap(),
+            vec![Err(EnvelopeError::Equivocation)]
+        );
+    }
+    assert_eq!(common::dump(w.bob.store()), before, "an equivocation changed the store");
+    assert_eq!(w.bob.snapshot(&w.room).unwrap(), snapshot);
+
+    // In one batch with the envelope it contradicts, the first one wins.
+    let mut carol = fresh(&w, 3);
+    let outcomes = carol.apply(&w.room, vec![real.clone(), forgeries[0].clone()]).unwrap();
+    assert_eq!(outcomes, vec![Ok(Applied::Applied), Err(EnvelopeError::Equivocation)]);
+    assert_eq!(carol.snapshot(&w.room).unwrap(), snapshot);
+}
+
+/// An equivocation that covers more than the applied envelope: same bucket
+/// and clock start, a longer clock range, and a different item at the clock
+/// already applied. It must be rejected like any other equivocation.
+///
+/// Regression: this was once accepted (`Ok(Applied)`): yrs skipped the clock
+/// it already had and integrated the rest, and the forged envelope overwrote
+/// the real one in the `envelopes` tree, which is keyed by clock start. The
+/// replica then rendered Alice's real post but handed out only the forgery,
+/// so a replica syncing from it never converged with it. Now an envelope that
+/// starts inside the integrated range must equal the one stored there.
+#[test]
+fn test_equivocating_envelope_with_longer_clock_range_is_rejected() {
+    let mut w = world();
+    let alice_key = common::signing_key(1);
+    let alice_client = concord_core::client_id(&w.alice.author());
+    let real = w.post.delivery.clone();
+    assert_eq!(real.envelope.clock_range(), (0, 1));
+    w.bob.apply(&w.room, vec![real.clone()]).unwrap();
+    let before = common::dump(w.bob.store());
+    let snapshot = w.bob.snapshot(&w.room).unwrap();
+
+    let longer = common::RawEnvelope {
+        clock_end: 2,
+        update: update_inserting(alice_client, &["instead of the post", "and one more"]),
+        blobs: vec![],
+        ..raw(&real.envelope)
+    };
+    let forged =
+        Delivery::from_bytes(&common::delivery_bytes(&longer.sign(&alice_key), &[])).unwrap();
+    let outcome = w.bob.apply(&w.room, vec![forged]).unwrap();
+    assert!(
+        matches!(outcome[..], [Err(_)]),
+        "an overlapping equivocation was accepted: {outcome:?}"
+    );
+    assert_eq!(common::dump(w.bob.store()), before, "an equivocation changed the store");
+    assert_eq!(w.bob.snapshot(&w.room).unwrap(), snapshot);
+
+    // Whoever syncs from Bob renders what Bob renders.
+    let held = w.bob.deliveries(&w.room).unwrap();
+    assert!(held.iter().any(|d| d.envelope == real.envelope), "Bob no longer holds the post");
+    let mut dave = fresh(&w, 4);
+    dave.apply(&w.room, held).unwrap();
+    assert_eq!(dave.snapshot(&w.room).unwrap(), snapshot);
+}
+
+/// A few bytes of update must not make the replica reserve gigabytes.
+///
+/// Regression: yrs's `Update::decode_v1` calls `try_reserve` with the client
+/// count the update declares, before reading any client. The update `ff ff ff 7f` (a count of
+/// 2^28 - 1, then nothing) makes it reserve about 21 GB of address space and
+/// zero about 512 MiB of it, for some 0.7 s, before it fails with
+/// `EndOfBuffer`. Anyone can sign such an envelope as themselves, and
+/// `validate_update` hands the bytes to yrs before checking anything else, so
+/// one 200-byte envelope costs every replica that receives it that memory
+/// and time (an out-of-memory kill on a phone). The replica now checks the
+/// leading counts before yrs reads them.
+///
+/// Linux only (it reads the address-space high-water mark from
+/// `/proc/self/status`). It measures the whole process, and parallel test
+/// threads can each reserve a 64 MiB glibc arena, so the bound is 1 GiB: far
+/// below the ~21 GB the bug reserved, far above arena noise.
+#[test]
+#[cfg(target_os = "linux")]
+fn test_tiny_update_declaring_many_clients_does_not_reserve_gigabytes() {
+    fn vm_peak() -> u64 {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmPeak:")).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
+    }
+    let w = world();
+    let alice = w.alice.author();
+    let mut bob = fresh(&w, 2);
+    let before = common::dump(bob.store());
+    let envelope = common::RawEnvelope {
+        room: *w.room.as_bytes(),
+        bucket: w.post.delivery.envelope.bucket(),
+        author: *alice.as_bytes(),
+        client: concord_core::client_id(&alice),
+        clock_start: 0,
+        clock_end: 1,
+        hlc: w.post.delivery.envelope.hlc().as_u64(),
+        update: vec![0xFF, 0xFF, 0xFF, 0x7F],
+        blobs: vec![],
+    }
+    .sign(&common::signing_key(1));
+    let delivery = Delivery::from_bytes(&common::delivery_bytes(&envelope, &[])).unwrap();
+
+    let peak = vm_peak();
+    let outcome = bob.apply(&w.room, vec![delivery]).unwrap();
+    let grew = vm_peak().saturating_sub(peak);
+    // Declaring more than one client is claiming clients other than the author's.
+    assert!(matches!(outcome[..], [Err(EnvelopeError::ForeignClient)]), "{outcome:?}");
+    assert_eq!(common::dump(bob.store()), before);
+    assert!(grew < 1 << 30, "a 4-byte update grew the address space by {} MiB", grew >> 20);
+}
+
+// ----- random and mutated bytes ----------------------------------------------
+
+/// Random bytes, or random bytes behind a valid magic and version so that the
+/// decoders get past the first five bytes.
+fn hostile_bytes() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        vec(any::<u8>(), 0..2048),
+        (
+            prop::sample::select(vec![&b"CNCE\x01"[..], b"CNCG\x01", b"CNCD\x01"]),
+            vec(any::<u8>(), 0..2048)
+        )
+            .prop_map(|(head, tail)| [head, &tail[..]].concat()),
+    ]
+}
+
+/// Strings for the id parsers: lossy text of random bytes, and hex of the
+/// lengths the parsers expect (and near them), so the decoding paths behind
+/// the length checks run too.
+fn hostile_text() -> impl Strategy<Value = String> {
+    prop_oneof![
+        vec(any::<u8>(), 0..2048).prop_map(|b| String::from_utf8_lossy(&b).into_owned()),
+        "[0-9a-fA-F-]{30,40}",
+        "[0-9a-fA-F]{62,66}",
+        "[0-9a-fA-F]{110,114}",
+        "[0-9a-fA-Fg-z{}é-]{0,120}",
+    ]
+}
+
+/// One edit of a byte string: flip bits at, insert a byte before, or delete
+/// the byte at a position (taken modulo the length when applied).
+#[derive(Clone, Debug)]
+enum Mutation {
+    Flip(usize, u8),
+    Insert(usize, u8),
+    Delete(usize),
+}
+
+fn mutations() -> impl Strategy<Value = Vec<Mutation>> {
+    let one = prop_oneof![
+        (any::<usize>(), 1u8..=255).prop_map(|(i, m)| Mutation::Flip(i, m)),
+        (any::<usize>(), any::<u8>()).prop_map(|(i, b)| Mutation::Insert(i, b)),
+        any::<usize>().prop_map(Mutation::Delete),
+    ];
+    vec(one, 1..8)
+}
+
+fn mutate(bytes: &[u8], edits: &[Mutation]) -> Vec<u8> {
+    let mut out = bytes.to_vec();
+    for edit in edits {
+        match *edit {
+            Mutation::Flip(i, mask) if !out.is_empty() => {
+                let i = i % out.len();
+                out[i] ^= mask;
+            }
+            Mutation::Insert(i, b) => out.insert(i % (out.len() + 1), b),
+            Mutation::Delete(i) if !out.is_empty() => {
+                let i = i % out.len();
+                out.remove(i);
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+thread_local! {
+    /// Set while this thread feeds hostile input to code that catches panics
+    /// itself (the replica wraps yrs in `catch_unwind`). Those caught panics are
+    /// expected, so the hook below counts them instead of printing each one
+    /// (with `RUST_BACKTRACE=1`, printing hundreds of backtraces takes a minute).
+    static QUIET: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Where quieted panics happened, with how often, for the test's summary.
+static QUIETED: std::sync::Mutex<std::collections::BTreeMap<String, u32>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+
+/// Installs, once per binary, a panic hook that stays silent on a thread
+/// while its `QUIET` flag is set and defers to the previous hook otherwise,
+/// so the other tests running in parallel report their panics as usual.
+fn install_quiet_hook() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if QUIET.with(std::cell::Cell::get) {
+                let message = info
+                    .payload()
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| info.payload().downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                let at = info.location().map(|l| format!("{}:{}", l.file(), l.line()));
+                let key = format!("{}: {message}", at.unwrap_or_default());
+                *QUIETED.lock().unwrap_or_else(|p| p.into_inner()).entry(key).or_insert(0) += 1;
+            } else {
+                previous(info);
+            }
+        }));
+    });
+}
+
+/// Runs `test` on `cases` values of `strategy`, from a fixed seed derived
+/// from `name`, and fails with the (shrunk) input that broke it. With `quiet`,
+/// panics on this thread are counted instead of printed while it runs; a
+/// panic in the test itself still fails it, with its message.
+fn check<S: Strategy>(
+    name: &str,
+    cases: u32,
+    quiet: bool,
+    strategy: S,
+    test: impl Fn(S::Value) -> Result<(), TestCaseError>,
+) where
+    S::Value: std::fmt::Debug,
+{
+    let config = ProptestConfig {
+        cases,
+        rng_seed: RngSeed::Fixed(common::test_seed(name)),
+        // This suite writes nothing to the source tree; a failure prints its
+        // input, and the seed replays it.
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    };
+    let mut runner = proptest::test_runner::TestRunner::new(config);
+    let ran = std::cell::Cell::new(0u32);
+    if quiet {
+        install_quiet_hook();
+        QUIET.with(|q| q.set(true));
+    }
+    let result = runner.run(&strategy, |value| {
+        ran.set(ran.get() + 1);
+        test(value)
+    });
+    QUIET.with(|q| q.set(false));
+    if let Err(e) = result {
+        panic!("{name}: {e}");
+    }
+    // Proptest counts only passing cases towards `cases`; make sure they ran.
+    assert!(ran.get() >= cases, "{name}: only {} cases ran", ran.get());
+    println!("{name}: {} cases passed", ran.get());
+}
+
+#[test]
+fn test_random_bytes_never_panic_any_decoder() {
+    check(
+        "test_random_bytes_never_panic_any_decoder",
+        10_000,
+        false,
+        (hostile_bytes(), hostile_text()),
+        |(bytes, text)| {
+            // Nothing random is correctly signed, so every decoder must refuse it.
+            prop_assert!(Envelope::from_bytes(&bytes).is_err());
+            prop_assert!(Genesis::from_bytes(&bytes).is_err());
+            prop_assert!(Delivery::from_bytes(&bytes).is_err());
+            let lossy = String::from_utf8_lossy(&bytes);
+            for s in [&lossy[..], &text[..]] {
+                // The parsers may accept well-formed text; whatever they accept
+                // must print back to something that parses to the same value.
+                if let Ok(c) = s.parse::<Cursor>() {
+                    prop_assert_eq!(c.to_string().parse::<Cursor>(), Ok(c));
+                }
+                if let Ok(id) = s.parse::<MessageId>() {
+                    prop_assert_eq!(id.to_string().parse::<MessageId>(), Ok(id));
+                }
+                if let Ok(room) = s.parse::<RoomId>() {
+                    prop_assert_eq!(room.to_string().parse::<RoomId>(), Ok(room));
+                }
+            }
+            Ok(())
+        },
+    );
+}
+
+#[test]
+fn test_mutated_valid_encodings_are_rejected_without_panic() {
+    let w = world();
+    let envelope = w.post.delivery.envelope.as_bytes().to_vec();
+    let delivery = w.post.delivery.to_bytes();
+    let genesis = w.alice.genesis(&w.room).unwrap().as_bytes().to_vec();
+    check(
+        "test_mutated_valid_encodings_are_rejected_without_panic",
+        10_000,
+        false,
+        (0..3usize, mutations()),
+        |(which, edits)| {
+            match which {
+                0 => {
+                    let bytes = mutate(&envelope, &edits);
+                    let result = Envelope::from_bytes(&bytes);
+                    // Ed25519 verification is strict, so no edit yields another
+                    // valid envelope: only edits that cancel out give one back.
+                    prop_assert_eq!(result.is_ok(), bytes == envelope, "{:?}", result);
+                }
+                1 => {
+                    let bytes = mutate(&delivery, &edits);
+                    // A delivery may legitimately lose a blob (the count and the
+                    // blob both edited away); it can never gain or alter one.
+                    if let Ok(d) = Delivery::from_bytes(&bytes) {
+                        prop_assert_eq!(&d.envelope, &w.post.delivery.envelope);
+                        prop_assert!(d.blobs.iter().all(|b| w.post.delivery.blobs.contains(b)));
+                    }
+                }
+                _ => {
+                    let bytes = mutate(&genesis, &edits);
+                    let result = Genesis::from_bytes(&bytes);
+                    prop_assert_eq!(result.is_ok(), bytes == genesis, "{:?}", result);
+                }
+            }
+            Ok(())
+        },
+    );
+}
+
+/// How a correctly signed hostile update fared, for the summary line.
+#[derive(Default)]
+struct Tally {
+    applied: std::cell::Cell<u32>,
+    rejected: std::cell::Cell<u32>,
+    panics_caught: std::cell::Cell<u32>,
+}
+
+#[test]
+fn test_random_update_in_signed_envelope_never_panics_replica() {
+    let w = world();
+    let alice = w.alice.author();
+    let alice_key = common::signing_key(1);
+    let real = w.post.delivery.envelope.update().to_vec();
+    // Random bytes, or Alice's real first update with a few edits: those get
+    // much further into yrs's decoder and integration than noise does.
+    // Pure noise mostly stops at the replica's check of the leading counts, so
+    // a third of the cases start with a valid "one client, one block" header.
+    let updates = prop_oneof![
+        vec(any::<u8>(), 0..2048),
+        mutations().prop_map(move |edits| mutate(&real, &edits)),
+        vec(any::<u8>(), 0..2048).prop_map(|tail| [&[1u8, 1][..], &tail[..]].concat()),
+    ];
+    const CASES: u32 = 10_000;
+    let tally = Tally::default();
+    let name = "test_random_update_in_signed_envelope_never_panics_replica";
+    check(name, CASES, true, updates, |update| {
+        let envelope = common::RawEnvelope {
+            room: *w.room.as_bytes(),
+            bucket: w.post.delivery.envelope.bucket(),
+            author: *alice.as_bytes(),
+            client: concord_core::client_id(&alice),
+            clock_start: 0,
+            clock_end: 1,
+            hlc: w.post.delivery.envelope.hlc().as_u64(),
+            update,
+            blobs: vec![],
+        }
+        .sign(&alice_key);
+        // Correctly signed and well formed: the envelope layer must accept it,
+        // so whatever happens next is the replica's judgement of the update.
+        let delivery = Delivery::from_bytes(&common::delivery_bytes(&envelope, &[]));
+        prop_assert!(delivery.is_ok(), "{:?}", delivery);
+        let delivery = delivery.unwrap();
+
+        let mut bob = fresh(&w, 2);
+        let before = common::dump(bob.store());
+        let outcome = bob.apply(&w.room, vec![delivery]);
+        prop_assert!(outcome.is_ok(), "a memory store failed: {:?}", outcome);
+        let outcome = outcome.unwrap();
+        prop_assert_eq!(outcome.len(), 1);
+        match &outcome[0] {
+            Ok(_) => {
+                tally.applied.set(tally.applied.get() + 1);
+                // Alice may write whatever she likes into her own document;
+                // the replica must still render it and hand it back out.
+                let snapshot = bob.snapshot(&w.room);
+                prop_assert!(snapshot.is_ok(), "{:?}", snapshot);
+                let held = bob.deliveries(&w.room);
+                prop_assert!(held.is_ok(), "{:?}", held);
+            }
+            Err(e) => {
+                tally.rejected.set(tally.rejected.get() + 1);
+                if matches!(e, EnvelopeError::BadUpdate(m) if m.contains("panicked")) {
+                    tally.panics_caught.set(tally.panics_caught.get() + 1);
+                }
+                prop_assert!(
+                    matches!(
+                        e,
+                        EnvelopeError::BadUpdate(_)
+                            | EnvelopeError::ForeignClient
+                            | EnvelopeError::ClockMismatch
+                            | EnvelopeError::EmptyUpdate
+                    ),
+                    "unexpected rejection {:?}",
+                    e
+                );
+                prop_assert_eq!(common::dump(bob.store()), before, "a rejection changed the store");
+            }
+        }
+        Ok(())
+    });
+    println!(
+        "{name}: applied {}, rejected {} (of which yrs panicked and the replica caught it: {})",
+        tally.applied.get(),
+        tally.rejected.get(),
+        tally.panics_caught.get()
+    );
+    for (at, count) in QUIETED.lock().unwrap().iter() {
+        println!("  caught panic x{count} at {at}");
+    }
+}
