@@ -715,10 +715,7 @@ impl<S: Store> Replica<S> {
             // the previous ended, and each is stored under its start. Anything
             // else starting inside the integrated range is the author signing
             // two histories (equivocation); the first one seen stays.
-            let stored = match tx.batch.get(Tree::Envelopes, &ekey) {
-                Some(v) => v.map(<[u8]>::to_vec),
-                None => self.store.get(Tree::Envelopes, &ekey)?,
-            };
+            let stored = self.staged_get(Some(&tx.batch), Tree::Envelopes, &ekey)?;
             if stored.as_deref() != Some(env.as_bytes()) {
                 return Ok(Err(EnvelopeError::Equivocation));
             }
@@ -726,16 +723,10 @@ impl<S: Store> Replica<S> {
             return Ok(Ok(Applied::Duplicate));
         }
         if start > next {
-            let waiting = match tx.pending.get(&ekey) {
-                Some(p) => Some(p.envelope.as_bytes().to_vec()),
-                None if tx.batch.get(Tree::Pending, &ekey) == Some(None) => None,
-                None => match self.store.get(Tree::Pending, &ekey)? {
-                    Some(raw) => {
-                        Delivery::from_bytes(&raw).ok().map(|p| p.envelope.as_bytes().to_vec())
-                    }
-                    None => None,
-                },
-            };
+            let waiting = self
+                .staged_get(Some(&tx.batch), Tree::Pending, &ekey)?
+                .and_then(|raw| Delivery::from_bytes(&raw).ok())
+                .map(|p| p.envelope.as_bytes().to_vec());
             if waiting.is_some_and(|w| w != env.as_bytes()) {
                 return Ok(Err(EnvelopeError::Equivocation));
             }
@@ -975,11 +966,21 @@ impl<S: Store> Replica<S> {
                 (None, Some(row)) => {
                     tx.batch.put(Tree::Timeline, tkey, row.encode());
                     tx.batch.put(Tree::MessageIds, idkey, key.to_bytes());
-                    diffs.push(TimelineDiff::Insert(self.message(tx, room, key, row)?));
+                    diffs.push(TimelineDiff::Insert(self.message(
+                        Some(&tx.batch),
+                        room,
+                        key,
+                        row,
+                    )?));
                 }
                 (Some(before), Some(row)) if before != row => {
                     tx.batch.put(Tree::Timeline, tkey, row.encode());
-                    diffs.push(TimelineDiff::Update(self.message(tx, room, key, row)?));
+                    diffs.push(TimelineDiff::Update(self.message(
+                        Some(&tx.batch),
+                        room,
+                        key,
+                        row,
+                    )?));
                 }
                 (Some(_), None) => {
                     tx.batch.delete(Tree::Timeline, tkey);
@@ -1067,7 +1068,7 @@ impl<S: Store> Replica<S> {
         for (k, v) in rows.into_iter().take(limit) {
             let key = SortKey::from_bytes(&k[32..]).map_err(|e| corrupt(Tree::Timeline, e))?;
             let row = Row::decode(&v).map_err(|e| corrupt(Tree::Timeline, e))?;
-            messages.push(self.message(&Tx::default(), room, key, &row)?);
+            messages.push(self.message(None, room, key, &row)?);
         }
         if order == Order::Ascending {
             messages.reverse();
@@ -1086,7 +1087,7 @@ impl<S: Store> Replica<S> {
             return Err(corrupt(Tree::Timeline, "message id points at no row"));
         };
         let row = Row::decode(&row).map_err(|e| corrupt(Tree::Timeline, e))?;
-        Ok(Some(self.message(&Tx::default(), room, key, &row)?))
+        Ok(Some(self.message(None, room, key, &row)?))
     }
 
     /// An attachment's content, while its message lives.
@@ -1098,11 +1099,29 @@ impl<S: Store> Replica<S> {
         }
     }
 
-    fn message(&self, tx: &Tx, room: &RoomId, key: SortKey, row: &Row) -> Result<Message> {
-        let blob = match tx.batch.get(Tree::Blobs, &tables::blob_key(room, &row.body)) {
-            Some(staged) => staged.map(<[u8]>::to_vec),
-            None => self.store.get(Tree::Blobs, &tables::blob_key(room, &row.body))?,
-        };
+    /// The value at `key` as it will be once `staged` (if any) commits.
+    fn staged_get(
+        &self,
+        staged: Option<&WriteBatch>,
+        tree: Tree,
+        key: &[u8],
+    ) -> Result<Option<Vec<u8>>> {
+        match staged.and_then(|b| b.get(tree, key)) {
+            Some(value) => Ok(value.map(<[u8]>::to_vec)),
+            None => Ok(self.store.get(tree, key)?),
+        }
+    }
+
+    /// Builds a message from its row, reading the body from `staged` writes
+    /// first (while a transaction announces its diffs) and then the store.
+    fn message(
+        &self,
+        staged: Option<&WriteBatch>,
+        room: &RoomId,
+        key: SortKey,
+        row: &Row,
+    ) -> Result<Message> {
+        let blob = self.staged_get(staged, Tree::Blobs, &tables::blob_key(room, &row.body))?;
         // Bodies are checked before they are stored; one that still fails to
         // decode reads as absent rather than failing the whole query.
         let body = blob

@@ -4,27 +4,14 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use concord_core::{
     Anchor, Applied, Cursor, Draft, Error, ManualClock, MemoryStore, Replica, RoomId, SledStore,
-    Store, StoreError, TimelineDiff, TimelineListener, Tree, WriteBatch,
+    Store, StoreError, TimelineDiff, Tree, WriteBatch,
 };
 
-#[derive(Default)]
-struct Recorder(Mutex<Vec<TimelineDiff>>);
-
-impl TimelineListener for Recorder {
-    fn on_diffs(&self, _room: &RoomId, diffs: &[TimelineDiff]) {
-        self.0.lock().unwrap().extend_from_slice(diffs);
-    }
-}
-
-impl Recorder {
-    fn take(&self) -> Vec<TimelineDiff> {
-        std::mem::take(&mut *self.0.lock().unwrap())
-    }
-}
+use common::Recorder;
 
 #[test]
 fn test_subscription_delivers_insert_update_remove_until_dropped() {
@@ -221,4 +208,35 @@ fn test_store_from_a_newer_version_is_refused() {
         Err(Error::Store(StoreError::NewerSchema { found: 99, .. })) => {}
         other => panic!("expected NewerSchema, got {other:?}"),
     }
+}
+
+#[test]
+fn test_sled_open_on_corrupt_files_is_typed_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    {
+        let s = SledStore::open(&path).unwrap();
+        let mut batch = WriteBatch::new();
+        batch.put(Tree::Meta, b"k".to_vec(), vec![7; 4096]);
+        s.commit(batch).unwrap();
+    }
+    // Overwrite every file sled wrote with garbage.
+    for file in common::files(&path) {
+        let len = std::fs::metadata(&file).unwrap().len() as usize;
+        std::fs::write(&file, vec![0xA5; len.max(64)]).unwrap();
+    }
+    match SledStore::open(&path) {
+        Err(StoreError::Open(_)) => {}
+        Err(other) => panic!("expected an Open error, got {other:?}"),
+        // sled may treat a garbage log as empty; then nothing committed may reappear.
+        Ok(s) => assert_eq!(s.get(Tree::Meta, b"k").unwrap(), None),
+    }
+}
+
+#[test]
+fn test_sled_open_on_a_file_path_is_typed_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("not-a-dir");
+    std::fs::write(&path, b"plain file").unwrap();
+    assert!(matches!(SledStore::open(&path), Err(StoreError::Open(_))));
 }

@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use concord_core::{Anchor, Draft, ManualClock, Replica, SledStore};
@@ -15,19 +14,6 @@ const EDITED_CANARY: &str = "CANARY-edited-away-93f1";
 
 fn contains(haystack: &[u8], needle: &str) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle.as_bytes())
-}
-
-fn files(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            out.extend(files(&path));
-        } else {
-            out.push(path);
-        }
-    }
-    out
 }
 
 /// Every place a replica could show or send the canary.
@@ -93,7 +79,7 @@ fn test_deleted_and_edited_away_content_is_erased_from_store() {
     // of pages in its segment files until segments are reused.
     drop(alice);
     let mut on_disk = 0;
-    for f in files(&path) {
+    for f in common::files(&path) {
         let bytes = std::fs::read(&f).unwrap();
         on_disk +=
             usize::from(contains(&bytes, CANARY)) + usize::from(contains(&bytes, EDITED_CANARY));

@@ -2,11 +2,10 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use concord_core::{
-    Applied, Draft, EnvelopeError, Error, ManualClock, MemoryStore, Replica, RoomId, TimelineDiff,
-    TimelineListener, Tree,
+    Applied, Draft, EnvelopeError, Error, ManualClock, MemoryStore, Replica, RoomId, Tree,
 };
 use yrs::{Any, Map, Transact};
 
@@ -32,15 +31,6 @@ fn room() -> Room {
 
 fn blob_count(r: &Replica<MemoryStore>) -> usize {
     common::dump(r.store()).iter().filter(|(t, _, _)| *t == Tree::Blobs).count()
-}
-
-#[derive(Default)]
-struct Recorder(Mutex<Vec<TimelineDiff>>);
-
-impl TimelineListener for Recorder {
-    fn on_diffs(&self, _room: &RoomId, diffs: &[TimelineDiff]) {
-        self.0.lock().unwrap().extend_from_slice(diffs);
-    }
 }
 
 /// Within one author document an edit and a delete are causally ordered (the
@@ -100,7 +90,7 @@ fn test_delete_before_post_never_shows_post() {
     r.clock.advance(5);
     let delete = r.alice.delete(&r.id, &post.id).unwrap();
 
-    let seen = Arc::new(Recorder::default());
+    let seen = Arc::new(common::Recorder::default());
     let _sub = r.bob.subscribe(&r.id, seen.clone());
     assert_eq!(
         r.bob.apply(&r.id, vec![delete.delivery.clone()]).unwrap(),
@@ -111,7 +101,7 @@ fn test_delete_before_post_never_shows_post() {
         vec![Ok(Applied::Applied)]
     );
 
-    assert!(seen.0.lock().unwrap().is_empty(), "the post was shown: {:?}", seen.0.lock().unwrap());
+    assert!(seen.take().is_empty(), "the post was shown");
     assert_eq!(r.bob.message_by_id(&r.id, &post.id).unwrap(), None);
     assert_eq!(blob_count(&r.bob), 0, "the body of a post deleted on arrival was stored");
     assert_eq!(r.bob.tombstones(&r.id).unwrap()[0].id, post.id);

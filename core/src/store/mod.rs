@@ -113,10 +113,6 @@ impl WriteBatch {
     pub fn len(&self) -> usize {
         self.writes.len()
     }
-    /// Moves every write of `other` into this batch (later writes win).
-    pub fn extend(&mut self, other: WriteBatch) {
-        self.writes.extend(other.writes);
-    }
     pub(crate) fn into_writes(self) -> impl Iterator<Item = (Tree, Vec<u8>, Option<Vec<u8>>)> {
         self.writes.into_iter().map(|((t, k), v)| (t, k, v))
     }

@@ -1,9 +1,12 @@
 //! Helpers shared by the core's integration tests: seeds, replicas, forging.
 #![allow(dead_code)]
 
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
-use concord_core::{ManualClock, MemoryStore, Replica, Store, Tree};
+use concord_core::{
+    ManualClock, MemoryStore, Replica, RoomId, Store, TimelineDiff, TimelineListener, Tree,
+};
 use ed25519_dalek::{Signer, SigningKey};
 
 /// Start of the test epoch: a few hours before a bucket boundary, so short
@@ -101,4 +104,35 @@ pub fn delivery_bytes(envelope: &[u8], blobs: &[Vec<u8>]) -> Vec<u8> {
 /// The signing key a replica opened with `open_with_seed([seed; 32])` uses.
 pub fn signing_key(seed: u8) -> SigningKey {
     SigningKey::from_bytes(&[seed; 32])
+}
+
+/// Every file below `dir`, recursively (for inspecting a store's files).
+pub fn files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(files(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+/// A timeline listener that records every diff it is given.
+#[derive(Default)]
+pub struct Recorder(Mutex<Vec<TimelineDiff>>);
+
+impl TimelineListener for Recorder {
+    fn on_diffs(&self, _room: &RoomId, diffs: &[TimelineDiff]) {
+        self.0.lock().unwrap().extend_from_slice(diffs);
+    }
+}
+
+impl Recorder {
+    /// The diffs received since the last call.
+    pub fn take(&self) -> Vec<TimelineDiff> {
+        std::mem::take(&mut *self.0.lock().unwrap())
+    }
 }
