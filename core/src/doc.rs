@@ -15,10 +15,12 @@
 //! author's clock and `[clock_start, clock_end)` names it exactly. Withdrawing a
 //! reaction therefore writes an empty value instead of removing the key.
 
+use std::collections::{BTreeSet, HashMap};
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Arc, Mutex};
 
 use yrs::updates::decoder::Decode;
-use yrs::{Any, ClientID, Doc, Map, MapRef, Options, Out, ReadTxn, Transact, Update};
+use yrs::{Any, ClientID, Doc, Map, MapRef, Observable, Options, Out, ReadTxn, Transact, Update};
 
 use crate::codec::{Reader, Writer};
 use crate::error::{DecodeError, EnvelopeError};
@@ -139,18 +141,34 @@ pub(crate) struct LocalUpdate {
     pub clock_end: u32,
 }
 
-/// Everything an author document says, parsed. Malformed entries (which only
-/// a misbehaving author can write, into its own document) are skipped; the
-/// skip depends only on the document, so every replica skips the same ones.
-#[derive(Default, Debug)]
-pub(crate) struct DocContents {
-    pub posts: Vec<(MessageId, PostRecord)>,
-    pub tombstones: Vec<(MessageId, TombstoneRecord)>,
-    pub reactions: Vec<(MessageId, String)>,
-    pub read: Option<SortKey>,
+/// What a transaction on an author document changed: the messages whose
+/// records, tombstones or reactions moved, and whether the read marker did.
+/// Rendering then revisits only these.
+#[derive(Default, Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Changes {
+    pub ids: BTreeSet<MessageId>,
+    pub read: bool,
+}
+
+/// Root-map keys touched by transactions since the last [`AuthorDoc::take_changes`],
+/// collected by observers on the four root maps.
+type Touched = Arc<Mutex<Vec<(Root, Arc<str>)>>>;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Root {
+    Messages,
+    Tombstones,
+    Reactions,
+    Read,
 }
 
 /// One author's document in one bucket.
+///
+/// Lookups are by message id, so rendering one message costs the same in a
+/// bucket of ten messages as in one of ten thousand. Reaction keys are
+/// `id ‖ emoji` in a yrs map, which has no prefix lookup, so the document
+/// keeps an index of each message's active reactions, maintained from the
+/// same change observers that drive rendering.
 pub(crate) struct AuthorDoc {
     doc: Doc,
     client: ClientID,
@@ -158,6 +176,8 @@ pub(crate) struct AuthorDoc {
     tombstones: MapRef,
     reactions: MapRef,
     read: MapRef,
+    touched: Touched,
+    reaction_index: HashMap<MessageId, BTreeSet<String>>,
 }
 
 fn buffer(out: Option<Out>) -> Option<std::sync::Arc<[u8]>> {
@@ -182,14 +202,59 @@ impl AuthorDoc {
         // memory when the delete is integrated.
         let doc =
             Doc::with_options(Options { client_id: client, skip_gc: false, ..Options::default() });
+        let touched: Touched = Arc::default();
+        let observed = |name: &str, root: Root| {
+            let map = doc.get_or_insert_map(name);
+            let sink = touched.clone();
+            map.observe("concord", move |txn, event| {
+                let mut sink = sink.lock().unwrap_or_else(|p| p.into_inner());
+                sink.extend(event.keys(txn).keys().map(|k| (root, k.clone())));
+            });
+            map
+        };
         Self {
-            messages: doc.get_or_insert_map(MESSAGES),
-            tombstones: doc.get_or_insert_map(TOMBSTONES),
-            reactions: doc.get_or_insert_map(REACTIONS),
-            read: doc.get_or_insert_map(READ),
+            messages: observed(MESSAGES, Root::Messages),
+            tombstones: observed(TOMBSTONES, Root::Tombstones),
+            reactions: observed(REACTIONS, Root::Reactions),
+            read: observed(READ, Root::Read),
             doc,
             client,
+            touched,
+            reaction_index: HashMap::new(),
         }
+    }
+
+    /// What changed since the last call, with the reaction index brought up
+    /// to date. Call after every [`AuthorDoc::apply`] and [`AuthorDoc::change`].
+    pub(crate) fn take_changes(&mut self) -> Changes {
+        let touched = {
+            let mut sink = self.touched.lock().unwrap_or_else(|p| p.into_inner());
+            std::mem::take(&mut *sink)
+        };
+        let mut out = Changes::default();
+        for (root, key) in touched {
+            if root == Root::Read {
+                out.read = true;
+                continue;
+            }
+            let Some(id) = parse_id(&key) else { continue };
+            out.ids.insert(id);
+            if root == Root::Reactions {
+                let emoji = &key[32..];
+                let txn = self.doc.transact();
+                let active = buffer(self.reactions.get(&txn, &key)).is_some_and(|b| b.len() == 8);
+                let entry = self.reaction_index.entry(id).or_default();
+                if active && !emoji.is_empty() && emoji.len() <= MAX_REACTION_BYTES {
+                    entry.insert(emoji.to_owned());
+                } else {
+                    entry.remove(emoji);
+                }
+                if entry.is_empty() {
+                    self.reaction_index.remove(&id);
+                }
+            }
+        }
+        out
     }
 
     /// The next clock the author will write: everything below it is integrated.
@@ -257,47 +322,39 @@ impl AuthorDoc {
         LocalUpdate { update, clock_start, clock_end: self.next_clock() }
     }
 
-    /// The author's live post with this id, if any.
+    /// The author's live post with this id, if any. A record that does not
+    /// decode (only its misbehaving author can write one) reads as absent on
+    /// every replica alike.
     pub(crate) fn post(&self, id: &MessageId) -> Option<PostRecord> {
         let txn = self.doc.transact();
         buffer(self.messages.get(&txn, &id.simple())).and_then(|b| PostRecord::decode(&b).ok())
     }
 
-    /// Whether the author deleted the message with this id.
+    /// The author's tombstone for a message, if they deleted it.
+    pub(crate) fn tombstone(&self, id: &MessageId) -> Option<TombstoneRecord> {
+        let txn = self.doc.transact();
+        buffer(self.tombstones.get(&txn, &id.simple()))
+            .and_then(|b| TombstoneRecord::decode(&b).ok())
+    }
+
+    /// Whether the author deleted the message with this id (even with a
+    /// malformed record).
     pub(crate) fn is_deleted(&self, id: &MessageId) -> bool {
         let txn = self.doc.transact();
         self.tombstones.get(&txn, &id.simple()).is_some()
     }
 
-    /// Parses the whole document.
-    pub(crate) fn contents(&self) -> DocContents {
+    /// The emoji the author currently reacts to a message with.
+    pub(crate) fn reactions(&self, id: &MessageId) -> Option<&BTreeSet<String>> {
+        self.reaction_index.get(id)
+    }
+
+    /// The author's read marker.
+    pub(crate) fn read(&self) -> Option<SortKey> {
         let txn = self.doc.transact();
-        let mut out = DocContents::default();
-        for (key, value) in self.messages.iter(&txn) {
-            let record = buffer(Some(value)).and_then(|b| PostRecord::decode(&b).ok());
-            if let (Some(id), Some(record), 32) = (parse_id(key), record, key.len()) {
-                out.posts.push((id, record));
-            }
-        }
-        for (key, value) in self.tombstones.iter(&txn) {
-            let record = buffer(Some(value)).and_then(|b| TombstoneRecord::decode(&b).ok());
-            if let (Some(id), Some(record), 32) = (parse_id(key), record, key.len()) {
-                out.tombstones.push((id, record));
-            }
-        }
-        for (key, value) in self.reactions.iter(&txn) {
-            let active = buffer(Some(value)).is_some_and(|b| b.len() == 8);
-            let emoji = key.get(32..).unwrap_or_default();
-            if let (Some(id), true, false) = (parse_id(key), active, emoji.is_empty()) {
-                if emoji.len() <= MAX_REACTION_BYTES {
-                    out.reactions.push((id, emoji.to_owned()));
-                }
-            }
-        }
-        out.read = buffer(self.read.get(&txn, READ_KEY))
+        buffer(self.read.get(&txn, READ_KEY))
             .filter(|b| b.len() == SortKey::LEN + 8)
-            .and_then(|b| SortKey::from_bytes(&b[..SortKey::LEN]).ok());
-        out
+            .and_then(|b| SortKey::from_bytes(&b[..SortKey::LEN]).ok())
     }
 }
 

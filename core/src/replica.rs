@@ -14,7 +14,8 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use crate::blob::{self, BLOB_NONCE_LEN, MAX_BLOB_BYTES, MAX_BODY_BYTES};
 use crate::clock::{Clock, HlcState};
 use crate::doc::{
-    self, AuthorDoc, DocChange, PostRecord, TombstoneRecord, MAX_ATTACHMENTS, MAX_REACTION_BYTES,
+    self, AuthorDoc, Changes, DocChange, PostRecord, TombstoneRecord, MAX_ATTACHMENTS,
+    MAX_REACTION_BYTES,
 };
 use crate::envelope::{Delivery, Envelope, EnvelopeFields, Genesis, MAX_ROOM_NAME_BYTES};
 use crate::error::{EnvelopeError, Error, Result, StoreError};
@@ -23,9 +24,7 @@ use crate::keys::{self, DeviceKey};
 use crate::store::migrations;
 use crate::store::tables::{self, META_DEVICE_KEY, META_HLC};
 use crate::store::{KeyRange, Order, Store, Tree, WriteBatch};
-use crate::view::{
-    self, bucket_bounds, bucket_of, BucketRender, Message, Row, TimelineDiff, Tombstone,
-};
+use crate::view::{self, bucket_of, Message, MessageRender, Row, TimelineDiff, Tombstone};
 
 /// Key derivation contexts (blake3 `derive_key`), one per purpose.
 const CONTEXT_BLOB_NONCE: &str = "concord 2026 blob nonce v1";
@@ -202,27 +201,66 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 type DocKey = (RoomId, u32, AuthorId);
 
+/// What a transaction must re-render in one bucket.
+#[derive(Default, Debug)]
+struct Affected {
+    /// Messages whose post, tombstones or reactions changed.
+    ids: BTreeSet<MessageId>,
+    /// Authors whose read marker changed.
+    reads: BTreeSet<AuthorId>,
+}
+
 /// One transaction's staged state.
 #[derive(Default)]
 struct Tx {
     batch: WriteBatch,
-    /// Buckets whose rendering must be refreshed, per room.
-    touched: BTreeSet<(RoomId, u32)>,
+    /// What to re-render, per (room, bucket).
+    affected: BTreeMap<(RoomId, u32), Affected>,
     /// Documents changed in memory (dropped from the cache if the commit fails).
     docs: HashSet<DocKey>,
     /// Documents created in this transaction (not yet listed in `docs-1`).
     new_docs: BTreeSet<DocKey>,
-    /// Blobs offered by local posts or remote deliveries, kept only if a live
-    /// message references them once the transaction's buckets are rendered.
-    blobs: HashMap<(RoomId, BlobHash), Vec<u8>>,
+    /// Blobs offered by local posts, remote deliveries or sync, per (room,
+    /// bucket), kept only if a live message there references them.
+    blobs: BTreeMap<(RoomId, u32), HashMap<BlobHash, Vec<u8>>>,
+    /// Windows lowered by this transaction (history fetched from a peer).
+    windows: HashMap<RoomId, u32>,
     /// Messages posted, and deleted, earlier in this transaction.
     posted: HashMap<(RoomId, MessageId), SortKey>,
     deleted: HashSet<(RoomId, MessageId)>,
     /// Pending deliveries staged in this transaction, by `pending-1` key.
     pending: BTreeMap<Vec<u8>, Delivery>,
     /// Timeline diffs to announce after the commit.
-    diffs: Vec<(RoomId, Vec<TimelineDiff>)>,
+    diffs: BTreeMap<RoomId, Vec<TimelineDiff>>,
 }
+
+impl Tx {
+    fn affect(&mut self, dk: DocKey, changes: Changes) {
+        if changes.ids.is_empty() && !changes.read {
+            return;
+        }
+        let entry = self.affected.entry((dk.0, dk.1)).or_default();
+        entry.ids.extend(changes.ids);
+        if changes.read {
+            entry.reads.insert(dk.2);
+        }
+    }
+
+    fn offer(&mut self, room: RoomId, bucket: u32, blobs: Vec<Vec<u8>>) {
+        if blobs.is_empty() {
+            return;
+        }
+        let offered = self.blobs.entry((room, bucket)).or_default();
+        for b in blobs {
+            offered.insert(blob::hash(&b), b);
+        }
+    }
+}
+
+/// Author documents kept in memory at most, by default. Each holds one
+/// author's changes in one bucket; the least recently used are dropped first
+/// and rebuilt from their envelopes when needed again.
+pub const DEFAULT_DOC_CACHE: usize = 256;
 
 /// One device's replica of its rooms, over a [`Store`].
 pub struct Replica<S: Store> {
@@ -231,7 +269,16 @@ pub struct Replica<S: Store> {
     key: DeviceKey,
     hlc: HlcState,
     rooms: HashMap<RoomId, Genesis>,
+    /// Oldest bucket held, for rooms that keep only recent history.
+    windows: HashMap<RoomId, u32>,
+    /// Rooms whose history was paged past the window: the oldest bucket held
+    /// there, for sync to fetch what lies before it.
+    history_wanted: Mutex<BTreeMap<RoomId, u32>>,
     docs: HashMap<DocKey, AuthorDoc>,
+    /// Last use of each cached document (a logical tick), for eviction.
+    doc_use: HashMap<DocKey, u64>,
+    doc_tick: u64,
+    doc_cache: usize,
     listeners: Arc<Listeners>,
     next_listener: u64,
 }
@@ -306,13 +353,28 @@ impl<S: Store> Replica<S> {
             }
             rooms.insert(genesis.room_id(), genesis);
         }
+        let mut windows = HashMap::new();
+        for (k, v) in
+            store.scan(Tree::Windows, &KeyRange::prefix(&[]), Order::Ascending, usize::MAX)?
+        {
+            let room: [u8; 32] =
+                k.as_slice().try_into().map_err(|_| corrupt(Tree::Windows, "key length"))?;
+            let bucket: [u8; 4] =
+                v.as_slice().try_into().map_err(|_| corrupt(Tree::Windows, "value length"))?;
+            windows.insert(RoomId::from_bytes(room), u32::from_be_bytes(bucket));
+        }
         Ok(Self {
             store,
             clock,
             key,
             hlc: HlcState::new(Hlc::from_u64(last)),
             rooms,
+            windows,
+            history_wanted: Mutex::new(BTreeMap::new()),
             docs: HashMap::new(),
+            doc_use: HashMap::new(),
+            doc_tick: 0,
+            doc_cache: DEFAULT_DOC_CACHE,
             listeners: Arc::new(Mutex::new(BTreeMap::new())),
             next_listener: 0,
         })
@@ -541,8 +603,10 @@ impl<S: Store> Replica<S> {
         let author = self.key.author();
         let dk = (room, bucket, author);
         self.load_doc(tx, dk)?;
-        let doc = self.docs.get(&dk).ok_or_else(|| corrupt(Tree::Docs, "document vanished"))?;
+        let doc =
+            self.docs.get_mut(&dk).ok_or_else(|| corrupt(Tree::Docs, "document vanished"))?;
         let update = doc.change(&change);
+        tx.affect(dk, doc.take_changes());
         tx.docs.insert(dk);
         let hashes: Vec<BlobHash> = blobs.iter().map(|b| blob::hash(b)).collect();
         let envelope = Envelope::sign(
@@ -558,10 +622,7 @@ impl<S: Store> Replica<S> {
             },
         )?;
         stage_envelope(tx, &envelope);
-        for b in &blobs {
-            tx.blobs.insert((room, blob::hash(b)), b.clone());
-        }
-        tx.touched.insert((room, bucket));
+        tx.offer(room, bucket, blobs.clone());
         Ok(Sent { id: target.id, delivery: Delivery { envelope, blobs } })
     }
 
@@ -719,7 +780,7 @@ impl<S: Store> Replica<S> {
             if stored.as_deref() != Some(env.as_bytes()) {
                 return Ok(Err(EnvelopeError::Equivocation));
             }
-            self.offer_blobs(tx, room, env.bucket(), d.blobs);
+            tx.offer(*room, env.bucket(), d.blobs);
             return Ok(Ok(Applied::Duplicate));
         }
         if start > next {
@@ -734,31 +795,20 @@ impl<S: Store> Replica<S> {
             tx.pending.insert(ekey, d);
             return Ok(Ok(Applied::Pending));
         }
-        if let Some(doc) = self.docs.get(&dk) {
+        if let Some(doc) = self.docs.get_mut(&dk) {
             if let Err(e) = doc.apply(update) {
                 // yrs may have half-integrated; reload this document from the store.
                 self.docs.remove(&dk);
                 tx.docs.remove(&dk);
                 return Ok(Err(e));
             }
+            tx.affect(dk, doc.take_changes());
         }
         tx.docs.insert(dk);
         self.hlc.observe(env.hlc(), self.clock.now_millis());
         stage_envelope(tx, env);
-        let bucket = env.bucket();
-        tx.touched.insert((*room, bucket));
-        self.offer_blobs(tx, room, bucket, d.blobs);
+        tx.offer(*room, env.bucket(), d.blobs);
         Ok(Ok(Applied::Applied))
-    }
-
-    fn offer_blobs(&mut self, tx: &mut Tx, room: &RoomId, bucket: u32, blobs: Vec<Vec<u8>>) {
-        if blobs.is_empty() {
-            return;
-        }
-        for b in blobs {
-            tx.blobs.insert((*room, blob::hash(&b)), b);
-        }
-        tx.touched.insert((*room, bucket));
     }
 
     /// Integrates pending deliveries of a document whose clock just advanced.
@@ -810,11 +860,13 @@ impl<S: Store> Replica<S> {
 
     /// Ensures the document is in memory, rebuilding it from stored envelopes.
     fn load_doc(&mut self, tx: &mut Tx, dk: DocKey) -> Result<()> {
+        self.doc_tick += 1;
+        self.doc_use.insert(dk, self.doc_tick);
         if self.docs.contains_key(&dk) {
             return Ok(());
         }
         let (room, bucket, author) = dk;
-        let doc = AuthorDoc::new(&author);
+        let mut doc = AuthorDoc::new(&author);
         let prefix = tables::doc_key(&room, bucket, &author);
         let stored = self.store.scan(
             Tree::Envelopes,
@@ -830,8 +882,36 @@ impl<S: Store> Replica<S> {
             let (start, end) = env.clock_range();
             doc.apply_bytes(env.update(), start, end).map_err(|e| corrupt(Tree::Envelopes, e))?;
         }
+        // What the stored envelopes say is already rendered.
+        doc.take_changes();
         self.docs.insert(dk, doc);
         Ok(())
+    }
+
+    /// Drops the least recently used documents beyond the cache size. They
+    /// are durable in `envelopes-1` and reload on their next use.
+    fn trim_doc_cache(&mut self) {
+        if self.docs.len() <= self.doc_cache {
+            return;
+        }
+        let mut by_use: Vec<(u64, DocKey)> = self.doc_use.iter().map(|(k, t)| (*t, *k)).collect();
+        by_use.sort_unstable();
+        let excess = self.docs.len() - self.doc_cache;
+        for (_, dk) in by_use.into_iter().take(excess) {
+            self.docs.remove(&dk);
+            self.doc_use.remove(&dk);
+        }
+    }
+
+    /// Sets how many author documents stay in memory (at least one).
+    pub fn set_doc_cache(&mut self, docs: usize) {
+        self.doc_cache = docs.max(1);
+        self.trim_doc_cache();
+    }
+
+    /// How many author documents are in memory now.
+    pub fn cached_docs(&self) -> usize {
+        self.docs.len()
     }
 
     fn bucket_authors(&self, tx: &Tx, room: &RoomId, bucket: u32) -> Result<BTreeSet<AuthorId>> {
@@ -853,51 +933,12 @@ impl<S: Store> Replica<S> {
         Ok(authors)
     }
 
-    fn render_bucket(&mut self, tx: &mut Tx, room: &RoomId, bucket: u32) -> Result<BucketRender> {
-        let authors = self.bucket_authors(tx, room, bucket)?;
-        let mut contents = Vec::with_capacity(authors.len());
-        for author in authors {
-            let dk = (*room, bucket, author);
-            self.load_doc(tx, dk)?;
-            if let Some(doc) = self.docs.get(&dk) {
-                contents.push((author, doc.contents()));
-            }
-        }
-        Ok(view::render(bucket, &contents))
-    }
-
-    /// The rows of a bucket as currently stored.
-    fn stored_bucket(&self, room: &RoomId, bucket: u32) -> Result<BucketRender> {
-        let (lo, hi) = bucket_bounds(bucket);
-        let mut out = BucketRender::default();
-        let start = [room.as_bytes().as_slice(), &lo.as_u64().to_be_bytes()].concat();
-        let end = [room.as_bytes().as_slice(), &hi.as_u64().to_be_bytes()].concat();
-        for (k, v) in self.store.scan(
-            Tree::Timeline,
-            &KeyRange::between(&start, &end),
-            Order::Ascending,
-            usize::MAX,
-        )? {
-            let key = SortKey::from_bytes(&k[32..]).map_err(|e| corrupt(Tree::Timeline, e))?;
-            out.rows.insert(key, Row::decode(&v).map_err(|e| corrupt(Tree::Timeline, e))?);
-        }
-        let prefix = tables::bucket_prefix(room, bucket);
-        for (k, v) in self.store.scan(
-            Tree::Tombstones,
-            &KeyRange::prefix(&prefix),
-            Order::Ascending,
-            usize::MAX,
-        )? {
-            out.tombstones.insert(decode_tombstone(&k, &v)?);
-        }
-        Ok(out)
-    }
-
-    /// Renders every touched bucket, stages the resulting rows, blob keeps and
-    /// erasures, commits, and announces the diffs.
+    /// Renders every affected message and read marker, stages the resulting
+    /// rows, blob keeps and erasures, commits, and announces the diffs.
     fn finish(&mut self, mut tx: Tx) -> Result<()> {
-        let touched = std::mem::take(&mut tx.touched);
-        for (room, bucket) in touched {
+        let mut buckets: BTreeSet<(RoomId, u32)> = tx.affected.keys().copied().collect();
+        buckets.extend(tx.blobs.keys().copied());
+        for (room, bucket) in buckets {
             if let Err(e) = self.refresh_bucket(&mut tx, &room, bucket) {
                 self.abandon(&tx);
                 return Err(e);
@@ -912,115 +953,249 @@ impl<S: Store> Replica<S> {
                 );
             }
         }
+        for (room, bucket) in &tx.windows {
+            tx.batch.put(Tree::Windows, room.as_bytes().to_vec(), bucket.to_be_bytes());
+        }
         tx.batch.put(Tree::Meta, META_HLC, self.hlc.last().as_u64().to_be_bytes());
         let batch = std::mem::take(&mut tx.batch);
         if let Err(e) = self.store.commit(batch) {
             self.abandon(&tx);
             return Err(e.into());
         }
-        self.announce(tx.diffs);
+        for (room, bucket) in std::mem::take(&mut tx.windows) {
+            self.windows.insert(room, bucket);
+        }
+        self.trim_doc_cache();
+        self.announce(std::mem::take(&mut tx.diffs));
         Ok(())
     }
 
     fn abandon(&mut self, tx: &Tx) {
-        for dk in &tx.docs {
+        for dk in tx.docs.iter().chain(&tx.new_docs) {
             self.docs.remove(dk);
-        }
-        for dk in &tx.new_docs {
-            self.docs.remove(dk);
+            self.doc_use.remove(dk);
         }
     }
 
+    /// Re-renders what a transaction affected in one bucket: only the changed
+    /// messages and read markers, so its cost does not grow with the bucket.
     fn refresh_bucket(&mut self, tx: &mut Tx, room: &RoomId, bucket: u32) -> Result<()> {
-        let old = self.stored_bucket(room, bucket)?;
-        let new = self.render_bucket(tx, room, bucket)?;
-        let old_blobs: BTreeSet<BlobHash> =
-            old.rows.values().flat_map(Row::blobs).copied().collect();
-        let new_blobs: BTreeSet<BlobHash> =
-            new.rows.values().flat_map(Row::blobs).copied().collect();
-        // Erase: blobs no live message references any more.
-        for hash in old_blobs.difference(&new_blobs) {
-            tx.batch.delete(Tree::Blobs, tables::blob_key(room, hash));
-        }
-        // Keep: offered blobs that a live message references. A body must be
-        // UTF-8 within the body cap; a peer's invalid body is dropped (the
-        // message shows no body on every replica alike) instead of stored.
-        let bodies: BTreeSet<BlobHash> = new.rows.values().map(|r| r.body).collect();
-        for hash in &new_blobs {
-            if let Some(b) = tx.blobs.remove(&(*room, *hash)) {
-                if bodies.contains(hash) && !valid_body(&b) {
-                    continue;
-                }
-                let key = tables::blob_key(room, hash);
-                if self.store.get(Tree::Blobs, &key)?.is_none() {
-                    tx.batch.put(Tree::Blobs, key, b);
+        let affected = tx.affected.remove(&(*room, bucket)).unwrap_or_default();
+        let mut diffs = Vec::new();
+        if !affected.ids.is_empty() || !affected.reads.is_empty() {
+            let authors = self.bucket_authors(tx, room, bucket)?;
+            for author in &authors {
+                self.load_doc(tx, (*room, bucket, *author))?;
+            }
+            let docs: Vec<(AuthorId, &AuthorDoc)> = authors
+                .iter()
+                .filter_map(|a| self.docs.get(&(*room, bucket, *a)).map(|d| (*a, d)))
+                .collect();
+            let renders: Vec<(MessageId, MessageRender)> = affected
+                .ids
+                .iter()
+                .map(|id| (*id, view::render_message(bucket, id, &docs)))
+                .collect();
+            let reads: Vec<(AuthorId, Option<SortKey>)> = affected
+                .reads
+                .iter()
+                .map(|a| {
+                    let doc = docs.iter().find(|(author, _)| author == a);
+                    (*a, doc.and_then(|(_, d)| view::render_read(bucket, d)))
+                })
+                .collect();
+            for (id, render) in renders {
+                self.stage_message(tx, room, bucket, &id, render, &mut diffs)?;
+            }
+            for (author, read) in reads {
+                let key = tables::read_key(room, &author, bucket);
+                match read {
+                    Some(k) => tx.batch.put(Tree::Reads, key, k.to_bytes()),
+                    None => tx.batch.delete(Tree::Reads, key),
                 }
             }
         }
-        let mut diffs = Vec::new();
-        let keys: BTreeSet<SortKey> = old.rows.keys().chain(new.rows.keys()).copied().collect();
-        for key in keys {
-            let tkey = tables::timeline_key(room, &key);
-            let idkey = tables::message_id_key(room, &key.id);
-            match (old.rows.get(&key), new.rows.get(&key)) {
-                (None, Some(row)) => {
-                    tx.batch.put(Tree::Timeline, tkey, row.encode());
-                    tx.batch.put(Tree::MessageIds, idkey, key.to_bytes());
-                    diffs.push(TimelineDiff::Insert(self.message(
-                        Some(&tx.batch),
-                        room,
-                        key,
-                        row,
-                    )?));
+        // Blobs offered for messages that were already rendered (a duplicate
+        // delivery, or blobs fetched by sync) fill what those messages want.
+        if let Some(offered) = tx.blobs.remove(&(*room, bucket)) {
+            for (hash, b) in offered {
+                let wkey = tables::wanted_blob_key(room, bucket, &hash);
+                let Some(wanted) = self.staged_get(Some(&tx.batch), Tree::WantedBlobs, &wkey)?
+                else {
+                    continue;
+                };
+                let (key, is_body) = decode_wanted(&wanted)?;
+                if is_body && !valid_body(&b) {
+                    continue;
                 }
-                (Some(before), Some(row)) if before != row => {
-                    tx.batch.put(Tree::Timeline, tkey, row.encode());
+                tx.batch.put(Tree::Blobs, tables::blob_key(room, &hash), b);
+                tx.batch.delete(Tree::WantedBlobs, wkey);
+                let tkey = tables::timeline_key(room, &key);
+                if let Some(raw) = self.staged_get(Some(&tx.batch), Tree::Timeline, &tkey)? {
+                    let row = Row::decode(&raw).map_err(|e| corrupt(Tree::Timeline, e))?;
                     diffs.push(TimelineDiff::Update(self.message(
                         Some(&tx.batch),
                         room,
                         key,
-                        row,
+                        &row,
                     )?));
                 }
-                (Some(_), None) => {
-                    tx.batch.delete(Tree::Timeline, tkey);
-                    tx.batch.delete(Tree::MessageIds, idkey);
-                    diffs.push(TimelineDiff::Remove { id: key.id, cursor: Cursor(key) });
-                }
-                _ => {}
             }
         }
-        for t in new.tombstones.difference(&old.tombstones) {
-            let mut value = Vec::with_capacity(16);
-            value.extend_from_slice(&t.posted.as_u64().to_be_bytes());
-            value.extend_from_slice(&t.deleted.as_u64().to_be_bytes());
-            tx.batch.put(
-                Tree::Tombstones,
-                tables::tombstone_key(room, bucket, &t.id, &t.author),
-                value,
-            );
-        }
-        for (author, key) in &new.reads {
-            tx.batch.put(Tree::Reads, tables::read_key(room, author, bucket), key.to_bytes());
-        }
         if !diffs.is_empty() {
-            tx.diffs.push((*room, diffs));
+            tx.diffs.entry(*room).or_default().extend(diffs);
         }
         Ok(())
     }
 
-    fn announce(&self, diffs: Vec<(RoomId, Vec<TimelineDiff>)>) {
+    /// Stages one message's new rendering against what the store holds: its
+    /// timeline row, id index, blobs (kept, wanted or erased) and tombstones.
+    fn stage_message(
+        &self,
+        tx: &mut Tx,
+        room: &RoomId,
+        bucket: u32,
+        id: &MessageId,
+        render: MessageRender,
+        diffs: &mut Vec<TimelineDiff>,
+    ) -> Result<()> {
+        let idkey = tables::message_id_key(room, id);
+        let old_key = self
+            .staged_get(Some(&tx.batch), Tree::MessageIds, &idkey)?
+            .map(|raw| SortKey::from_bytes(&raw).map_err(|e| corrupt(Tree::MessageIds, e)))
+            .transpose()?;
+        let old = match old_key {
+            Some(k) => {
+                let raw = self
+                    .staged_get(Some(&tx.batch), Tree::Timeline, &tables::timeline_key(room, &k))?
+                    .ok_or_else(|| corrupt(Tree::Timeline, "message id points at no row"))?;
+                Some((k, Row::decode(&raw).map_err(|e| corrupt(Tree::Timeline, e))?))
+            }
+            None => None,
+        };
+        match (old, render.row) {
+            (None, None) => {}
+            (Some((k, row)), None) => {
+                self.erase_row(tx, room, bucket, &k, &row, &BTreeSet::new());
+                tx.batch.delete(Tree::MessageIds, idkey);
+                diffs.push(TimelineDiff::Remove { id: *id, cursor: Cursor(k) });
+            }
+            (Some((ok, orow)), Some((nk, nrow))) if ok == nk => {
+                if orow != nrow {
+                    let keep: BTreeSet<BlobHash> = nrow.blobs().copied().collect();
+                    self.erase_row(tx, room, bucket, &ok, &orow, &keep);
+                    self.stage_row(tx, room, bucket, &nk, &nrow)?;
+                    diffs.push(TimelineDiff::Update(self.message(
+                        Some(&tx.batch),
+                        room,
+                        nk,
+                        &nrow,
+                    )?));
+                }
+            }
+            (old, Some((nk, nrow))) => {
+                // A smaller claim on the id took it over: the old row leaves.
+                if let Some((ok, orow)) = old {
+                    self.erase_row(tx, room, bucket, &ok, &orow, &BTreeSet::new());
+                    diffs.push(TimelineDiff::Remove { id: *id, cursor: Cursor(ok) });
+                }
+                tx.batch.put(Tree::MessageIds, idkey, nk.to_bytes());
+                self.stage_row(tx, room, bucket, &nk, &nrow)?;
+                diffs.push(TimelineDiff::Insert(self.message(Some(&tx.batch), room, nk, &nrow)?));
+            }
+        }
+        // Tombstones: exactly the rendered ones stay.
+        let prefix = tables::tombstone_prefix(room, bucket, id);
+        let stored = self.store.scan(
+            Tree::Tombstones,
+            &KeyRange::prefix(&prefix),
+            Order::Ascending,
+            usize::MAX,
+        )?;
+        for (k, v) in stored {
+            let t = decode_tombstone(&k, &v)?;
+            if !render.tombstones.contains(&t) {
+                tx.batch.delete(Tree::Tombstones, k);
+            }
+        }
+        for t in &render.tombstones {
+            let mut value = Vec::with_capacity(16);
+            value.extend_from_slice(&t.posted.as_u64().to_be_bytes());
+            value.extend_from_slice(&t.deleted.as_u64().to_be_bytes());
+            tx.batch.put(Tree::Tombstones, tables::tombstone_key(room, bucket, id, &t.author), value);
+        }
+        Ok(())
+    }
+
+    /// Stages a row and its blobs: each blob is kept if already stored, stored
+    /// if this transaction offered it (a body only if it is valid text), and
+    /// otherwise listed as wanted.
+    fn stage_row(
+        &self,
+        tx: &mut Tx,
+        room: &RoomId,
+        bucket: u32,
+        key: &SortKey,
+        row: &Row,
+    ) -> Result<()> {
+        tx.batch.put(Tree::Timeline, tables::timeline_key(room, key), row.encode());
+        for (i, hash) in row.blobs().enumerate() {
+            let is_body = i == 0;
+            let bkey = tables::blob_key(room, hash);
+            if self.staged_get(Some(&tx.batch), Tree::Blobs, &bkey)?.is_some() {
+                continue;
+            }
+            let offered = tx.blobs.get_mut(&(*room, bucket)).and_then(|m| m.remove(hash));
+            let wkey = tables::wanted_blob_key(room, bucket, hash);
+            match offered {
+                Some(b) if !is_body || valid_body(&b) => {
+                    tx.batch.put(Tree::Blobs, bkey, b);
+                    tx.batch.delete(Tree::WantedBlobs, wkey);
+                }
+                _ => {
+                    let mut value = key.to_bytes().to_vec();
+                    value.push(u8::from(!is_body));
+                    tx.batch.put(Tree::WantedBlobs, wkey, value);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes a row and erases its blobs, except those in `keep` (still
+    /// referenced by the row's next version).
+    fn erase_row(
+        &self,
+        tx: &mut Tx,
+        room: &RoomId,
+        bucket: u32,
+        key: &SortKey,
+        row: &Row,
+        keep: &BTreeSet<BlobHash>,
+    ) {
+        tx.batch.delete(Tree::Timeline, tables::timeline_key(room, key));
+        for hash in row.blobs().filter(|h| !keep.contains(h)) {
+            tx.batch.delete(Tree::Blobs, tables::blob_key(room, hash));
+            tx.batch.delete(Tree::WantedBlobs, tables::wanted_blob_key(room, bucket, hash));
+            if let Some(offered) = tx.blobs.get_mut(&(*room, bucket)) {
+                offered.remove(hash);
+            }
+        }
+    }
+
+    fn announce(&self, diffs: BTreeMap<RoomId, Vec<TimelineDiff>>) {
         if diffs.is_empty() {
             return;
         }
         let listeners: Vec<(RoomId, Arc<dyn TimelineListener>)> =
             lock(&self.listeners).values().cloned().collect();
-        for (room, diffs) in &diffs {
+        for (room, mut diffs) in diffs {
+            diffs.sort_by_key(diff_cursor);
             for (wanted, listener) in &listeners {
-                if wanted == room {
+                if *wanted == room {
                     // A panicking listener must not take the replica down with it.
                     let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        listener.on_diffs(room, diffs)
+                        listener.on_diffs(&room, &diffs)
                     }));
                 }
             }
@@ -1268,6 +1443,25 @@ fn stage_envelope(tx: &mut Tx, env: &Envelope) {
     let (start, _) = env.clock_range();
     let key = tables::envelope_key(&env.room(), env.bucket(), &env.author(), start);
     tx.batch.put(Tree::Envelopes, key, env.as_bytes().to_vec());
+}
+
+/// Where a diff sits in the timeline.
+fn diff_cursor(diff: &TimelineDiff) -> Cursor {
+    match diff {
+        TimelineDiff::Insert(m) | TimelineDiff::Update(m) => m.cursor,
+        TimelineDiff::Remove { cursor, .. } => *cursor,
+    }
+}
+
+/// Decodes a `wanted-blobs-1` value: the wanting message and whether the
+/// blob is its body.
+fn decode_wanted(value: &[u8]) -> Result<(SortKey, bool)> {
+    match value.split_last() {
+        Some((&kind, key)) if kind <= 1 => {
+            Ok((SortKey::from_bytes(key).map_err(|e| corrupt(Tree::WantedBlobs, e))?, kind == 0))
+        }
+        _ => Err(corrupt(Tree::WantedBlobs, "bad record")),
+    }
 }
 
 fn decode_tombstone(key: &[u8], value: &[u8]) -> Result<Tombstone> {

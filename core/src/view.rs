@@ -4,16 +4,17 @@
 //! Rendering is a pure function of the documents' contents, so two replicas
 //! holding the same envelopes render the same rows. The rules it applies are
 //! the tombstone-aware merge of `docs/architecture.md`:
-//! - a post counts only if its stamp lies in the document's bucket;
+//! - a post counts only if its stamp lies in the document's bucket and its id
+//!   carries the stamp's time;
 //! - a post is hidden for good once its author's document holds a tombstone
 //!   for it (delete wins over any edit, in any order);
 //! - if two authors claim one message id, the smaller sort key keeps it;
 //! - reactions count only on live messages, once per (reactor, emoji).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::codec::{Reader, Writer};
-use crate::doc::{DocContents, MAX_ATTACHMENTS, MAX_REACTION_BYTES};
+use crate::doc::{AuthorDoc, PostRecord, MAX_ATTACHMENTS};
 use crate::error::DecodeError;
 use crate::ids::{AuthorId, BlobHash, Cursor, Hlc, MessageId, SortKey};
 
@@ -181,101 +182,94 @@ impl Row {
     }
 }
 
-/// Everything one bucket renders to.
+/// What one message id renders to within its bucket.
 #[derive(Default, Debug, PartialEq, Eq)]
-pub(crate) struct BucketRender {
-    pub rows: BTreeMap<SortKey, Row>,
+pub(crate) struct MessageRender {
+    /// The live row, if any author holds a live post with this id.
+    pub row: Option<(SortKey, Row)>,
+    /// Tombstones for this id, one per author who deleted a post with it.
     pub tombstones: BTreeSet<Tombstone>,
-    pub reads: BTreeMap<AuthorId, SortKey>,
 }
 
-/// Renders one bucket from the contents of all its author documents.
-pub(crate) fn render(bucket: u32, docs: &[(AuthorId, DocContents)]) -> BucketRender {
+/// Whether a post's id carries the post's own time, as every honest id does
+/// (UUIDv7 time = the stamp's milliseconds). This ties each id to exactly
+/// one bucket, so an id can be rendered, looked up and erased there alone.
+fn id_matches_stamp(id: &MessageId, hlc: Hlc) -> bool {
+    id.as_uuid()
+        .get_timestamp()
+        .map(|t| t.to_unix())
+        .is_some_and(|(s, n)| s * 1000 + u64::from(n) / 1_000_000 == hlc.millis())
+}
+
+/// Renders one message id of a bucket from the documents of every author
+/// who wrote in that bucket. Rendering a bucket is this function over every
+/// id its documents mention; the replica calls it only for the ids a
+/// transaction changed.
+pub(crate) fn render_message(
+    bucket: u32,
+    id: &MessageId,
+    docs: &[(AuthorId, &AuthorDoc)],
+) -> MessageRender {
     let (lo, hi) = bucket_bounds(bucket);
     let in_bucket = |h: Hlc| lo <= h && h < hi;
-    let mut out = BucketRender::default();
-
-    let mut deleted: BTreeSet<(AuthorId, MessageId)> = BTreeSet::new();
+    let mut out = MessageRender::default();
     for (author, doc) in docs {
-        for (id, t) in &doc.tombstones {
-            if in_bucket(t.posted) {
-                deleted.insert((*author, *id));
-                out.tombstones.insert(Tombstone {
-                    posted: t.posted,
-                    author: *author,
-                    id: *id,
-                    deleted: t.deleted,
-                });
-            }
+        if let Some(t) = doc.tombstone(id).filter(|t| in_bucket(t.posted)) {
+            out.tombstones.insert(Tombstone {
+                posted: t.posted,
+                author: *author,
+                id: *id,
+                deleted: t.deleted,
+            });
         }
     }
-
-    // Live posts; an id claimed twice goes to the smaller sort key.
-    let mut by_id: HashMap<MessageId, SortKey> = HashMap::new();
-    let mut posts: BTreeMap<SortKey, Row> = BTreeMap::new();
+    // Live posts; an id claimed by several authors goes to the smallest sort key.
+    let mut winner: Option<(SortKey, PostRecord)> = None;
     for (author, doc) in docs {
-        for (id, p) in &doc.posts {
-            if !in_bucket(p.hlc) || deleted.contains(&(*author, *id)) {
-                continue;
-            }
-            let key = SortKey { hlc: p.hlc, author: *author, id: *id };
-            match by_id.get(id) {
-                Some(existing) if *existing < key => continue,
-                Some(existing) => {
-                    posts.remove(existing);
-                }
-                None => {}
-            }
-            by_id.insert(*id, key);
-            posts.insert(
-                key,
-                Row {
-                    body: p.body,
-                    attachments: p.attachments.clone(),
-                    reply_to: p.reply_to,
-                    edited: p.edited,
-                    reactions: Vec::new(),
-                },
-            );
+        let Some(post) = doc.post(id) else { continue };
+        if !in_bucket(post.hlc) || !id_matches_stamp(id, post.hlc) || doc.is_deleted(id) {
+            continue;
+        }
+        let key = SortKey { hlc: post.hlc, author: *author, id: *id };
+        if winner.as_ref().is_none_or(|(k, _)| key < *k) {
+            winner = Some((key, post));
         }
     }
-
-    let mut reactions: BTreeMap<SortKey, BTreeMap<String, BTreeSet<AuthorId>>> = BTreeMap::new();
+    let Some((key, post)) = winner else { return out };
+    let mut by_emoji: BTreeMap<&str, BTreeSet<AuthorId>> = BTreeMap::new();
     for (author, doc) in docs {
-        for (id, emoji) in &doc.reactions {
-            if let Some(key) = by_id.get(id) {
-                if emoji.len() <= MAX_REACTION_BYTES {
-                    reactions
-                        .entry(*key)
-                        .or_default()
-                        .entry(emoji.clone())
-                        .or_default()
-                        .insert(*author);
-                }
-            }
-        }
-        if let Some(read) = doc.read {
-            if in_bucket(read.hlc) {
-                out.reads.insert(*author, read);
-            }
+        for emoji in doc.reactions(id).into_iter().flatten() {
+            by_emoji.entry(emoji.as_str()).or_default().insert(*author);
         }
     }
     // Caps keep every row decodable; which reactions survive a cap depends
     // only on the documents (smallest emoji and authors first).
-    for (key, by_emoji) in reactions {
-        if let Some(row) = posts.get_mut(&key) {
-            row.reactions = by_emoji
-                .into_iter()
-                .take(MAX_ROW_REACTIONS)
-                .map(|(emoji, authors)| Reaction {
-                    emoji,
-                    authors: authors.into_iter().take(MAX_ROW_REACTORS).collect(),
-                })
-                .collect();
-        }
-    }
-    out.rows = posts;
+    let reactions = by_emoji
+        .into_iter()
+        .take(MAX_ROW_REACTIONS)
+        .map(|(emoji, authors)| Reaction {
+            emoji: emoji.to_owned(),
+            authors: authors.into_iter().take(MAX_ROW_REACTORS).collect(),
+        })
+        .collect();
+    out.row = Some((
+        key,
+        Row {
+            body: post.body,
+            attachments: post.attachments,
+            reply_to: post.reply_to,
+            edited: post.edited,
+            reactions,
+        },
+    ));
     out
+}
+
+/// An author's read marker as it counts in a bucket: only a marker stamped
+/// within the bucket.
+pub(crate) fn render_read(bucket: u32, doc: &AuthorDoc) -> Option<SortKey> {
+    let (lo, hi) = bucket_bounds(bucket);
+    doc.read().filter(|k| lo <= k.hlc && k.hlc < hi)
 }
 
 #[cfg(test)]

@@ -2,20 +2,51 @@
 //! version; an older store runs each migration above its version, in order,
 //! each in its own atomic batch; a newer store is refused with a typed error.
 
-use super::tables::META_SCHEMA;
-use super::{Store, Tree, WriteBatch};
+use super::tables::{self, META_SCHEMA};
+use super::{KeyRange, Order, Store, Tree, WriteBatch};
 use crate::error::StoreError;
+use crate::ids::{RoomId, SortKey};
+use crate::view::{bucket_of, Row};
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 type Migration = fn(&dyn Store, &mut WriteBatch) -> Result<(), StoreError>;
 
 /// `MIGRATIONS[i]` takes a store from version `i` to `i + 1`. Version 1 is the
 /// first layout: it has nothing to convert.
-const MIGRATIONS: [Migration; SCHEMA_VERSION as usize] = [initial_layout];
+const MIGRATIONS: [Migration; SCHEMA_VERSION as usize] = [initial_layout, index_wanted_blobs];
 
 fn initial_layout(_store: &dyn Store, _batch: &mut WriteBatch) -> Result<(), StoreError> {
+    Ok(())
+}
+
+/// Version 2 adds `wanted-blobs-1` (and `windows-1`, empty until a room is
+/// windowed): list every blob a stored timeline row references but the store
+/// lacks, so catch-up sync can ask peers for it.
+fn index_wanted_blobs(store: &dyn Store, batch: &mut WriteBatch) -> Result<(), StoreError> {
+    let corrupt = |reason: &str| StoreError::Corrupt {
+        tree: Tree::Timeline.name(),
+        reason: reason.to_owned(),
+    };
+    for (k, v) in store.scan(Tree::Timeline, &KeyRange::prefix(&[]), Order::Ascending, usize::MAX)? {
+        let room: [u8; 32] =
+            k.get(..32).and_then(|r| r.try_into().ok()).ok_or_else(|| corrupt("short key"))?;
+        let room = RoomId::from_bytes(room);
+        let key = SortKey::from_bytes(&k[32..]).map_err(|e| corrupt(&e.to_string()))?;
+        let row = Row::decode(&v).map_err(|e| corrupt(&e.to_string()))?;
+        for (i, hash) in row.blobs().enumerate() {
+            if store.get(Tree::Blobs, &tables::blob_key(&room, hash))?.is_none() {
+                let mut value = key.to_bytes().to_vec();
+                value.push(u8::from(i > 0));
+                batch.put(
+                    Tree::WantedBlobs,
+                    tables::wanted_blob_key(&room, bucket_of(key.hlc), hash),
+                    value,
+                );
+            }
+        }
+    }
     Ok(())
 }
 

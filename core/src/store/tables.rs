@@ -16,6 +16,8 @@
 //! | `message-ids-1` | room ‖ msgid | sortkey of the live message |
 //! | `tombstones-1` | room ‖ bucket ‖ msgid ‖ author | posted hlc u64 ‖ deleted hlc u64 |
 //! | `reads-1` | room ‖ author ‖ bucket | sortkey the author marked read in that bucket |
+//! | `wanted-blobs-1` | room ‖ bucket ‖ blob hash | sortkey of the live message missing it ‖ kind u8 (0 body, 1 attachment) |
+//! | `windows-1` | room | oldest bucket u32 the replica holds (absent: all of them) |
 
 use crate::ids::{AuthorId, BlobHash, MessageId, RoomId, SortKey};
 
@@ -43,11 +45,15 @@ pub enum Tree {
     Tombstones,
     /// Read markers per author and bucket.
     Reads,
+    /// Blobs that live messages reference but this replica lacks.
+    WantedBlobs,
+    /// The oldest bucket held per room, for replicas that keep recent history.
+    Windows,
 }
 
 impl Tree {
     /// Every tree.
-    pub const ALL: [Tree; 10] = [
+    pub const ALL: [Tree; 12] = [
         Tree::Meta,
         Tree::Rooms,
         Tree::Docs,
@@ -58,6 +64,8 @@ impl Tree {
         Tree::MessageIds,
         Tree::Tombstones,
         Tree::Reads,
+        Tree::WantedBlobs,
+        Tree::Windows,
     ];
 
     /// The tree's name on disk, with its layout version.
@@ -73,6 +81,8 @@ impl Tree {
             Tree::MessageIds => "message-ids-1",
             Tree::Tombstones => "tombstones-1",
             Tree::Reads => "reads-1",
+            Tree::WantedBlobs => "wanted-blobs-1",
+            Tree::Windows => "windows-1",
         }
     }
 
@@ -142,4 +152,19 @@ pub(crate) fn tombstone_key(
 /// Key of `reads-1`.
 pub(crate) fn read_key(room: &RoomId, author: &AuthorId, bucket: u32) -> Vec<u8> {
     cat(&[room.as_bytes(), author.as_bytes(), &bucket.to_be_bytes()])
+}
+
+/// Key of `tombstones-1` up to the message id: every author's tombstone for it.
+pub(crate) fn tombstone_prefix(room: &RoomId, bucket: u32, id: &MessageId) -> Vec<u8> {
+    cat(&[room.as_bytes(), &bucket.to_be_bytes(), id.as_bytes()])
+}
+
+/// Key of `wanted-blobs-1`.
+pub(crate) fn wanted_blob_key(room: &RoomId, bucket: u32, hash: &BlobHash) -> Vec<u8> {
+    cat(&[room.as_bytes(), &bucket.to_be_bytes(), hash.as_bytes()])
+}
+
+/// The bucket of a key that starts with `room ‖ bucket`.
+pub(crate) fn key_bucket(key: &[u8]) -> Option<u32> {
+    key.get(32..36).and_then(|b| b.try_into().ok()).map(u32::from_be_bytes)
 }
