@@ -100,6 +100,23 @@ impl<'a> Reader<'a> {
         Ok(count)
     }
 
+    /// A `u32` element count capped at `max`, checked like [`Reader::count_u16`].
+    pub(crate) fn count_u32(
+        &mut self,
+        max: usize,
+        min_elem: usize,
+        what: &'static str,
+    ) -> Result<usize, DecodeError> {
+        let count = self.u32(what)? as usize;
+        if count > max {
+            return Err(DecodeError::TooLarge { what, len: count, max });
+        }
+        if count.saturating_mul(min_elem) > self.remaining() {
+            return Err(DecodeError::Truncated { what });
+        }
+        Ok(count)
+    }
+
     /// Fails unless every byte was consumed.
     pub(crate) fn finish(self) -> Result<(), DecodeError> {
         match self.remaining() {

@@ -151,3 +151,33 @@ pub enum Error {
 
 /// Result of the replica API.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Errors of a sync session. Any of them ends the session; what was applied
+/// before stays applied.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SyncError {
+    /// The peer's message could not be decoded.
+    #[error("bad sync message: {0}")]
+    Decode(#[from] DecodeError),
+    /// The peer's message is about another room.
+    #[error("sync message for room {found}, expected {expected}")]
+    WrongRoom {
+        /// The session's room.
+        expected: RoomId,
+        /// The message's room.
+        found: RoomId,
+    },
+    /// The peer broke the protocol (a message out of turn, too many flights).
+    #[error("sync protocol violation: {0}")]
+    Unexpected(&'static str),
+    /// No message came in time.
+    #[error("sync session timed out")]
+    TimedOut,
+    /// The session already ended.
+    #[error("sync session is closed")]
+    Closed,
+    /// The local replica failed.
+    #[error(transparent)]
+    Replica(#[from] Error),
+}

@@ -45,6 +45,7 @@ mod ids;
 mod keys;
 mod replica;
 mod store;
+mod sync;
 mod view;
 
 pub use blob::{MAX_BLOB_BYTES, MAX_BODY_BYTES};
@@ -54,12 +55,18 @@ pub use envelope::{
     Delivery, Envelope, Genesis, FORMAT_VERSION, MAX_BLOBS_PER_ENVELOPE, MAX_DELIVERY_BYTES,
     MAX_ENVELOPE_BYTES, MAX_ROOM_NAME_BYTES, MAX_UPDATE_BYTES,
 };
-pub use error::{DecodeError, EnvelopeError, Error, Result, StoreError};
+pub use error::{DecodeError, EnvelopeError, Error, Result, StoreError, SyncError};
 pub use ids::{AuthorId, BlobHash, Cursor, Hlc, MessageId, RoomId, SortKey};
 pub use keys::{client_id, DeviceKey};
 pub use replica::{
     Anchor, Applied, Draft, Op, Page, Replica, RoomInfo, RoomSnapshot, Sent, Subscription,
-    TimelineListener, MAX_PAGE,
+    TimelineListener, DEFAULT_DOC_CACHE, MAX_PAGE,
 };
 pub use store::{KeyRange, MemoryStore, Order, SledStore, Store, Tree, WriteBatch};
+pub use sync::{
+    BucketDigest, BucketVersions, DigestSet, Flight, History, OlderDigest, RawDelivery,
+    SyncMessage, SyncSession, SyncStats, CHUNK_BYTES, DIGEST_LEN, MAX_AUTHORS_PER_BUCKET,
+    MAX_BUCKETS_PER_MESSAGE, MAX_FLIGHTS, MAX_SYNC_MESSAGE_BYTES, MAX_WANTED_BLOBS, RECENT_DIGESTS,
+    SESSION_TIMEOUT_MILLIS, SYNC_VERSION,
+};
 pub use view::{bucket_of, Message, Reaction, TimelineDiff, Tombstone, BUCKET_SPAN_MILLIS};

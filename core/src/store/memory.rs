@@ -21,6 +21,12 @@ impl MemoryStore {
         Self::default()
     }
 
+    /// An independent copy of everything committed so far: forks a replica
+    /// for simulations (open the copy with the same device seed).
+    pub fn snapshot(&self) -> Self {
+        Self { trees: Mutex::new(self.lock().clone()) }
+    }
+
     fn lock(&self) -> MutexGuard<'_, Trees> {
         // A panic while holding the lock cannot leave a tree half-written:
         // commit builds nothing in place before it has the lock, and BTreeMap

@@ -136,3 +136,47 @@ impl Recorder {
         std::mem::take(&mut *self.0.lock().unwrap())
     }
 }
+
+/// What one catch-up between two replicas cost.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SyncRun {
+    /// Flights in both directions, the first message included.
+    pub flights: u32,
+    /// Bytes of every message in both directions.
+    pub bytes: u64,
+    /// Envelopes rejected by either side.
+    pub rejected: u64,
+}
+
+/// Runs catch-up between `a` (initiator) and `b` until both sessions end,
+/// passing every message through its byte encoding.
+pub fn sync_pair<S: Store, T: Store>(
+    a: &mut Replica<S>,
+    b: &mut Replica<T>,
+    room: &RoomId,
+    now: u64,
+) -> SyncRun {
+    use concord_core::SyncSession;
+    let (mut sa, mut to_b) = SyncSession::initiate(a, room, now).unwrap();
+    let mut sb = SyncSession::respond(b, room, now);
+    let mut guard = 0;
+    while !(sa.is_done() && sb.is_done()) {
+        guard += 1;
+        assert!(guard < 64, "sync did not end: {:?} {:?}", sa.stats(), sb.stats());
+        let mut to_a = Vec::new();
+        for m in to_b.drain(..) {
+            to_a.extend(sb.handle(b, &m, now).unwrap());
+        }
+        for m in to_a {
+            to_b.extend(sa.handle(a, &m, now).unwrap());
+        }
+        if to_b.is_empty() && !(sa.is_done() && sb.is_done()) {
+            panic!("sync stalled: {:?} {:?}", sa.stats(), sb.stats());
+        }
+    }
+    SyncRun {
+        flights: sa.stats().flights_sent + sb.stats().flights_sent,
+        bytes: sa.stats().bytes_sent + sb.stats().bytes_sent,
+        rejected: sa.stats().envelopes_rejected + sb.stats().envelopes_rejected,
+    }
+}

@@ -26,6 +26,8 @@ use crate::store::tables::{self, META_DEVICE_KEY, META_HLC};
 use crate::store::{KeyRange, Order, Store, Tree, WriteBatch};
 use crate::view::{self, bucket_of, Message, MessageRender, Row, TimelineDiff, Tombstone};
 
+mod history;
+
 /// Key derivation contexts (blake3 `derive_key`), one per purpose.
 const CONTEXT_BLOB_NONCE: &str = "concord 2026 blob nonce v1";
 const CONTEXT_MESSAGE_ID: &str = "concord 2026 message id entropy v1";
@@ -118,6 +120,9 @@ pub enum Applied {
     Pending,
     /// Already integrated (any blobs it carried were still offered).
     Duplicate,
+    /// Valid, but for a bucket older than the history this replica keeps
+    /// (see [`Replica::evict_before`]); not stored.
+    OutsideWindow,
 }
 
 /// Where a page starts.
@@ -138,6 +143,10 @@ pub struct Page {
     pub messages: Vec<Message>,
     /// Whether more messages lie beyond this page in the direction asked.
     pub has_more: bool,
+    /// Whether older history lies beyond what this replica keeps: it has
+    /// been asked of peers (see [`Replica::history_wanted`]), and its
+    /// messages will reach the timeline subscription as they arrive.
+    pub fetching_older: bool,
 }
 
 /// A room this replica holds.
@@ -711,6 +720,18 @@ impl<S: Store> Replica<S> {
         deliveries: Vec<Delivery>,
     ) -> Result<Vec<Result<Applied, EnvelopeError>>> {
         self.check_room(room)?;
+        let mut tx = Tx::default();
+        let results = self.apply_in(&mut tx, room, deliveries)?;
+        self.finish(tx)?;
+        Ok(results)
+    }
+
+    fn apply_in(
+        &mut self,
+        tx: &mut Tx,
+        room: &RoomId,
+        deliveries: Vec<Delivery>,
+    ) -> Result<Vec<Result<Applied, EnvelopeError>>> {
         // Apply each author document's changes in clock order, so a batch that
         // holds a whole history integrates without detours through pending.
         let mut order: Vec<usize> = (0..deliveries.len()).collect();
@@ -721,13 +742,11 @@ impl<S: Store> Replica<S> {
         let mut slots: Vec<Option<Delivery>> = deliveries.into_iter().map(Some).collect();
         let mut results: Vec<Result<Applied, EnvelopeError>> =
             vec![Ok(Applied::Duplicate); slots.len()];
-        let mut tx = Tx::default();
         for i in order {
             if let Some(d) = slots[i].take() {
-                results[i] = self.apply_one(&mut tx, room, d)?;
+                results[i] = self.apply_one(tx, room, d)?;
             }
         }
-        self.finish(tx)?;
         Ok(results)
     }
 
@@ -767,6 +786,9 @@ impl<S: Store> Replica<S> {
             Ok(u) => u,
             Err(e) => return Ok(Err(e)),
         };
+        if env.bucket() < self.window_in(tx, room) {
+            return Ok(Ok(Applied::OutsideWindow));
+        }
         let dk = (*room, env.bucket(), author);
         self.load_doc(tx, dk)?;
         let next = self.docs.get(&dk).map_or(0, AuthorDoc::next_clock);
@@ -1239,6 +1261,7 @@ impl<S: Store> Replica<S> {
         };
         let rows = self.store.scan(Tree::Timeline, &range, order, limit + 1)?;
         let has_more = rows.len() > limit;
+        let fetching_older = order == Order::Descending && !has_more && self.want_history(room);
         let mut messages = Vec::with_capacity(limit.min(rows.len()));
         for (k, v) in rows.into_iter().take(limit) {
             let key = SortKey::from_bytes(&k[32..]).map_err(|e| corrupt(Tree::Timeline, e))?;
@@ -1248,7 +1271,7 @@ impl<S: Store> Replica<S> {
         if order == Order::Ascending {
             messages.reverse();
         }
-        Ok(Page { messages, has_more })
+        Ok(Page { messages, has_more, fetching_older })
     }
 
     /// A live message by id.
