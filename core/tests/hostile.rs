@@ -14,9 +14,10 @@ mod common;
 use std::sync::Arc;
 
 use concord_core::{
-    Applied, Cursor, DecodeError, Delivery, Draft, Envelope, EnvelopeError, Error, Genesis,
-    ManualClock, MemoryStore, MessageId, Replica, RoomId, Sent, MAX_BLOB_BYTES, MAX_DELIVERY_BYTES,
-    MAX_ENVELOPE_BYTES, MAX_UPDATE_BYTES,
+    Applied, Clock, Cursor, DecodeError, Delivery, Draft, Envelope, EnvelopeError, Error, Flight,
+    Genesis, ManualClock, MemoryStore, MessageId, RawDelivery, Replica, RoomId, Sent, SyncError,
+    SyncMessage, SyncSession, MAX_BLOB_BYTES, MAX_DELIVERY_BYTES, MAX_ENVELOPE_BYTES,
+    MAX_UPDATE_BYTES,
 };
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -606,7 +607,7 @@ fn hostile_bytes() -> impl Strategy<Value = Vec<u8>> {
     prop_oneof![
         vec(any::<u8>(), 0..2048),
         (
-            prop::sample::select(vec![&b"CNCE\x01"[..], b"CNCG\x01", b"CNCD\x01"]),
+            prop::sample::select(vec![&b"CNCE\x01"[..], b"CNCG\x01", b"CNCD\x01", b"CNCS\x01"]),
             vec(any::<u8>(), 0..2048)
         )
             .prop_map(|(head, tail)| [head, &tail[..]].concat()),
@@ -752,6 +753,11 @@ fn test_random_bytes_never_panic_any_decoder() {
             prop_assert!(Envelope::from_bytes(&bytes).is_err());
             prop_assert!(Genesis::from_bytes(&bytes).is_err());
             prop_assert!(Delivery::from_bytes(&bytes).is_err());
+            // Random bytes may form a well-shaped sync message (nothing in it is
+            // signed at that level); it must at least round-trip.
+            if let Ok(m) = SyncMessage::from_bytes(&bytes) {
+                prop_assert_eq!(SyncMessage::from_bytes(&m.to_bytes()), Ok(m));
+            }
             let lossy = String::from_utf8_lossy(&bytes);
             for s in [&lossy[..], &text[..]] {
                 // The parsers may accept well-formed text; whatever they accept
@@ -902,4 +908,136 @@ fn test_random_update_in_signed_envelope_never_panics_replica() {
     for (at, count) in QUIETED.lock().unwrap().iter() {
         println!("  caught panic x{count} at {at}");
     }
+}
+
+// ----- sync messages ---------------------------------------------------------
+
+/// Every message of a real catch-up between Alice (who holds the post and a
+/// few more messages) and a replica that holds nothing.
+fn sync_transcript(w: &mut World) -> Vec<Vec<u8>> {
+    for i in 0..3 {
+        w.clock.advance(10);
+        w.alice.post(&w.room, Draft::text(format!("more {i}"))).unwrap();
+    }
+    let mut empty = fresh(w, 9);
+    let now = w.clock.now_millis();
+    common::sync_pair(&mut empty, &mut w.alice, &w.room, now).transcript
+}
+
+/// Whether every message `victim` shows is one of `honest`'s, with the same
+/// body or none: whatever a hostile message did, it planted nothing.
+fn planted_nothing(
+    victim: &Replica<MemoryStore>,
+    honest: &Replica<MemoryStore>,
+    room: &RoomId,
+) -> bool {
+    let theirs = honest.snapshot(room).unwrap().messages;
+    victim
+        .snapshot(room)
+        .unwrap()
+        .messages
+        .iter()
+        .all(|m| theirs.iter().any(|t| t.id == m.id && (m.body.is_none() || m.body == t.body)))
+}
+
+#[test]
+fn test_mutated_sync_messages_never_panic_or_plant_content() {
+    let mut w = world();
+    let transcript = sync_transcript(&mut w);
+    assert!(transcript.len() >= 4);
+    let now = w.clock.now_millis();
+    let tally = Tally::default();
+    check(
+        "test_mutated_sync_messages_never_panic_or_plant_content",
+        10_000,
+        true,
+        (0..transcript.len(), mutations()),
+        |(which, edits)| {
+            let bytes = mutate(&transcript[which], &edits);
+            let mut victim = fresh(&w, 8);
+            let mut session = SyncSession::respond(&victim, &w.room, now);
+            match session.handle(&mut victim, &bytes, now) {
+                Ok(_) => tally.applied.set(tally.applied.get() + 1),
+                Err(SyncError::Replica(e)) => {
+                    return Err(TestCaseError::fail(format!("the replica failed: {e}")))
+                }
+                Err(_) => tally.rejected.set(tally.rejected.get() + 1),
+            }
+            prop_assert!(planted_nothing(&victim, &w.alice, &w.room));
+            Ok(())
+        },
+    );
+    println!("answered {}, refused {}", tally.applied.get(), tally.rejected.get());
+    assert!(tally.applied.get() > 0 && tally.rejected.get() > 0);
+}
+
+#[test]
+fn test_forged_envelope_in_a_flight_is_dropped_and_the_rest_applies() {
+    let mut w = world();
+    let honest = w.post.delivery.clone();
+    w.clock.advance(10);
+    let second = w.alice.post(&w.room, Draft::text("second")).unwrap().delivery;
+    let mut forged = second.envelope.as_bytes().to_vec();
+    let last = forged.len() - 1;
+    forged[last] ^= 1;
+    let raw = |envelope: Vec<u8>, blobs: Vec<Vec<u8>>| RawDelivery { envelope, blobs };
+    let flight = Flight {
+        deliveries: vec![
+            raw(honest.envelope.as_bytes().to_vec(), honest.blobs.clone()),
+            raw(forged, second.blobs.clone()),
+            raw(b"not an envelope".to_vec(), Vec::new()),
+        ],
+        ..Flight::default()
+    };
+    let bytes = SyncMessage::Flight { room: w.room, flight }.to_bytes();
+    let now = w.clock.now_millis();
+    let mut session = SyncSession::respond(&w.bob, &w.room, now);
+    let replies = session.handle(&mut w.bob, &bytes, now).unwrap();
+    // The flight asked nothing, so it is not answered and the session ends.
+    assert!(replies.is_empty() && session.is_done());
+    assert_eq!(session.stats().envelopes_applied, 1);
+    assert_eq!(session.stats().envelopes_rejected, 2);
+    let shown = w.bob.snapshot(&w.room).unwrap().messages;
+    assert_eq!(shown.len(), 1);
+    assert_eq!(shown[0].body.as_deref(), Some("hello"));
+}
+
+#[test]
+fn test_sync_protocol_violations_are_typed_errors() {
+    let mut w = world();
+    let now = w.clock.now_millis();
+    let before = common::dump(w.bob.store());
+    let room = w.room;
+
+    let mut s = SyncSession::respond(&w.bob, &room, now);
+    assert!(matches!(s.handle(&mut w.bob, b"CNCS\x01garbage", now), Err(SyncError::Decode(_))));
+    assert!(s.is_failed());
+    assert_eq!(s.handle(&mut w.bob, b"", now), Err(SyncError::Closed));
+
+    let other = w.alice.create_room("another").unwrap();
+    let elsewhere = SyncMessage::Fetch { room: other, before: 9, min_envelopes: 1 }.to_bytes();
+    let mut s = SyncSession::respond(&w.bob, &room, now);
+    assert_eq!(
+        s.handle(&mut w.bob, &elsewhere, now),
+        Err(SyncError::WrongRoom { expected: room, found: other })
+    );
+
+    // An initiator is never asked for history.
+    let (mut s, _) = SyncSession::initiate(&w.bob, &room, now).unwrap();
+    let fetch = SyncMessage::Fetch { room, before: 9, min_envelopes: 1 }.to_bytes();
+    assert!(matches!(s.handle(&mut w.bob, &fetch, now), Err(SyncError::Unexpected(_))));
+
+    // A peer that goes quiet times the session out.
+    let (mut s, _) = SyncSession::initiate(&w.bob, &room, now).unwrap();
+    assert_eq!(s.poll(now + concord_core::SESSION_TIMEOUT_MILLIS), Ok(()));
+    assert_eq!(s.poll(now + concord_core::SESSION_TIMEOUT_MILLIS + 1), Err(SyncError::TimedOut));
+
+    // A room the replica does not hold is refused, not created.
+    let mut s = SyncSession::respond(&w.bob, &other, now);
+    let hello = SyncSession::initiate(&w.alice, &other, now).unwrap().1;
+    assert!(matches!(
+        s.handle(&mut w.bob, &hello[0], now),
+        Err(SyncError::Replica(Error::UnknownRoom(_)))
+    ));
+    assert_eq!(common::dump(w.bob.store()), before, "a refused message changed the store");
 }

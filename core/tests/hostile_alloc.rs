@@ -1,6 +1,7 @@
 //! Allocation while decoding hostile bytes: whatever its length prefixes
-//! claim, no input makes `Envelope::from_bytes`, `Genesis::from_bytes` or
-//! `Delivery::from_bytes` allocate much more than the input itself. This is
+//! claim, no input makes `Envelope::from_bytes`, `Genesis::from_bytes`,
+//! `Delivery::from_bytes` or `SyncMessage::from_bytes` allocate much more
+//! than the input itself. This is
 //! its own test binary with a single test, because it measures the whole
 //! process and nothing else may allocate while it does.
 //!
@@ -17,8 +18,8 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use concord_core::{
-    DecodeError, Delivery, Draft, Envelope, EnvelopeError, Genesis, ManualClock, MAX_BLOB_BYTES,
-    MAX_ENVELOPE_BYTES, MAX_UPDATE_BYTES,
+    Clock, DecodeError, Delivery, Draft, Envelope, EnvelopeError, Genesis, ManualClock,
+    SyncMessage, MAX_BLOB_BYTES, MAX_ENVELOPE_BYTES, MAX_UPDATE_BYTES,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -110,6 +111,8 @@ struct Samples {
     envelope: Vec<u8>,
     genesis: Vec<u8>,
     delivery: Vec<u8>,
+    /// Sync messages of a real catch-up (digests, versions, deliveries).
+    sync: Vec<Vec<u8>>,
 }
 
 fn samples() -> Samples {
@@ -126,10 +129,15 @@ fn samples() -> Samples {
             },
         )
         .unwrap();
+    let mut bob = common::memory_replica(2, &clock);
+    bob.join_room(alice.genesis(&room).unwrap().as_bytes()).unwrap();
+    bob.post(&room, Draft::text("from bob")).unwrap();
+    let sync = common::sync_pair(&mut bob, &mut alice, &room, clock.now_millis()).transcript;
     Samples {
         envelope: post.delivery.envelope.as_bytes().to_vec(),
         genesis: alice.genesis(&room).unwrap().as_bytes().to_vec(),
         delivery: post.delivery.to_bytes(),
+        sync,
     }
 }
 
@@ -321,6 +329,34 @@ fn test_decoders_allocate_at_most_input_plus_64_kib() {
             "{decoder}: inputs never reached the signature: {t:?}"
         );
     }
+
+    // Sync messages: noise behind the sync header, and real messages of a
+    // catch-up with 32-bit fields overwritten by hostile lengths and counts.
+    let mut sync = Outcomes::default();
+    for case in 0..CASES {
+        let input = if rng.random_bool(0.3) {
+            let len = rng.random_range(0..=MAX_INPUT - 5);
+            [&b"CNCS\x01"[..], &random_bytes(&mut rng, len)].concat()
+        } else {
+            let mut bytes = s.sync[rng.random_range(0..s.sync.len())].clone();
+            for _ in 0..rng.random_range(1..4) {
+                let at = rng.random_range(0..bytes.len() - 4);
+                bytes[at..at + 4].copy_from_slice(&hostile_len(&mut rng).to_be_bytes());
+            }
+            resize_randomly(&mut rng, bytes)
+        };
+        let (result, g) = measure(|| SyncMessage::from_bytes(&input).map(drop));
+        assert!(
+            g.grew <= input.len() as u64 + HEADROOM,
+            "SyncMessage::from_bytes of case {case} (seed {seed}, {} bytes) made a {} KiB allocation",
+            input.len(),
+            g.grew >> 10
+        );
+        worst.0 = worst.0.max(g.grew);
+        sync.count(&result.map_err(EnvelopeError::Decode));
+    }
+    println!("sync message outcomes: {sync:?}");
+    assert!(sync.too_large > 0 && sync.truncated > 0, "sync inputs never hit a cap: {sync:?}");
 
     // The probe is not blind: a decoder that reserved what a prefix claims
     // (here, the largest input's bound and then some) would have been caught.

@@ -76,7 +76,8 @@ impl<S: Store> Replica<S> {
         }
         let mut batch = WriteBatch::new();
         let range = bucket_range(room, 0, oldest);
-        for tree in [Tree::Docs, Tree::Envelopes, Tree::Pending, Tree::Tombstones, Tree::WantedBlobs]
+        for tree in
+            [Tree::Docs, Tree::Envelopes, Tree::Pending, Tree::Tombstones, Tree::WantedBlobs]
         {
             for (k, _) in self.store.scan(tree, &range, Order::Ascending, usize::MAX)? {
                 batch.delete(tree, k);
@@ -234,7 +235,8 @@ impl<S: Store> Replica<S> {
             let start = tables::envelope_key(room, bucket, &author, from);
             let mut range = KeyRange::prefix(&tables::doc_key(room, bucket, &author));
             range.start = std::ops::Bound::Included(start);
-            for (_, raw) in self.store.scan(Tree::Envelopes, &range, Order::Ascending, usize::MAX)?
+            for (_, raw) in
+                self.store.scan(Tree::Envelopes, &range, Order::Ascending, usize::MAX)?
             {
                 let envelope =
                     Envelope::from_stored_bytes(&raw).map_err(|e| corrupt(Tree::Envelopes, e))?;
@@ -302,7 +304,12 @@ impl<S: Store> Replica<S> {
                 )?
                 .len();
             if count >= min_envelopes {
-                let older = self.store.scan(Tree::Docs, &bucket_range(room, 0, bucket), Order::Descending, 1)?;
+                let older = self.store.scan(
+                    Tree::Docs,
+                    &bucket_range(room, 0, bucket),
+                    Order::Descending,
+                    1,
+                )?;
                 return Ok((out, older.is_empty()));
             }
             end = bucket;

@@ -612,8 +612,7 @@ impl<S: Store> Replica<S> {
         let author = self.key.author();
         let dk = (room, bucket, author);
         self.load_doc(tx, dk)?;
-        let doc =
-            self.docs.get_mut(&dk).ok_or_else(|| corrupt(Tree::Docs, "document vanished"))?;
+        let doc = self.docs.get_mut(&dk).ok_or_else(|| corrupt(Tree::Docs, "document vanished"))?;
         let update = doc.change(&change);
         tx.affect(dk, doc.take_changes());
         tx.docs.insert(dk);
@@ -1144,7 +1143,11 @@ impl<S: Store> Replica<S> {
             let mut value = Vec::with_capacity(16);
             value.extend_from_slice(&t.posted.as_u64().to_be_bytes());
             value.extend_from_slice(&t.deleted.as_u64().to_be_bytes());
-            tx.batch.put(Tree::Tombstones, tables::tombstone_key(room, bucket, id, &t.author), value);
+            tx.batch.put(
+                Tree::Tombstones,
+                tables::tombstone_key(room, bucket, id, &t.author),
+                value,
+            );
         }
         Ok(())
     }

@@ -29,7 +29,9 @@ fn index_wanted_blobs(store: &dyn Store, batch: &mut WriteBatch) -> Result<(), S
         tree: Tree::Timeline.name(),
         reason: reason.to_owned(),
     };
-    for (k, v) in store.scan(Tree::Timeline, &KeyRange::prefix(&[]), Order::Ascending, usize::MAX)? {
+    for (k, v) in
+        store.scan(Tree::Timeline, &KeyRange::prefix(&[]), Order::Ascending, usize::MAX)?
+    {
         let room: [u8; 32] =
             k.get(..32).and_then(|r| r.try_into().ok()).ok_or_else(|| corrupt("short key"))?;
         let room = RoomId::from_bytes(room);

@@ -35,6 +35,12 @@ pub const MAX_AUTHORS_PER_BUCKET: usize = 65_535;
 /// asked for in later syncs.
 pub const MAX_WANTED_BLOBS: usize = 1024;
 
+/// Most elements reserved up front while decoding. Counts are checked
+/// against the bytes left, but a 40-byte element decoded from 5 bytes of
+/// input would still let a count reserve 8x the input; growing past this
+/// is paid for by bytes actually read.
+const PREALLOC: usize = 256;
+
 const KIND_FLIGHT: u8 = 1;
 const KIND_FETCH: u8 = 2;
 const KIND_HISTORY: u8 = 3;
@@ -308,14 +314,18 @@ fn put_deliveries(out: &mut Vec<u8>, deliveries: &[RawDelivery]) {
 fn read_deliveries(r: &mut Reader<'_>) -> Result<Vec<RawDelivery>, DecodeError> {
     // Each delivery takes at least its length prefix and blob count.
     let count = r.count_u32(usize::MAX, 5, "deliveries")?;
-    let mut out = Vec::with_capacity(count);
+    let mut out = Vec::with_capacity(count.min(PREALLOC));
     for _ in 0..count {
         let envelope = r.bytes_u32(MAX_ENVELOPE_BYTES, "envelope")?.to_vec();
         let n = r.u8("blob count")? as usize;
         if n > MAX_BLOBS_PER_ENVELOPE {
-            return Err(DecodeError::TooLarge { what: "blobs", len: n, max: MAX_BLOBS_PER_ENVELOPE });
+            return Err(DecodeError::TooLarge {
+                what: "blobs",
+                len: n,
+                max: MAX_BLOBS_PER_ENVELOPE,
+            });
         }
-        let mut blobs = Vec::with_capacity(n);
+        let mut blobs = Vec::with_capacity(n.min(PREALLOC));
         for _ in 0..n {
             blobs.push(r.bytes_u32(BLOB_NONCE_LEN + MAX_BLOB_BYTES, "blob")?.to_vec());
         }
@@ -339,7 +349,7 @@ fn read_flight(r: &mut Reader<'_>) -> Result<Flight, DecodeError> {
         let from = r.u32("digests from")?;
         let to = r.u32("digests to")?;
         let n = r.count_u32(MAX_BUCKETS_PER_MESSAGE, 4 + DIGEST_LEN + 1, "digests")?;
-        let mut entries = Vec::with_capacity(n);
+        let mut entries = Vec::with_capacity(n.min(PREALLOC));
         for _ in 0..n {
             let bucket = r.u32("digest bucket")?;
             let digest = r.array("digest")?;
@@ -355,16 +365,16 @@ fn read_flight(r: &mut Reader<'_>) -> Result<Flight, DecodeError> {
         None
     };
     let n = r.count_u32(MAX_BUCKETS_PER_MESSAGE, 8, "versions")?;
-    let mut versions = Vec::with_capacity(n);
+    let mut versions = Vec::with_capacity(n.min(PREALLOC));
     for _ in 0..n {
         let bucket = r.u32("versions bucket")?;
         let k = r.count_u16(MAX_AUTHORS_PER_BUCKET, 36, "versions authors")?;
-        let mut authors = Vec::with_capacity(k);
+        let mut authors = Vec::with_capacity(k.min(PREALLOC));
         for _ in 0..k {
             authors.push((AuthorId::from_bytes(r.array("author")?), r.u32("clock")?));
         }
         let k = r.count_u16(MAX_WANTED_BLOBS, 32, "wanted blobs")?;
-        let mut wanted_blobs = Vec::with_capacity(k);
+        let mut wanted_blobs = Vec::with_capacity(k.min(PREALLOC));
         for _ in 0..k {
             wanted_blobs.push(BlobHash(r.array("wanted blob")?));
         }
@@ -372,20 +382,12 @@ fn read_flight(r: &mut Reader<'_>) -> Result<Flight, DecodeError> {
     }
     let deliveries = read_deliveries(r)?;
     let n = r.count_u32(usize::MAX, 8, "blobs")?;
-    let mut blobs = Vec::with_capacity(n);
+    let mut blobs = Vec::with_capacity(n.min(PREALLOC));
     for _ in 0..n {
         let bucket = r.u32("blob bucket")?;
         blobs.push((bucket, r.bytes_u32(BLOB_NONCE_LEN + MAX_BLOB_BYTES, "blob")?.to_vec()));
     }
-    Ok(Flight {
-        more: flags & 1 != 0,
-        from_bucket,
-        older,
-        digests,
-        versions,
-        deliveries,
-        blobs,
-    })
+    Ok(Flight { more: flags & 1 != 0, from_bucket, older, digests, versions, deliveries, blobs })
 }
 
 /// Cuts deliveries and blobs into chunks of about [`CHUNK_BYTES`]; the first

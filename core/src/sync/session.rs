@@ -242,8 +242,12 @@ impl SyncSession {
                 }
                 let deliveries = std::mem::take(&mut self.history.deliveries);
                 let deliveries = self.verify(deliveries);
-                let results =
-                    replica.apply_history(&self.room, history.from, history.exhausted, deliveries)?;
+                let results = replica.apply_history(
+                    &self.room,
+                    history.from,
+                    history.exhausted,
+                    deliveries,
+                )?;
                 self.count_applied(&results);
                 self.done = true;
                 Ok(Vec::new())
@@ -280,10 +284,7 @@ impl SyncSession {
         out
     }
 
-    fn count_applied(
-        &mut self,
-        results: &[Result<Applied, crate::error::EnvelopeError>],
-    ) {
+    fn count_applied(&mut self, results: &[Result<Applied, crate::error::EnvelopeError>]) {
         for r in results {
             match r {
                 Ok(Applied::Applied | Applied::Pending) => self.stats.envelopes_applied += 1,
@@ -330,10 +331,8 @@ impl SyncSession {
                 continue;
             }
             for d in replica.deliveries_since(&room, theirs)? {
-                out_deliveries.push(RawDelivery {
-                    envelope: d.envelope.as_bytes().to_vec(),
-                    blobs: d.blobs,
-                });
+                out_deliveries
+                    .push(RawDelivery { envelope: d.envelope.as_bytes().to_vec(), blobs: d.blobs });
             }
             for b in replica.blobs(&room, &theirs.wanted_blobs)? {
                 out_blobs.push((theirs.bucket, b));
@@ -405,10 +404,8 @@ impl SyncSession {
         for bucket in buckets {
             let all = BucketVersions { bucket, ..BucketVersions::default() };
             for d in replica.deliveries_since(&room, &all)? {
-                deliveries.push(RawDelivery {
-                    envelope: d.envelope.as_bytes().to_vec(),
-                    blobs: d.blobs,
-                });
+                deliveries
+                    .push(RawDelivery { envelope: d.envelope.as_bytes().to_vec(), blobs: d.blobs });
             }
         }
         self.stats.envelopes_sent += deliveries.len() as u64;

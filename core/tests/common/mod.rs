@@ -138,7 +138,7 @@ impl Recorder {
 }
 
 /// What one catch-up between two replicas cost.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 pub struct SyncRun {
     /// Flights in both directions, the first message included.
     pub flights: u32,
@@ -146,6 +146,8 @@ pub struct SyncRun {
     pub bytes: u64,
     /// Envelopes rejected by either side.
     pub rejected: u64,
+    /// Every message, in the order sent.
+    pub transcript: Vec<Vec<u8>>,
 }
 
 /// Runs catch-up between `a` (initiator) and `b` until both sessions end,
@@ -160,6 +162,7 @@ pub fn sync_pair<S: Store, T: Store>(
     let (mut sa, mut to_b) = SyncSession::initiate(a, room, now).unwrap();
     let mut sb = SyncSession::respond(b, room, now);
     let mut guard = 0;
+    let mut transcript = to_b.clone();
     while !(sa.is_done() && sb.is_done()) {
         guard += 1;
         assert!(guard < 64, "sync did not end: {:?} {:?}", sa.stats(), sb.stats());
@@ -167,9 +170,11 @@ pub fn sync_pair<S: Store, T: Store>(
         for m in to_b.drain(..) {
             to_a.extend(sb.handle(b, &m, now).unwrap());
         }
+        transcript.extend(to_a.iter().cloned());
         for m in to_a {
             to_b.extend(sa.handle(a, &m, now).unwrap());
         }
+        transcript.extend(to_b.iter().cloned());
         if to_b.is_empty() && !(sa.is_done() && sb.is_done()) {
             panic!("sync stalled: {:?} {:?}", sa.stats(), sb.stats());
         }
@@ -178,5 +183,6 @@ pub fn sync_pair<S: Store, T: Store>(
         flights: sa.stats().flights_sent + sb.stats().flights_sent,
         bytes: sa.stats().bytes_sent + sb.stats().bytes_sent,
         rejected: sa.stats().envelopes_rejected + sb.stats().envelopes_rejected,
+        transcript,
     }
 }
