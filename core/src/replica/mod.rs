@@ -1002,7 +1002,8 @@ impl<S: Store> Replica<S> {
     /// messages and read markers, so its cost does not grow with the bucket.
     fn refresh_bucket(&mut self, tx: &mut Tx, room: &RoomId, bucket: u32) -> Result<()> {
         let affected = tx.affected.remove(&(*room, bucket)).unwrap_or_default();
-        let mut diffs = Vec::new();
+        let listening = lock(&self.listeners).values().any(|(r, _)| r == room);
+        let mut diffs = DiffSink { listening, diffs: Vec::new() };
         if !affected.ids.is_empty() || !affected.reads.is_empty() {
             let authors = self.bucket_authors(tx, room, bucket)?;
             for author in &authors {
@@ -1054,17 +1055,14 @@ impl<S: Store> Replica<S> {
                 let tkey = tables::timeline_key(room, &key);
                 if let Some(raw) = self.staged_get(Some(&tx.batch), Tree::Timeline, &tkey)? {
                     let row = Row::decode(&raw).map_err(|e| corrupt(Tree::Timeline, e))?;
-                    diffs.push(TimelineDiff::Update(self.message(
-                        Some(&tx.batch),
-                        room,
-                        key,
-                        &row,
-                    )?));
+                    diffs.push(|| {
+                        Ok(TimelineDiff::Update(self.message(Some(&tx.batch), room, key, &row)?))
+                    })?;
                 }
             }
         }
-        if !diffs.is_empty() {
-            tx.diffs.entry(*room).or_default().extend(diffs);
+        if !diffs.diffs.is_empty() {
+            tx.diffs.entry(*room).or_default().extend(diffs.diffs);
         }
         Ok(())
     }
@@ -1078,7 +1076,7 @@ impl<S: Store> Replica<S> {
         bucket: u32,
         id: &MessageId,
         render: MessageRender,
-        diffs: &mut Vec<TimelineDiff>,
+        diffs: &mut DiffSink,
     ) -> Result<()> {
         let idkey = tables::message_id_key(room, id);
         let old_key = self
@@ -1099,30 +1097,29 @@ impl<S: Store> Replica<S> {
             (Some((k, row)), None) => {
                 self.erase_row(tx, room, bucket, &k, &row, &BTreeSet::new());
                 tx.batch.delete(Tree::MessageIds, idkey);
-                diffs.push(TimelineDiff::Remove { id: *id, cursor: Cursor(k) });
+                diffs.push(|| Ok(TimelineDiff::Remove { id: *id, cursor: Cursor(k) }))?;
             }
             (Some((ok, orow)), Some((nk, nrow))) if ok == nk => {
                 if orow != nrow {
                     let keep: BTreeSet<BlobHash> = nrow.blobs().copied().collect();
                     self.erase_row(tx, room, bucket, &ok, &orow, &keep);
                     self.stage_row(tx, room, bucket, &nk, &nrow)?;
-                    diffs.push(TimelineDiff::Update(self.message(
-                        Some(&tx.batch),
-                        room,
-                        nk,
-                        &nrow,
-                    )?));
+                    diffs.push(|| {
+                        Ok(TimelineDiff::Update(self.message(Some(&tx.batch), room, nk, &nrow)?))
+                    })?;
                 }
             }
             (old, Some((nk, nrow))) => {
                 // A smaller claim on the id took it over: the old row leaves.
                 if let Some((ok, orow)) = old {
                     self.erase_row(tx, room, bucket, &ok, &orow, &BTreeSet::new());
-                    diffs.push(TimelineDiff::Remove { id: *id, cursor: Cursor(ok) });
+                    diffs.push(|| Ok(TimelineDiff::Remove { id: *id, cursor: Cursor(ok) }))?;
                 }
                 tx.batch.put(Tree::MessageIds, idkey, nk.to_bytes());
                 self.stage_row(tx, room, bucket, &nk, &nrow)?;
-                diffs.push(TimelineDiff::Insert(self.message(Some(&tx.batch), room, nk, &nrow)?));
+                diffs.push(|| {
+                    Ok(TimelineDiff::Insert(self.message(Some(&tx.batch), room, nk, &nrow)?))
+                })?;
             }
         }
         // Tombstones: exactly the rendered ones stay.
@@ -1469,6 +1466,22 @@ fn stage_envelope(tx: &mut Tx, env: &Envelope) {
     let (start, _) = env.clock_range();
     let key = tables::envelope_key(&env.room(), env.bucket(), &env.author(), start);
     tx.batch.put(Tree::Envelopes, key, env.as_bytes().to_vec());
+}
+
+/// The diffs of one bucket's refresh, built only while someone listens to
+/// the room (building one reads the message's body).
+struct DiffSink {
+    listening: bool,
+    diffs: Vec<TimelineDiff>,
+}
+
+impl DiffSink {
+    fn push(&mut self, make: impl FnOnce() -> Result<TimelineDiff>) -> Result<()> {
+        if self.listening {
+            self.diffs.push(make()?);
+        }
+        Ok(())
+    }
 }
 
 /// Where a diff sits in the timeline.
