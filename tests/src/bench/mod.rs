@@ -1,0 +1,152 @@
+//! The benchmark harness: command line, sizes, and the list of benchmarks.
+//! Each benchmark runs Concord and a raw baseline on the same seeded
+//! workload, several runs each, and returns a [`report::Report`].
+
+mod alloc;
+mod append;
+mod cold_open;
+mod disk;
+mod memory;
+mod page;
+mod report;
+mod stats;
+mod stores;
+mod workload;
+
+use anyhow::{bail, Context, Result};
+
+/// The seed when `--seed` is not given: fixed, so runs on different commits
+/// measure the same workload.
+const DEFAULT_SEED: u64 = 42;
+const DEFAULT_RUNS: usize = 7;
+
+/// Workload sizes, full or `--quick`.
+pub struct Sizes {
+    /// `append`: messages posted with group commit.
+    pub append_group: usize,
+    /// `append`: messages posted one commit each (each costs an fsync).
+    pub append_single: usize,
+    /// `page`: messages in the warm room.
+    pub page_room: usize,
+    /// `page`: cursors paged from.
+    pub page_cursors: usize,
+    /// `cold-open`: the small and the large room.
+    pub cold_small: usize,
+    pub cold_large: usize,
+    /// `memory`: messages in the hot bucket.
+    pub memory: usize,
+    /// `disk`: messages posted, then deleted.
+    pub disk: usize,
+}
+
+impl Sizes {
+    fn new(quick: bool) -> Self {
+        if quick {
+            Self {
+                append_group: 2_000,
+                append_single: 200,
+                page_room: 2_000,
+                page_cursors: 200,
+                cold_small: 1_000,
+                cold_large: 20_000,
+                memory: 1_000,
+                disk: 2_000,
+            }
+        } else {
+            Self {
+                append_group: 20_000,
+                append_single: 2_000,
+                page_room: 20_000,
+                page_cursors: 1_000,
+                cold_small: 10_000,
+                cold_large: 1_000_000,
+                memory: 10_000,
+                disk: 20_000,
+            }
+        }
+    }
+}
+
+/// What every benchmark gets.
+pub struct Ctx {
+    pub seed: u64,
+    pub runs: usize,
+    pub sizes: Sizes,
+}
+
+type Bench = fn(&Ctx) -> Result<report::Report>;
+
+const BENCHES: [(&str, Bench); 5] = [
+    ("append", append::run),
+    ("page", page::run),
+    ("cold-open", cold_open::run),
+    ("memory", memory::run),
+    ("disk", disk::run),
+];
+
+const USAGE: &str = "usage: concord-bench [NAME...] [--seed N] [--runs R] [--quick] [--large N]
+names: append, page, cold-open, memory, disk (default: all)";
+
+pub fn main() -> Result<()> {
+    let mut args = std::env::args().skip(1);
+    let mut names = Vec::new();
+    let (mut seed, mut runs, mut quick, mut large) = (DEFAULT_SEED, DEFAULT_RUNS, false, None);
+    while let Some(arg) = args.next() {
+        let mut value = |flag: &str| args.next().with_context(|| format!("{flag} needs a value"));
+        match arg.as_str() {
+            cold_open::PROBE_FLAG => {
+                let (kind, path) = (value("kind")?, value("path")?);
+                return cold_open::probe(&kind, path.as_ref());
+            }
+            "--seed" => seed = value("--seed")?.parse().context("--seed")?,
+            "--runs" => runs = value("--runs")?.parse().context("--runs")?,
+            "--large" => large = Some(value("--large")?.parse().context("--large")?),
+            "--quick" => quick = true,
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                return Ok(());
+            }
+            name if BENCHES.iter().any(|(n, _)| *n == name) => names.push(name.to_owned()),
+            other => bail!("unknown argument {other:?}\n{USAGE}"),
+        }
+    }
+    if runs == 0 {
+        bail!("--runs must be at least 1");
+    }
+    let mut sizes = Sizes::new(quick);
+    if let Some(large) = large {
+        sizes.cold_large = large;
+    }
+    let ctx = Ctx { seed, runs, sizes };
+    println!("## Results\n");
+    println!(
+        "Seed {seed}, {runs} runs per benchmark, {} sizes, on {}.\n",
+        if quick { "quick" } else { "full" },
+        machine()
+    );
+    for (name, bench) in BENCHES {
+        if names.is_empty() || names.iter().any(|n| n == name) {
+            let report = bench(&ctx)?;
+            println!("{}", report.markdown(seed, runs));
+        }
+    }
+    Ok(())
+}
+
+/// CPU model, core count and memory, from /proc.
+fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name").and_then(|r| r.split(':').nth(1)))
+        .map_or("unknown CPU", str::trim)
+        .to_owned();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let mem_kib: f64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0);
+    format!("{model}, {cores} cores, {:.1} GiB RAM", mem_kib / (1024.0 * 1024.0))
+}

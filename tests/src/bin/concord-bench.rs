@@ -1,0 +1,24 @@
+//! `concord-bench`: runs Concord and a raw baseline (sled or yrs) on the same
+//! seeded workload in one process and prints a markdown table per benchmark:
+//! medians, spread over runs, and the ratio Concord / baseline.
+//!
+//! ```sh
+//! cargo run --release -p concord-tests --bin concord-bench -- [NAME...] [--seed N] [--runs R] [--quick] [--large N]
+//! ```
+//!
+//! Names: `append`, `page`, `cold-open`, `memory`, `disk` (all when none is
+//! given). `--quick` shrinks every size for a smoke run; `--large N` sets the
+//! size of the large room of `cold-open`. Results and method are in
+//! `docs/benchmarks.md`.
+
+// The memory benchmarks count live heap bytes with a `#[global_allocator]`
+// that wraps the system allocator, and implementing `GlobalAlloc` is unsafe.
+// That impl (in `bench/alloc.rs`) is the only unsafe code here.
+#![allow(unsafe_code)]
+
+#[path = "../bench/mod.rs"]
+mod bench;
+
+fn main() -> anyhow::Result<()> {
+    bench::main()
+}
