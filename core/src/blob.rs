@@ -48,3 +48,12 @@ pub(crate) fn content(blob: &[u8]) -> Result<&[u8], DecodeError> {
     }
     Ok(&blob[BLOB_NONCE_LEN..])
 }
+
+/// The text of a body blob, if it is one a message may show: UTF-8 of at
+/// most [`MAX_BODY_BYTES`].
+pub(crate) fn body_text(blob: &[u8]) -> Option<&str> {
+    content(blob)
+        .ok()
+        .filter(|c| c.len() <= MAX_BODY_BYTES)
+        .and_then(|c| std::str::from_utf8(c).ok())
+}

@@ -7,8 +7,8 @@ mod common;
 use std::sync::Arc;
 
 use concord_core::{
-    Anchor, Applied, Cursor, Draft, Error, ManualClock, MemoryStore, Replica, RoomId, SledStore,
-    Store, StoreError, TimelineDiff, Tree, WriteBatch,
+    Anchor, Applied, Cursor, Delivery, Draft, Error, ManualClock, MemoryStore, Replica, RoomId,
+    SledStore, Store, StoreError, TimelineDiff, Tree, WriteBatch,
 };
 
 use common::Recorder;
@@ -195,6 +195,43 @@ fn test_bad_arguments_are_typed_errors() {
         .unwrap();
     assert!(results[0].is_ok() && results[1].is_err());
     assert_eq!(alice.snapshot(&room).unwrap().messages.len(), 1);
+}
+
+#[test]
+fn test_version_1_store_migrates_to_wanted_blobs_and_bodies() {
+    let clock = Arc::new(ManualClock::new(common::EPOCH_MILLIS));
+    let mut alice = common::memory_replica(1, &clock);
+    let mut bob = common::memory_replica(2, &clock);
+    let room = alice.create_room("old store").unwrap();
+    bob.join_room(alice.genesis(&room).unwrap().as_bytes()).unwrap();
+    let kept = alice.post(&room, Draft::text("body held")).unwrap();
+    let lost = alice.post(&room, Draft::text("body lost")).unwrap();
+    let stripped = Delivery { envelope: lost.delivery.envelope.clone(), blobs: Vec::new() };
+    bob.apply(&room, vec![kept.delivery, stripped]).unwrap();
+    // Make Bob's store look like version 1: no `wanted-blobs-1`, no `bodies-1`.
+    let expected = bob.snapshot(&room).unwrap();
+    let mut batch = WriteBatch::new();
+    for tree in [Tree::WantedBlobs, Tree::Bodies] {
+        for (k, _) in common::dump(bob.store())
+            .into_iter()
+            .filter(|(t, ..)| *t == tree)
+            .map(|(_, k, v)| (k, v))
+        {
+            batch.delete(tree, k);
+        }
+    }
+    batch.put(Tree::Meta, b"schema".to_vec(), 1u32.to_be_bytes().to_vec());
+    bob.store().commit(batch).unwrap();
+    let store = bob.store().snapshot();
+    drop(bob);
+
+    let bob = Replica::open_with_seed(store, clock, [2; 32]).unwrap();
+    assert_eq!(bob.snapshot(&room).unwrap(), expected);
+    let digests = bob.bucket_digests(&room).unwrap();
+    assert!(digests.iter().any(|d| d.wants_blobs), "the missing body is wanted again");
+    let wanted: Vec<_> =
+        digests.iter().map(|d| bob.bucket_versions(&room, d.bucket).unwrap()).collect();
+    assert_eq!(wanted.iter().map(|v| v.wanted_blobs.len()).sum::<usize>(), 1);
 }
 
 #[test]

@@ -98,6 +98,7 @@ impl<S: Store> Replica<S> {
                 batch.delete(Tree::Blobs, tables::blob_key(room, hash));
             }
             batch.delete(Tree::MessageIds, tables::message_id_key(room, &key.id));
+            batch.delete(Tree::Bodies, k.clone());
             batch.delete(Tree::Timeline, k);
         }
         for (k, _) in self.store.scan(

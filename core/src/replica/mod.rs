@@ -1050,9 +1050,12 @@ impl<S: Store> Replica<S> {
                 if is_body && !valid_body(&b) {
                     continue;
                 }
+                let tkey = tables::timeline_key(room, &key);
+                if let Some(text) = blob::body_text(&b).filter(|_| is_body) {
+                    tx.batch.put(Tree::Bodies, tkey.clone(), text.as_bytes());
+                }
                 tx.batch.put(Tree::Blobs, tables::blob_key(room, &hash), b);
                 tx.batch.delete(Tree::WantedBlobs, wkey);
-                let tkey = tables::timeline_key(room, &key);
                 if let Some(raw) = self.staged_get(Some(&tx.batch), Tree::Timeline, &tkey)? {
                     let row = Row::decode(&raw).map_err(|e| corrupt(Tree::Timeline, e))?;
                     diffs.push(|| {
@@ -1181,6 +1184,13 @@ impl<S: Store> Replica<S> {
                 }
             }
         }
+        let tkey = tables::timeline_key(room, key);
+        let body =
+            self.staged_get(Some(&tx.batch), Tree::Blobs, &tables::blob_key(room, &row.body))?;
+        match body.as_deref().and_then(blob::body_text) {
+            Some(text) => tx.batch.put(Tree::Bodies, tkey, text.as_bytes()),
+            None => tx.batch.delete(Tree::Bodies, tkey),
+        }
         Ok(())
     }
 
@@ -1196,6 +1206,7 @@ impl<S: Store> Replica<S> {
         keep: &BTreeSet<BlobHash>,
     ) {
         tx.batch.delete(Tree::Timeline, tables::timeline_key(room, key));
+        tx.batch.delete(Tree::Bodies, tables::timeline_key(room, key));
         for hash in row.blobs().filter(|h| !keep.contains(h)) {
             tx.batch.delete(Tree::Blobs, tables::blob_key(room, hash));
             tx.batch.delete(Tree::WantedBlobs, tables::wanted_blob_key(room, bucket, hash));
@@ -1259,14 +1270,25 @@ impl<S: Store> Replica<S> {
                 (r, Order::Ascending)
             }
         };
-        let rows = self.store.scan(Tree::Timeline, &range, order, limit + 1)?;
+        let mut rows = self.store.scan(Tree::Timeline, &range, order, limit + 1)?;
         let has_more = rows.len() > limit;
+        rows.truncate(limit);
         let fetching_older = order == Order::Descending && !has_more && self.want_history(room);
-        let mut messages = Vec::with_capacity(limit.min(rows.len()));
-        for (k, v) in rows.into_iter().take(limit) {
+        // The bodies of exactly these rows: one scan over the keys they span.
+        let mut bodies: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
+        if let (Some((first, _)), Some((last, _))) = (rows.first(), rows.last()) {
+            let (lo, hi) = if first <= last { (first, last) } else { (last, first) };
+            let span = KeyRange {
+                start: std::ops::Bound::Included(lo.clone()),
+                end: std::ops::Bound::Included(hi.clone()),
+            };
+            bodies.extend(self.store.scan(Tree::Bodies, &span, Order::Ascending, rows.len())?);
+        }
+        let mut messages = Vec::with_capacity(rows.len());
+        for (k, v) in rows {
             let key = SortKey::from_bytes(&k[32..]).map_err(|e| corrupt(Tree::Timeline, e))?;
             let row = Row::decode(&v).map_err(|e| corrupt(Tree::Timeline, e))?;
-            messages.push(self.message(None, room, key, &row)?);
+            messages.push(message_from(key, &row, bodies.remove(&k)));
         }
         if order == Order::Ascending {
             messages.reverse();
@@ -1319,25 +1341,8 @@ impl<S: Store> Replica<S> {
         key: SortKey,
         row: &Row,
     ) -> Result<Message> {
-        let blob = self.staged_get(staged, Tree::Blobs, &tables::blob_key(room, &row.body))?;
-        // Bodies are checked before they are stored; one that still fails to
-        // decode reads as absent rather than failing the whole query.
-        let body = blob
-            .as_deref()
-            .and_then(|b| blob::content(b).ok())
-            .and_then(|c| std::str::from_utf8(c).ok())
-            .map(str::to_owned);
-        Ok(Message {
-            id: key.id,
-            author: key.author,
-            hlc: key.hlc,
-            cursor: Cursor(key),
-            body,
-            attachments: row.attachments.clone(),
-            reply_to: row.reply_to,
-            edited: row.edited,
-            reactions: row.reactions.clone(),
-        })
+        let text = self.staged_get(staged, Tree::Bodies, &tables::timeline_key(room, &key))?;
+        Ok(message_from(key, row, text))
     }
 
     /// Each author's read marker: the furthest message they marked read.
@@ -1450,7 +1455,7 @@ impl<S: Store> Replica<S> {
 
 /// Whether blob bytes hold a body a message may show.
 fn valid_body(blob: &[u8]) -> bool {
-    blob::content(blob).is_ok_and(|c| c.len() <= MAX_BODY_BYTES && std::str::from_utf8(c).is_ok())
+    blob::body_text(blob).is_some()
 }
 
 fn check_text(text: &str) -> Result<()> {
@@ -1481,6 +1486,23 @@ impl DiffSink {
             self.diffs.push(make()?);
         }
         Ok(())
+    }
+}
+
+/// A message from its row and its stored body text. Text is checked before
+/// it is stored; text that still is not UTF-8 reads as absent rather than
+/// failing the whole query.
+fn message_from(key: SortKey, row: &Row, text: Option<Vec<u8>>) -> Message {
+    Message {
+        id: key.id,
+        author: key.author,
+        hlc: key.hlc,
+        cursor: Cursor(key),
+        body: text.and_then(|t| String::from_utf8(t).ok()),
+        attachments: row.attachments.clone(),
+        reply_to: row.reply_to,
+        edited: row.edited,
+        reactions: row.reactions.clone(),
     }
 }
 

@@ -9,13 +9,14 @@ use crate::ids::{RoomId, SortKey};
 use crate::view::{bucket_of, Row};
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 type Migration = fn(&dyn Store, &mut WriteBatch) -> Result<(), StoreError>;
 
 /// `MIGRATIONS[i]` takes a store from version `i` to `i + 1`. Version 1 is the
 /// first layout: it has nothing to convert.
-const MIGRATIONS: [Migration; SCHEMA_VERSION as usize] = [initial_layout, index_wanted_blobs];
+const MIGRATIONS: [Migration; SCHEMA_VERSION as usize] =
+    [initial_layout, index_wanted_blobs, copy_bodies];
 
 fn initial_layout(_store: &dyn Store, _batch: &mut WriteBatch) -> Result<(), StoreError> {
     Ok(())
@@ -72,6 +73,28 @@ pub(crate) fn migrate(store: &dyn Store) -> Result<(), StoreError> {
         MIGRATIONS[version as usize](store, &mut batch)?;
         batch.put(Tree::Meta, META_SCHEMA, (version + 1).to_be_bytes());
         store.commit(batch)?;
+    }
+    Ok(())
+}
+
+/// Version 3 adds `bodies-1`: the body text of every live message whose body
+/// blob is held, keyed like its timeline row.
+fn copy_bodies(store: &dyn Store, batch: &mut WriteBatch) -> Result<(), StoreError> {
+    let corrupt = |reason: &str| StoreError::Corrupt {
+        tree: Tree::Timeline.name(),
+        reason: reason.to_owned(),
+    };
+    for (k, v) in
+        store.scan(Tree::Timeline, &KeyRange::prefix(&[]), Order::Ascending, usize::MAX)?
+    {
+        let room: [u8; 32] =
+            k.get(..32).and_then(|r| r.try_into().ok()).ok_or_else(|| corrupt("short key"))?;
+        let row = Row::decode(&v).map_err(|e| corrupt(&e.to_string()))?;
+        let blob =
+            store.get(Tree::Blobs, &tables::blob_key(&RoomId::from_bytes(room), &row.body))?;
+        if let Some(text) = blob.as_deref().and_then(crate::blob::body_text) {
+            batch.put(Tree::Bodies, k, text.as_bytes());
+        }
     }
     Ok(())
 }

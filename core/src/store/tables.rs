@@ -13,6 +13,7 @@
 //! | `pending-1` | room ‖ bucket ‖ author ‖ clock_start u32 | delivery waiting for its causal past |
 //! | `blobs-1` | room ‖ blob hash | blob (nonce ‖ content) of a live message |
 //! | `timeline-1` | room ‖ sortkey | rendered message row (no body) |
+//! | `bodies-1` | room ‖ sortkey | body text of the live message, while its body blob is held |
 //! | `message-ids-1` | room ‖ msgid | sortkey of the live message |
 //! | `tombstones-1` | room ‖ bucket ‖ msgid ‖ author | posted hlc u64 ‖ deleted hlc u64 |
 //! | `reads-1` | room ‖ author ‖ bucket | sortkey the author marked read in that bucket |
@@ -49,11 +50,14 @@ pub enum Tree {
     WantedBlobs,
     /// The oldest bucket held per room, for replicas that keep recent history.
     Windows,
+    /// Body text of live messages, in timeline order, so a page is two range
+    /// scans instead of a range scan and one random read per message.
+    Bodies,
 }
 
 impl Tree {
     /// Every tree.
-    pub const ALL: [Tree; 12] = [
+    pub const ALL: [Tree; 13] = [
         Tree::Meta,
         Tree::Rooms,
         Tree::Docs,
@@ -66,6 +70,7 @@ impl Tree {
         Tree::Reads,
         Tree::WantedBlobs,
         Tree::Windows,
+        Tree::Bodies,
     ];
 
     /// The tree's name on disk, with its layout version.
@@ -83,6 +88,7 @@ impl Tree {
             Tree::Reads => "reads-1",
             Tree::WantedBlobs => "wanted-blobs-1",
             Tree::Windows => "windows-1",
+            Tree::Bodies => "bodies-1",
         }
     }
 
