@@ -22,22 +22,31 @@ fn initial_layout(_store: &dyn Store, _batch: &mut WriteBatch) -> Result<(), Sto
     Ok(())
 }
 
+/// Calls `f` with the room, sort key and row of every stored timeline row.
+fn for_each_row(
+    store: &dyn Store,
+    mut f: impl FnMut(RoomId, SortKey, Row) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    let corrupt = |reason: String| StoreError::Corrupt { tree: Tree::Timeline.name(), reason };
+    for (k, v) in
+        store.scan(Tree::Timeline, &KeyRange::prefix(&[]), Order::Ascending, usize::MAX)?
+    {
+        let room: [u8; 32] = k
+            .get(..32)
+            .and_then(|r| r.try_into().ok())
+            .ok_or_else(|| corrupt("short key".into()))?;
+        let key = SortKey::from_bytes(&k[32..]).map_err(|e| corrupt(e.to_string()))?;
+        let row = Row::decode(&v).map_err(|e| corrupt(e.to_string()))?;
+        f(RoomId::from_bytes(room), key, row)?;
+    }
+    Ok(())
+}
+
 /// Version 2 adds `wanted-blobs-1` (and `windows-1`, empty until a room is
 /// windowed): list every blob a stored timeline row references but the store
 /// lacks, so catch-up sync can ask peers for it.
 fn index_wanted_blobs(store: &dyn Store, batch: &mut WriteBatch) -> Result<(), StoreError> {
-    let corrupt = |reason: &str| StoreError::Corrupt {
-        tree: Tree::Timeline.name(),
-        reason: reason.to_owned(),
-    };
-    for (k, v) in
-        store.scan(Tree::Timeline, &KeyRange::prefix(&[]), Order::Ascending, usize::MAX)?
-    {
-        let room: [u8; 32] =
-            k.get(..32).and_then(|r| r.try_into().ok()).ok_or_else(|| corrupt("short key"))?;
-        let room = RoomId::from_bytes(room);
-        let key = SortKey::from_bytes(&k[32..]).map_err(|e| corrupt(&e.to_string()))?;
-        let row = Row::decode(&v).map_err(|e| corrupt(&e.to_string()))?;
+    for_each_row(store, |room, key, row| {
         for (i, hash) in row.blobs().enumerate() {
             if store.get(Tree::Blobs, &tables::blob_key(&room, hash))?.is_none() {
                 let mut value = key.to_bytes().to_vec();
@@ -49,8 +58,20 @@ fn index_wanted_blobs(store: &dyn Store, batch: &mut WriteBatch) -> Result<(), S
                 );
             }
         }
-    }
-    Ok(())
+        Ok(())
+    })
+}
+
+/// Version 3 adds `bodies-1`: the body text of every live message whose body
+/// blob is held, keyed like its timeline row.
+fn copy_bodies(store: &dyn Store, batch: &mut WriteBatch) -> Result<(), StoreError> {
+    for_each_row(store, |room, key, row| {
+        let blob = store.get(Tree::Blobs, &tables::blob_key(&room, &row.body))?;
+        if let Some(text) = blob.as_deref().and_then(crate::blob::body_text) {
+            batch.put(Tree::Bodies, tables::timeline_key(&room, &key), text.as_bytes());
+        }
+        Ok(())
+    })
 }
 
 /// Brings `store` to [`SCHEMA_VERSION`].
@@ -73,28 +94,6 @@ pub(crate) fn migrate(store: &dyn Store) -> Result<(), StoreError> {
         MIGRATIONS[version as usize](store, &mut batch)?;
         batch.put(Tree::Meta, META_SCHEMA, (version + 1).to_be_bytes());
         store.commit(batch)?;
-    }
-    Ok(())
-}
-
-/// Version 3 adds `bodies-1`: the body text of every live message whose body
-/// blob is held, keyed like its timeline row.
-fn copy_bodies(store: &dyn Store, batch: &mut WriteBatch) -> Result<(), StoreError> {
-    let corrupt = |reason: &str| StoreError::Corrupt {
-        tree: Tree::Timeline.name(),
-        reason: reason.to_owned(),
-    };
-    for (k, v) in
-        store.scan(Tree::Timeline, &KeyRange::prefix(&[]), Order::Ascending, usize::MAX)?
-    {
-        let room: [u8; 32] =
-            k.get(..32).and_then(|r| r.try_into().ok()).ok_or_else(|| corrupt("short key"))?;
-        let row = Row::decode(&v).map_err(|e| corrupt(&e.to_string()))?;
-        let blob =
-            store.get(Tree::Blobs, &tables::blob_key(&RoomId::from_bytes(room), &row.body))?;
-        if let Some(text) = blob.as_deref().and_then(crate::blob::body_text) {
-            batch.put(Tree::Bodies, k, text.as_bytes());
-        }
     }
     Ok(())
 }
