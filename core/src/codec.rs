@@ -91,16 +91,10 @@ impl<'a> Reader<'a> {
         what: &'static str,
     ) -> Result<usize, DecodeError> {
         let count = self.u16(what)? as usize;
-        if count > max {
-            return Err(DecodeError::TooLarge { what, len: count, max });
-        }
-        if count.saturating_mul(min_elem) > self.remaining() {
-            return Err(DecodeError::Truncated { what });
-        }
-        Ok(count)
+        self.check_count(count, max, min_elem, what)
     }
 
-    /// A `u32` element count capped at `max`, checked like [`Reader::count_u16`].
+    /// A `u32` element count, checked like [`Reader::count_u16`].
     pub(crate) fn count_u32(
         &mut self,
         max: usize,
@@ -108,6 +102,16 @@ impl<'a> Reader<'a> {
         what: &'static str,
     ) -> Result<usize, DecodeError> {
         let count = self.u32(what)? as usize;
+        self.check_count(count, max, min_elem, what)
+    }
+
+    fn check_count(
+        &self,
+        count: usize,
+        max: usize,
+        min_elem: usize,
+        what: &'static str,
+    ) -> Result<usize, DecodeError> {
         if count > max {
             return Err(DecodeError::TooLarge { what, len: count, max });
         }

@@ -18,14 +18,9 @@ use crate::store::{KeyRange, Order, Store, Tree, WriteBatch};
 use crate::sync::{BucketDigest, BucketVersions, DIGEST_LEN, MAX_WANTED_BLOBS};
 use crate::view::{bucket_bounds, Row};
 
-/// `room ‖ bucket` for the first bucket of a range scan.
-fn room_bucket(room: &RoomId, bucket: u32) -> Vec<u8> {
-    tables::bucket_prefix(room, bucket)
-}
-
 /// Keys of `tree` (laid out `room ‖ bucket ‖ …`) for buckets in `[from, to)`.
 fn bucket_range(room: &RoomId, from: u32, to: u32) -> KeyRange {
-    KeyRange::between(&room_bucket(room, from), &room_bucket(room, to))
+    KeyRange::between(&tables::bucket_prefix(room, from), &tables::bucket_prefix(room, to))
 }
 
 impl<S: Store> Replica<S> {
@@ -170,7 +165,9 @@ impl<S: Store> Replica<S> {
             let bucket = key_bucket(&k).ok_or_else(|| corrupt(Tree::WantedBlobs, "short key"))?;
             wanting.insert(bucket);
             match bucket.checked_add(1) {
-                Some(next) => range.start = std::ops::Bound::Included(room_bucket(room, next)),
+                Some(next) => {
+                    range.start = std::ops::Bound::Included(tables::bucket_prefix(room, next))
+                }
                 None => break,
             }
         }
@@ -188,7 +185,7 @@ impl<S: Store> Replica<S> {
     /// blobs it lacks there (at most [`MAX_WANTED_BLOBS`]).
     pub fn bucket_versions(&self, room: &RoomId, bucket: u32) -> Result<BucketVersions> {
         self.check_room(room)?;
-        let prefix = room_bucket(room, bucket);
+        let prefix = tables::bucket_prefix(room, bucket);
         let mut authors = Vec::new();
         for (k, v) in
             self.store.scan(Tree::Docs, &KeyRange::prefix(&prefix), Order::Ascending, usize::MAX)?
@@ -224,7 +221,7 @@ impl<S: Store> Replica<S> {
         let bucket = theirs.bucket;
         let known: BTreeMap<AuthorId, u32> = theirs.authors.iter().copied().collect();
         let mut out = Vec::new();
-        let prefix = room_bucket(room, bucket);
+        let prefix = tables::bucket_prefix(room, bucket);
         for (k, v) in
             self.store.scan(Tree::Docs, &KeyRange::prefix(&prefix), Order::Ascending, usize::MAX)?
         {
@@ -299,7 +296,7 @@ impl<S: Store> Replica<S> {
                 .store
                 .scan(
                     Tree::Envelopes,
-                    &KeyRange::prefix(&room_bucket(room, bucket)),
+                    &KeyRange::prefix(&tables::bucket_prefix(room, bucket)),
                     Order::Ascending,
                     usize::MAX,
                 )?
