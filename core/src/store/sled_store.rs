@@ -6,11 +6,16 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 
 use super::{Entry, KeyRange, Order, Store, Tree, WriteBatch};
 use crate::error::StoreError;
+
+/// How long [`SledStore::open`] waits for a lock a just-closed database
+/// still holds.
+pub const SLED_LOCK_WAIT: Duration = Duration::from_secs(5);
 
 /// A store in a sled database on disk.
 #[derive(Clone)]
@@ -31,8 +36,28 @@ fn io(e: sled::Error) -> StoreError {
 
 impl SledStore {
     /// Opens (or creates) the database in `path`.
+    ///
+    /// sled holds an exclusive file lock while a database is open, and a
+    /// dropped database releases it only when sled's background thread has
+    /// let go, a moment later. A reopen in that moment (an app restarting
+    /// its store) waits up to [`SLED_LOCK_WAIT`] for the lock instead of failing;
+    /// a lock held by another process fails after that wait.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
-        let path = path.as_ref().to_path_buf();
+        let start = Instant::now();
+        loop {
+            match Self::open_once(path.as_ref()) {
+                Err(StoreError::Open(e))
+                    if e.contains("could not acquire lock") && start.elapsed() < SLED_LOCK_WAIT =>
+                {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn open_once(path: &Path) -> Result<Self, StoreError> {
+        let path = path.to_path_buf();
         let opened = catch_unwind(AssertUnwindSafe(|| -> Result<Self, StoreError> {
             let db = sled::Config::new()
                 .path(&path)
