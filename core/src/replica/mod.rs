@@ -1274,21 +1274,27 @@ impl<S: Store> Replica<S> {
         let has_more = rows.len() > limit;
         rows.truncate(limit);
         let fetching_older = order == Order::Descending && !has_more && self.want_history(room);
-        // The bodies of exactly these rows: one scan over the keys they span.
-        let mut bodies: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
+        // The bodies of exactly these rows: one scan, in the rows' order, over
+        // the keys they span, merged with the rows as both are sorted.
+        let mut bodies = Vec::new();
         if let (Some((first, _)), Some((last, _))) = (rows.first(), rows.last()) {
             let (lo, hi) = if first <= last { (first, last) } else { (last, first) };
             let span = KeyRange {
                 start: std::ops::Bound::Included(lo.clone()),
                 end: std::ops::Bound::Included(hi.clone()),
             };
-            bodies.extend(self.store.scan(Tree::Bodies, &span, Order::Ascending, rows.len())?);
+            bodies = self.store.scan(Tree::Bodies, &span, order, rows.len())?;
         }
+        let mut bodies = bodies.into_iter().peekable();
         let mut messages = Vec::with_capacity(rows.len());
         for (k, v) in rows {
             let key = SortKey::from_bytes(&k[32..]).map_err(|e| corrupt(Tree::Timeline, e))?;
             let row = Row::decode(&v).map_err(|e| corrupt(Tree::Timeline, e))?;
-            messages.push(message_from(key, &row, bodies.remove(&k)));
+            // Entries without a row (none in a consistent store) are skipped.
+            let ahead = |bk: &Vec<u8>| if order == Order::Ascending { *bk < k } else { *bk > k };
+            while bodies.next_if(|(bk, _)| ahead(bk)).is_some() {}
+            let text = bodies.next_if(|(bk, _)| *bk == k).map(|(_, text)| text);
+            messages.push(message_from(key, &row, text));
         }
         if order == Order::Ascending {
             messages.reverse();
