@@ -1,8 +1,10 @@
 //! Convergence law: 3 to 5 replicas post, edit, delete, react and move read
 //! markers while envelopes travel in random order, duplicated and partly
-//! withheld; once everything has been exchanged, every replica renders the
-//! identical room, holds exactly the blobs of live messages, and never shows
-//! a deleted message again.
+//! withheld, and random pairs run catch-up sync sessions; once everything
+//! has been exchanged (directly in half the cases, by catch-up sessions
+//! alone in the other half), every replica renders the identical room,
+//! holds exactly the blobs of live messages, and never shows a deleted
+//! message again.
 //!
 //! Each case is a seeded simulation. `CONCORD_SEED=<n>` replays one case;
 //! `CONCORD_CASES=<n>` runs more than the default 1,000.
@@ -12,7 +14,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use concord_core::{Delivery, Draft, ManualClock, MemoryStore, MessageId, Replica, RoomId};
+use concord_core::{Clock, Delivery, Draft, ManualClock, MemoryStore, MessageId, Replica, RoomId};
 use rand::seq::{IndexedRandom, SliceRandom};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -33,6 +35,8 @@ struct Sim {
     own: Vec<Vec<MessageId>>,
     /// Envelopes that had to wait for their causal past.
     pending: usize,
+    /// Catch-up sessions run.
+    syncs: usize,
 }
 
 impl Sim {
@@ -65,6 +69,7 @@ impl Sim {
             withheld: Vec::new(),
             own: vec![Vec::new(); n],
             pending: 0,
+            syncs: 0,
         }
     }
 
@@ -127,6 +132,13 @@ impl Sim {
             64..=71 => {
                 let target = visible.choose(&mut self.rng).copied();
                 target.and_then(|id| self.replicas[r].mark_read(&room, &id).ok())
+            }
+            72..=79 => {
+                let others: Vec<usize> = (0..self.replicas.len()).filter(|&s| s != r).collect();
+                if let Some(&s) = others.choose(&mut self.rng) {
+                    self.catch_up(r, s);
+                }
+                None
             }
             _ => {
                 self.deliver_some(r);
@@ -199,6 +211,37 @@ impl Sim {
             self.replicas[r].snapshot(&self.room).unwrap(),
             "replica {r}'s view is stale"
         );
+    }
+
+    /// One catch-up session between `a` (initiator) and `b`, through bytes.
+    fn catch_up(&mut self, a: usize, b: usize) {
+        let now = self.clocks[a].now_millis();
+        let (lo, hi) = self.replicas.split_at_mut(a.max(b));
+        let (x, y) = if a < b { (&mut lo[a], &mut hi[0]) } else { (&mut hi[0], &mut lo[b]) };
+        let run = common::sync_pair(x, y, &self.room, now);
+        assert_eq!(run.rejected, 0, "catch-up rejected an honest envelope");
+        self.syncs += 1;
+        if self.rng.random_bool(0.25) {
+            self.check_view_is_fresh(a);
+            self.check_view_is_fresh(b);
+        }
+    }
+
+    /// Every pair of replicas catches up, twice over: sync alone, without the
+    /// wire, must bring everyone to the same room.
+    fn sync_all(&mut self) {
+        let n = self.replicas.len();
+        for _round in 0..2 {
+            for a in 0..n {
+                for b in a + 1..n {
+                    if self.rng.random_bool(0.5) {
+                        self.catch_up(a, b);
+                    } else {
+                        self.catch_up(b, a);
+                    }
+                }
+            }
+        }
     }
 
     /// Everyone receives everything: the original wire (stale bodies of
@@ -284,6 +327,8 @@ struct Tally {
     read_markers: usize,
     buckets: usize,
     pending: usize,
+    syncs: usize,
+    ended_by_sync: usize,
 }
 
 fn run_case(seed: u64, tally: &mut Tally) {
@@ -292,8 +337,16 @@ fn run_case(seed: u64, tally: &mut Tally) {
     for _ in 0..steps {
         sim.step();
     }
-    sim.exchange_all();
+    // Half the cases end with every envelope delivered directly, half with
+    // catch-up sessions alone.
+    if sim.rng.random_bool(0.5) {
+        sim.exchange_all();
+    } else {
+        sim.sync_all();
+        tally.ended_by_sync += 1;
+    }
     tally.pending += sim.pending;
+    tally.syncs += sim.syncs;
     sim.check(tally);
 }
 
@@ -321,5 +374,6 @@ fn test_replicas_converge_under_random_delivery() {
         let t = &tally;
         assert!(t.messages > 0 && t.tombstones > 0 && t.edited > 0 && t.reactions > 0, "{t:?}");
         assert!(t.read_markers > 0 && t.pending > 0 && t.buckets > cases as usize, "{t:?}");
+        assert!(t.syncs > cases as usize && t.ended_by_sync > 0, "{t:?}");
     }
 }
