@@ -62,7 +62,10 @@ pub use replica::{
     Anchor, Applied, Draft, Op, Page, Replica, RoomInfo, RoomSnapshot, Sent, Subscription,
     TimelineListener, DEFAULT_DOC_CACHE, MAX_PAGE,
 };
-pub use store::{KeyRange, MemoryStore, Order, SledStore, Store, Tree, WriteBatch, SLED_LOCK_WAIT};
+pub use store::{
+    KeyRange, MemoryStore, Order, SledStore, Store, Tree, WriteBatch, DEFAULT_SLED_CACHE_BYTES,
+    SLED_LOCK_WAIT,
+};
 pub use sync::{
     BucketDigest, BucketVersions, DigestSet, Flight, History, OlderDigest, RawDelivery,
     SyncMessage, SyncSession, SyncStats, CHUNK_BYTES, DIGEST_LEN, MAX_AUTHORS_PER_BUCKET,

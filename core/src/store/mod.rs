@@ -21,7 +21,7 @@ pub(crate) mod tables;
 mod conformance;
 
 pub use memory::MemoryStore;
-pub use sled_store::{SledStore, SLED_LOCK_WAIT};
+pub use sled_store::{SledStore, DEFAULT_SLED_CACHE_BYTES, SLED_LOCK_WAIT};
 pub use tables::Tree;
 
 /// A key and its value, as scans return them.

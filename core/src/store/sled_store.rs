@@ -17,6 +17,11 @@ use crate::error::StoreError;
 /// still holds.
 pub const SLED_LOCK_WAIT: Duration = Duration::from_secs(5);
 
+/// sled's page cache for [`SledStore::open`]: sled's own default (1 GiB)
+/// is far more than a phone should give a chat store; 64 MiB holds the
+/// recent buckets of busy rooms. [`SledStore::open_with_cache`] sets another.
+pub const DEFAULT_SLED_CACHE_BYTES: u64 = 64 * 1024 * 1024;
+
 /// A store in a sled database on disk.
 #[derive(Clone)]
 pub struct SledStore {
@@ -43,9 +48,14 @@ impl SledStore {
     /// its store) waits up to [`SLED_LOCK_WAIT`] for the lock instead of failing;
     /// a lock held by another process fails after that wait.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        Self::open_with_cache(path, DEFAULT_SLED_CACHE_BYTES)
+    }
+
+    /// Like [`SledStore::open`], with a page cache of about `cache_bytes`.
+    pub fn open_with_cache(path: impl AsRef<Path>, cache_bytes: u64) -> Result<Self, StoreError> {
         let start = Instant::now();
         loop {
-            match Self::open_once(path.as_ref()) {
+            match Self::open_once(path.as_ref(), cache_bytes) {
                 Err(StoreError::Open(e))
                     if e.contains("could not acquire lock") && start.elapsed() < SLED_LOCK_WAIT =>
                 {
@@ -56,13 +66,14 @@ impl SledStore {
         }
     }
 
-    fn open_once(path: &Path) -> Result<Self, StoreError> {
+    fn open_once(path: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
         let path = path.to_path_buf();
         let opened = catch_unwind(AssertUnwindSafe(|| -> Result<Self, StoreError> {
             let db = sled::Config::new()
                 .path(&path)
                 // Durability comes from the explicit flush in commit, not a timer.
                 .flush_every_ms(None)
+                .cache_capacity(cache_bytes)
                 .open()
                 .map_err(|e| StoreError::Open(e.to_string()))?;
             let trees = Tree::ALL
