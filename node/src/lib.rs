@@ -1,9 +1,16 @@
 //! # concord-node
 //!
-//! The networked side of Concord. Today it re-exports the core so a desktop
-//! app can depend on this one crate; the libp2p actor, gossip, catch-up sync
-//! and the relay arrive here next (see `docs/architecture.md`).
+//! The networked side of Concord. Today it holds the replica actor (the
+//! replica on its own thread, behind a cloneable async handle) and re-exports
+//! the core, so a desktop app can depend on this one crate; the libp2p actor,
+//! gossip, the network side of catch-up sync and the relay arrive here next
+//! (see `docs/architecture.md`).
 #![deny(missing_docs)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+mod error;
+mod replica_actor;
+
 pub use concord_core as core;
+pub use error::{NodeError, Result};
+pub use replica_actor::{ReplicaHandle, ReplicaThread, REPLICA_QUEUE};

@@ -1,0 +1,20 @@
+//! Errors of the node API.
+
+/// Errors of the node API.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    /// The replica thread has shut down; nothing more can be asked of it.
+    #[error("the replica is closed")]
+    Closed,
+    /// A job panicked on the replica thread. The replica keeps serving: its
+    /// operations are transactions, so a panic leaves nothing half-written.
+    #[error("a replica job panicked: {0}")]
+    Panicked(String),
+    /// The replica refused or failed an operation.
+    #[error(transparent)]
+    Core(#[from] concord_core::Error),
+}
+
+/// Result of the node API.
+pub type Result<T, E = NodeError> = std::result::Result<T, E>;
