@@ -1,0 +1,119 @@
+//! Room tickets: round trips, caps, and hostile text (random, mutated,
+//! oversized) that never panics and never yields a room its genesis did not
+//! found.
+
+use std::sync::Arc;
+
+use concord_core::{ManualClock, MemoryStore, Replica};
+use concord_node::{Multiaddr, RoomTicket, TicketError, MAX_TICKET_CHARS, TICKET_PREFIX};
+use proptest::prelude::*;
+use proptest::test_runner::{Config, RngSeed, TestRunner};
+
+fn genesis() -> concord_core::Genesis {
+    let clock = Arc::new(ManualClock::new(1_750_000_000_000));
+    let mut r = Replica::open_with_seed(MemoryStore::new(), clock, [3; 32]).unwrap();
+    let room = r.create_room("ticketed").unwrap();
+    r.genesis(&room).unwrap().clone()
+}
+
+fn addresses() -> Vec<Multiaddr> {
+    vec![
+        "/ip4/127.0.0.1/tcp/4001".parse().unwrap(),
+        "/ip6/::1/udp/4001/quic-v1".parse().unwrap(),
+        "/dns4/relay.example.org/tcp/443".parse().unwrap(),
+    ]
+}
+
+/// Cases per property, with a fixed seed printed for replay (`CONCORD_SEED`).
+fn runner(name: &str) -> TestRunner {
+    let seed =
+        std::env::var("CONCORD_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+            name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+            })
+        });
+    println!("{name}: seed {seed}");
+    TestRunner::new(Config {
+        cases: 10_000,
+        rng_seed: RngSeed::Fixed(seed),
+        failure_persistence: None,
+        ..Config::default()
+    })
+}
+
+#[test]
+fn test_ticket_round_trips_and_names_its_room() {
+    let g = genesis();
+    let ticket = RoomTicket::new(g.clone(), addresses()).unwrap();
+    let text = ticket.to_string();
+    assert!(text.starts_with(TICKET_PREFIX));
+    assert!(text.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()), "{text}");
+    let parsed: RoomTicket = text.parse().unwrap();
+    assert_eq!(parsed, ticket);
+    assert_eq!(parsed.room_id(), g.room_id());
+    assert_eq!(parsed.addresses(), addresses().as_slice());
+    // Whitespace from copy and paste is forgiven; a ticket without addresses is fine.
+    assert_eq!(format!("  {text}\n").parse::<RoomTicket>().unwrap(), ticket);
+    let bare = RoomTicket::new(g, Vec::new()).unwrap();
+    assert_eq!(bare.to_string().parse::<RoomTicket>().unwrap(), bare);
+}
+
+#[test]
+fn test_bad_tickets_are_typed_errors() {
+    let ticket = RoomTicket::new(genesis(), addresses()).unwrap().to_string();
+    assert_eq!("hello".parse::<RoomTicket>(), Err(TicketError::Prefix));
+    assert_eq!(
+        ticket.to_uppercase().parse::<RoomTicket>(),
+        Err(TicketError::Prefix),
+        "the prefix is lowercase"
+    );
+    let upper = format!("{TICKET_PREFIX}{}", ticket[TICKET_PREFIX.len()..].to_uppercase());
+    assert_eq!(upper.parse::<RoomTicket>(), Err(TicketError::Encoding));
+    assert_eq!(format!("{ticket}!").parse::<RoomTicket>(), Err(TicketError::Encoding));
+    let long = format!("{TICKET_PREFIX}{}", "a".repeat(MAX_TICKET_CHARS));
+    assert!(matches!(long.parse::<RoomTicket>(), Err(TicketError::TooLong(_))));
+    let cut = &ticket[..ticket.len() - 8];
+    assert!(cut.parse::<RoomTicket>().is_err());
+    let many = vec![addresses()[0].clone(); 17];
+    assert!(matches!(RoomTicket::new(genesis(), many), Err(TicketError::Malformed(_))));
+}
+
+#[test]
+fn test_random_text_never_panics_and_is_refused() {
+    let mut runner = runner("test_random_text_never_panics_and_is_refused");
+    let strategy = prop_oneof![
+        any::<String>(),
+        "[a-z2-7]{0,400}".prop_map(|s| format!("{TICKET_PREFIX}{s}")),
+    ];
+    runner
+        .run(&strategy, |text| {
+            // Nothing random carries a valid signature.
+            prop_assert!(text.parse::<RoomTicket>().is_err());
+            Ok(())
+        })
+        .unwrap();
+}
+
+#[test]
+fn test_mutated_tickets_never_yield_another_room() {
+    let g = genesis();
+    let text = RoomTicket::new(g.clone(), addresses()).unwrap().to_string();
+    let body = text[TICKET_PREFIX.len()..].to_owned();
+    let mut runner = runner("test_mutated_tickets_never_yield_another_room");
+    let strategy = prop::collection::vec((any::<prop::sample::Index>(), "[a-z2-7]"), 1..6);
+    runner
+        .run(&strategy, |edits| {
+            let mut chars: Vec<char> = body.chars().collect();
+            for (at, c) in &edits {
+                let i = at.index(chars.len());
+                chars[i] = c.chars().next().unwrap_or('a');
+            }
+            let mutated = format!("{TICKET_PREFIX}{}", chars.iter().collect::<String>());
+            if let Ok(t) = mutated.parse::<RoomTicket>() {
+                // Only the addresses can change; the genesis is signed.
+                prop_assert_eq!(t.room_id(), g.room_id());
+            }
+            Ok(())
+        })
+        .unwrap();
+}
