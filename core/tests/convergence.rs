@@ -1,6 +1,8 @@
 //! Convergence law: 3 to 5 replicas post, edit, delete, react and move read
 //! markers while envelopes travel in random order, duplicated and partly
-//! withheld, and random pairs run catch-up sync sessions; once everything
+//! withheld, random pairs run catch-up sync sessions, and replicas other
+//! than the first keep only their recent buckets for a while (fetching the
+//! older history back before the end); once everything
 //! has been exchanged (directly in half the cases, by catch-up sessions
 //! alone in the other half), every replica renders the identical room,
 //! holds exactly the blobs of live messages, and never shows a deleted
@@ -37,6 +39,9 @@ struct Sim {
     pending: usize,
     /// Catch-up sessions run.
     syncs: usize,
+    /// Windows set, and history fetches that undid them.
+    evictions: usize,
+    history_fetches: usize,
 }
 
 impl Sim {
@@ -70,6 +75,8 @@ impl Sim {
             own: vec![Vec::new(); n],
             pending: 0,
             syncs: 0,
+            evictions: 0,
+            history_fetches: 0,
         }
     }
 
@@ -138,6 +145,10 @@ impl Sim {
                 if let Some(&s) = others.choose(&mut self.rng) {
                     self.catch_up(r, s);
                 }
+                None
+            }
+            80..=82 if r != 0 => {
+                self.keep_recent(r);
                 None
             }
             _ => {
@@ -224,6 +235,43 @@ impl Sim {
         if self.rng.random_bool(0.25) {
             self.check_view_is_fresh(a);
             self.check_view_is_fresh(b);
+        }
+    }
+
+    /// `r` keeps only its most recent buckets. It first catches up with
+    /// replica 0 (which never evicts), so that nothing only `r` held is lost:
+    /// evicting forgets, by design, what no peer has.
+    fn keep_recent(&mut self, r: usize) {
+        self.catch_up(r, 0);
+        let today = concord_core::bucket_of(concord_core::Hlc::new(self.clocks[r].now_millis(), 0));
+        let oldest = today.saturating_sub(self.rng.random_range(0..2));
+        self.replicas[r].evict_before(&self.room, oldest).unwrap();
+        self.evictions += 1;
+        if self.rng.random_bool(0.25) {
+            self.check_view_is_fresh(r);
+        }
+    }
+
+    /// Windowed replicas fetch older history from replica 0 until they hold
+    /// it all again; their pages show it as it arrives.
+    fn fetch_all_history(&mut self) {
+        let room = self.room;
+        let now = self.clocks[0].now_millis();
+        for r in 1..self.replicas.len() {
+            let mut fetches = 0;
+            while let Some((mut session, fetch)) =
+                concord_core::SyncSession::fetch_history(&self.replicas[r], &room, 10, now)
+            {
+                fetches += 1;
+                assert!(fetches < 1000, "history fetch does not end");
+                let (lo, hi) = self.replicas.split_at_mut(r);
+                let mut server = concord_core::SyncSession::respond(&lo[0], &room, now);
+                for reply in server.handle(&mut lo[0], &fetch, now).unwrap() {
+                    assert!(session.handle(&mut hi[0], &reply, now).unwrap().is_empty());
+                }
+                assert!(session.is_done());
+                self.history_fetches += 1;
+            }
         }
     }
 
@@ -329,6 +377,8 @@ struct Tally {
     pending: usize,
     syncs: usize,
     ended_by_sync: usize,
+    evictions: usize,
+    history_fetches: usize,
 }
 
 fn run_case(seed: u64, tally: &mut Tally) {
@@ -337,6 +387,7 @@ fn run_case(seed: u64, tally: &mut Tally) {
     for _ in 0..steps {
         sim.step();
     }
+    sim.fetch_all_history();
     // Half the cases end with every envelope delivered directly, half with
     // catch-up sessions alone.
     if sim.rng.random_bool(0.5) {
@@ -347,6 +398,8 @@ fn run_case(seed: u64, tally: &mut Tally) {
     }
     tally.pending += sim.pending;
     tally.syncs += sim.syncs;
+    tally.evictions += sim.evictions;
+    tally.history_fetches += sim.history_fetches;
     sim.check(tally);
 }
 
@@ -375,5 +428,6 @@ fn test_replicas_converge_under_random_delivery() {
         assert!(t.messages > 0 && t.tombstones > 0 && t.edited > 0 && t.reactions > 0, "{t:?}");
         assert!(t.read_markers > 0 && t.pending > 0 && t.buckets > cases as usize, "{t:?}");
         assert!(t.syncs > cases as usize && t.ended_by_sync > 0, "{t:?}");
+        assert!(t.evictions > 0 && t.history_fetches > 0, "{t:?}");
     }
 }
