@@ -11,6 +11,12 @@ pub enum NodeError {
     /// operations are transactions, so a panic leaves nothing half-written.
     #[error("a replica job panicked: {0}")]
     Panicked(String),
+    /// The network layer failed (listen, dial, publish, a transport error).
+    #[error("network: {0}")]
+    Network(String),
+    /// A catch-up session failed.
+    #[error("sync: {0}")]
+    Sync(String),
     /// The replica refused or failed an operation.
     #[error(transparent)]
     Core(#[from] concord_core::Error),

@@ -1,0 +1,133 @@
+//! Catch-up sync over libp2p request-response: a request carries one flight
+//! of sync messages (the core's `SyncSession` bytes) and the response the
+//! answering flight. Frames are length-prefixed and capped before reading.
+
+use std::io;
+
+use concord_core::{RoomId, MAX_SYNC_MESSAGE_BYTES};
+use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use libp2p::StreamProtocol;
+
+/// The protocol name.
+pub const SYNC_PROTOCOL: StreamProtocol = StreamProtocol::new("/concord/sync/1");
+/// Most messages in one flight.
+const MAX_FLIGHT_MESSAGES: usize = 4096;
+/// Most bytes in one flight: a catch-up of tens of thousands of envelopes.
+const MAX_FLIGHT_BYTES: usize = 64 << 20;
+
+/// One flight from the initiator of a session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncRequest {
+    /// Names the session among the initiator's sessions with this peer.
+    pub session: u64,
+    /// The room.
+    pub room: RoomId,
+    /// Sync messages.
+    pub messages: Vec<Vec<u8>>,
+}
+
+/// The answering flight.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncResponse {
+    /// Sync messages.
+    pub messages: Vec<Vec<u8>>,
+}
+
+/// Reads and writes [`SyncRequest`] and [`SyncResponse`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SyncCodec;
+
+fn invalid(what: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, what.to_owned())
+}
+
+async fn read_frames<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<Vec<Vec<u8>>> {
+    let mut word = [0u8; 4];
+    io.read_exact(&mut word).await?;
+    let count = u32::from_be_bytes(word) as usize;
+    if count > MAX_FLIGHT_MESSAGES {
+        return Err(invalid("too many sync messages in a flight"));
+    }
+    let mut total = 0usize;
+    let mut out = Vec::with_capacity(count.min(64));
+    for _ in 0..count {
+        io.read_exact(&mut word).await?;
+        let len = u32::from_be_bytes(word) as usize;
+        total = total.saturating_add(len);
+        if len > MAX_SYNC_MESSAGE_BYTES || total > MAX_FLIGHT_BYTES {
+            return Err(invalid("sync flight too large"));
+        }
+        let mut message = vec![0u8; len];
+        io.read_exact(&mut message).await?;
+        out.push(message);
+    }
+    Ok(out)
+}
+
+async fn write_frames<T: AsyncWrite + Unpin + Send>(
+    io: &mut T,
+    frames: &[Vec<u8>],
+) -> io::Result<()> {
+    io.write_all(&(frames.len() as u32).to_be_bytes()).await?;
+    for f in frames {
+        io.write_all(&(f.len() as u32).to_be_bytes()).await?;
+        io.write_all(f).await?;
+    }
+    io.close().await
+}
+
+impl libp2p::request_response::Codec for SyncCodec {
+    type Protocol = StreamProtocol;
+    type Request = SyncRequest;
+    type Response = SyncResponse;
+
+    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<SyncRequest>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        let mut head = [0u8; 40];
+        io.read_exact(&mut head).await?;
+        let mut session = [0u8; 8];
+        session.copy_from_slice(&head[..8]);
+        let mut room = [0u8; 32];
+        room.copy_from_slice(&head[8..]);
+        Ok(SyncRequest {
+            session: u64::from_be_bytes(session),
+            room: RoomId::from_bytes(room),
+            messages: read_frames(io).await?,
+        })
+    }
+
+    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<SyncResponse>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        Ok(SyncResponse { messages: read_frames(io).await? })
+    }
+
+    async fn write_request<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        req: SyncRequest,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        io.write_all(&req.session.to_be_bytes()).await?;
+        io.write_all(req.room.as_bytes()).await?;
+        write_frames(io, &req.messages).await
+    }
+
+    async fn write_response<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        res: SyncResponse,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        write_frames(io, &res.messages).await
+    }
+}
