@@ -19,7 +19,7 @@ pub use concord_core as core;
 pub use error::{NodeError, Result};
 pub use libp2p::PeerId;
 pub use multiaddr::Multiaddr;
-pub use node::{Node, COMMAND_QUEUE};
+pub use node::{Node, NodeConfig, COMMAND_QUEUE, DEFAULT_SYNC_INTERVAL};
 pub use replica_actor::{ReplicaHandle, ReplicaThread, REPLICA_QUEUE};
 pub use ticket::{
     RoomTicket, TicketError, MAX_ADDRESS_BYTES, MAX_TICKET_ADDRESSES, MAX_TICKET_CHARS,

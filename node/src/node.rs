@@ -54,6 +54,8 @@ enum Internal {
     Outbound(Outbound, Vec<Vec<u8>>),
     Inbound(PeerId, u64, SyncSession, Vec<Vec<u8>>, ResponseChannel<SyncResponse>),
     Failed(Outbound, NodeError),
+    /// A catch-up ended before it had a session.
+    Ended(PeerId, RoomId),
 }
 
 /// An initiated catch-up, between flights.
@@ -63,6 +65,33 @@ struct Outbound {
     session_id: u64,
     session: SyncSession,
     reply: Option<oneshot::Sender<Result<SyncStats>>>,
+}
+
+/// How often a node runs catch-up with every connected peer, by default.
+/// Catch-up also runs on every new connection; the period heals what gossip
+/// dropped while connected.
+pub const DEFAULT_SYNC_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Settings of a node.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct NodeConfig {
+    /// Period of catch-up with every connected peer, per joined room.
+    pub sync_interval: Duration,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self { sync_interval: DEFAULT_SYNC_INTERVAL }
+    }
+}
+
+impl NodeConfig {
+    /// Sets the catch-up period.
+    pub fn sync_interval(mut self, every: Duration) -> Self {
+        self.sync_interval = every;
+        self
+    }
 }
 
 /// A cloneable handle to a running node.
@@ -77,10 +106,20 @@ fn topic(room: &RoomId) -> IdentTopic {
 }
 
 impl Node {
-    /// Starts a node over `replica` with a new network identity.
+    /// Starts a node over `replica` with a new network identity and the
+    /// default settings.
     pub fn spawn<S: Store + 'static>(
         replica: ReplicaHandle<S>,
         clock: Arc<dyn Clock>,
+    ) -> Result<Self> {
+        Self::spawn_with(replica, clock, NodeConfig::default())
+    }
+
+    /// Starts a node with `config`.
+    pub fn spawn_with<S: Store + 'static>(
+        replica: ReplicaHandle<S>,
+        clock: Arc<dyn Clock>,
+        config: NodeConfig,
     ) -> Result<Self> {
         let swarm = build_swarm()?;
         let peer_id = *swarm.local_peer_id();
@@ -98,6 +137,8 @@ impl Node {
             inbound: HashMap::new(),
             next_session: 0,
             pending_listen: Vec::new(),
+            syncing: HashSet::new(),
+            config,
         };
         tokio::spawn(actor.run());
         Ok(Self { commands, peer_id })
@@ -204,10 +245,15 @@ struct Actor<S: Store> {
     next_session: u64,
     /// Listen requests waiting for their bound address.
     pending_listen: Vec<oneshot::Sender<Result<Multiaddr>>>,
+    /// Catch-ups running, so that a period does not stack a second one.
+    syncing: HashSet<(PeerId, RoomId)>,
+    config: NodeConfig,
 }
 
 impl<S: Store + 'static> Actor<S> {
     async fn run(mut self) {
+        let mut period = tokio::time::interval(self.config.sync_interval);
+        period.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 biased;
@@ -221,6 +267,7 @@ impl<S: Store + 'static> Actor<S> {
                 },
                 Some(internal) = self.internal.recv() => self.internal(internal),
                 event = self.swarm.select_next_some() => self.event(event),
+                _ = period.tick() => self.sync_everyone(),
             }
         }
     }
@@ -292,6 +339,24 @@ impl<S: Store + 'static> Actor<S> {
         });
     }
 
+    /// Catch-up with every connected peer about every joined room.
+    fn sync_everyone(&mut self) {
+        let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+        for peer in peers {
+            self.sync_peer(peer);
+        }
+    }
+
+    /// Catch-up with one peer about every joined room not already syncing.
+    fn sync_peer(&mut self, peer: PeerId) {
+        let rooms: Vec<RoomId> = self.rooms.iter().copied().collect();
+        for room in rooms {
+            if self.syncing.insert((peer, room)) {
+                self.start_sync(peer, room, None);
+            }
+        }
+    }
+
     fn start_sync(
         &mut self,
         peer: PeerId,
@@ -311,7 +376,7 @@ impl<S: Store + 'static> Actor<S> {
                             if let Some(reply) = reply {
                                 let _ = reply.send(Err(e));
                             }
-                            return None;
+                            return Some(Internal::Ended(peer, room));
                         }
                     };
                 Some(Internal::Outbound(
@@ -333,6 +398,7 @@ impl<S: Store + 'static> Actor<S> {
             }
             Internal::Outbound(mut out, messages) => {
                 if messages.is_empty() || out.session.is_done() {
+                    self.syncing.remove(&(out.peer, out.room));
                     if let Some(reply) = out.reply.take() {
                         let _ = reply.send(Ok(*out.session.stats()));
                     }
@@ -352,7 +418,11 @@ impl<S: Store + 'static> Actor<S> {
                     self.inbound.insert((peer, session_id), session);
                 }
             }
+            Internal::Ended(peer, room) => {
+                self.syncing.remove(&(peer, room));
+            }
             Internal::Failed(mut out, e) => {
+                self.syncing.remove(&(out.peer, out.room));
                 if let Some(reply) = out.reply.take() {
                     let _ = reply.send(Err(e));
                 }
@@ -362,6 +432,12 @@ impl<S: Store + 'static> Actor<S> {
 
     fn event(&mut self, event: SwarmEvent<BehaviourEvent>) {
         match event {
+            // A new peer: catch up with it about every joined room.
+            SwarmEvent::ConnectionEstablished { peer_id, num_established, .. }
+                if num_established.get() == 1 =>
+            {
+                self.sync_peer(peer_id);
+            }
             SwarmEvent::NewListenAddr { address, .. } => {
                 for reply in self.pending_listen.drain(..) {
                     let _ = reply.send(Ok(address.clone()));
@@ -390,6 +466,7 @@ impl<S: Store + 'static> Actor<S> {
                 request_response::Event::OutboundFailure { request_id, error, .. },
             )) => {
                 if let Some(mut out) = self.outbound.remove(&request_id) {
+                    self.syncing.remove(&(out.peer, out.room));
                     if let Some(reply) = out.reply.take() {
                         let _ = reply.send(Err(NodeError::Network(error.to_string())));
                     }
@@ -482,7 +559,7 @@ impl<S: Store + 'static> Actor<S> {
                     if let Some(reply) = reply {
                         let _ = reply.send(Err(e));
                     }
-                    None
+                    Some(Internal::Ended(peer, room))
                 }
             },
         );

@@ -1,11 +1,13 @@
-//! Real libp2p swarms on 127.0.0.1: three nodes converge by gossip, and a
-//! change that gossip never carried is healed by catch-up sync.
+//! Real libp2p swarms on 127.0.0.1: three nodes converge by gossip, a
+//! change that gossip never carried is healed by catch-up sync, and a peer
+//! that was offline catches up on connect and then periodically.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use concord_core::Op;
 use concord_core::{Draft, ManualClock, Replica, RoomId, SledStore};
-use concord_node::{Node, ReplicaHandle};
+use concord_node::{Node, NodeConfig, ReplicaHandle};
 
 const EPOCH_MILLIS: u64 = 1_750_000_000_000;
 
@@ -16,12 +18,16 @@ struct Peer {
 }
 
 async fn peer(seed: u8, clock: &Arc<ManualClock>) -> Peer {
+    peer_with(seed, clock, NodeConfig::default()).await
+}
+
+async fn peer_with(seed: u8, clock: &Arc<ManualClock>, config: NodeConfig) -> Peer {
     let dir = tempfile::tempdir().unwrap();
     let replica =
         Replica::open_with_seed(SledStore::open(dir.path()).unwrap(), clock.clone(), [seed; 32])
             .unwrap();
     let (replica, _thread) = ReplicaHandle::spawn(replica).unwrap();
-    let node = Node::spawn(replica.clone(), clock.clone()).unwrap();
+    let node = Node::spawn_with(replica.clone(), clock.clone(), config).unwrap();
     Peer { node, replica, _dir: dir }
 }
 
@@ -105,4 +111,40 @@ async fn futures_snapshots(peers: &[&Peer], room: RoomId) -> Vec<concord_core::R
         out.push(p.replica.try_call(move |r| r.snapshot(&room)).await.unwrap());
     }
     out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_offline_peer_catches_up_on_connect_and_periodically() {
+    let clock = Arc::new(ManualClock::new(EPOCH_MILLIS));
+    let often = NodeConfig::default().sync_interval(Duration::from_millis(300));
+    let a = peer_with(1, &clock, often.clone()).await;
+    let b = peer_with(2, &clock, often).await;
+    let room = a.replica.try_call(|r| r.create_room("offline")).await.unwrap();
+    let genesis =
+        a.replica.try_call(move |r| Ok(r.genesis(&room)?.as_bytes().to_vec())).await.unwrap();
+    b.replica.try_call(move |r| r.join_room(&genesis)).await.unwrap();
+    // A writes twenty messages while B is offline; nothing is gossiped.
+    a.replica
+        .call(move |r| {
+            let ops = (0..20).map(|i| Op::Post { room, draft: Draft::text(format!("m{i}")) });
+            r.commit(ops.collect()).unwrap();
+        })
+        .await
+        .unwrap();
+    for p in [&a, &b] {
+        p.node.join(room).await.unwrap();
+    }
+    let addr = a.node.listen("/ip4/127.0.0.1/tcp/0".parse().unwrap()).await.unwrap();
+    b.node.dial(addr).await.unwrap();
+    until_all_show(&[&a, &b], room, 20).await;
+    // Connected now, A writes one more without gossip: the period heals it.
+    clock.advance(1_000);
+    a.replica.try_call(move |r| r.post(&room, Draft::text("between gossip"))).await.unwrap();
+    until_all_show(&[&a, &b], room, 21).await;
+    let (sa, sb) = (snapshot(&a, room).await, snapshot(&b, room).await);
+    assert_eq!(sa, sb);
+}
+
+async fn snapshot(p: &Peer, room: RoomId) -> concord_core::RoomSnapshot {
+    p.replica.try_call(move |r| r.snapshot(&room)).await.unwrap()
 }
