@@ -148,3 +148,110 @@ async fn test_offline_peer_catches_up_on_connect_and_periodically() {
 async fn snapshot(p: &Peer, room: RoomId) -> concord_core::RoomSnapshot {
     p.replica.try_call(move |r| r.snapshot(&room)).await.unwrap()
 }
+
+/// A room's genesis as bytes, from the peer that created it.
+async fn genesis_of(p: &Peer, room: RoomId) -> Vec<u8> {
+    p.replica.try_call(move |r| Ok(r.genesis(&room)?.as_bytes().to_vec())).await.unwrap()
+}
+
+/// Posts on `p` and gossips the delivery (the send may find no mesh yet:
+/// the post is durable and catch-up carries it).
+async fn post(p: &Peer, room: RoomId, text: String) -> concord_core::MessageId {
+    let sent = p.replica.try_call(move |r| r.post(&room, Draft::text(text))).await.unwrap();
+    let _ = p.node.publish(room, &sent.delivery).await;
+    sent.id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_ten_peers_converge() {
+    let clock = Arc::new(ManualClock::new(EPOCH_MILLIS));
+    let config = NodeConfig::default().sync_interval(Duration::from_millis(500));
+    let mut peers = Vec::new();
+    for seed in 1..=10 {
+        peers.push(peer_with(seed, &clock, config.clone()).await);
+    }
+    let room = peers[0].replica.try_call(|r| r.create_room("ten")).await.unwrap();
+    let genesis = genesis_of(&peers[0], room).await;
+    for p in &peers[1..] {
+        let g = genesis.clone();
+        p.replica.try_call(move |r| r.join_room(&g)).await.unwrap();
+    }
+    let mut addrs = Vec::new();
+    for p in &peers {
+        p.node.join(room).await.unwrap();
+        addrs.push(p.node.listen("/ip4/127.0.0.1/tcp/0".parse().unwrap()).await.unwrap());
+    }
+    // A chain: each peer dials the previous one, so most pairs are indirect.
+    for i in 1..peers.len() {
+        peers[i].node.dial(addrs[i - 1].clone()).await.unwrap();
+    }
+    for (i, p) in peers.iter().enumerate() {
+        clock.advance(100);
+        post(p, room, format!("hello from {i}")).await;
+    }
+    let all: Vec<&Peer> = peers.iter().collect();
+    until_all_show(&all, room, 10).await;
+    let first = snapshot(&peers[0], room).await;
+    for p in &peers[1..] {
+        assert_eq!(snapshot(p, room).await, first);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_stopped_peer_restarts_and_converges_with_edits_and_deletes() {
+    let clock = Arc::new(ManualClock::new(EPOCH_MILLIS));
+    let config = NodeConfig::default().sync_interval(Duration::from_millis(300));
+    let a = peer_with(1, &clock, config.clone()).await;
+    let b = peer_with(2, &clock, config.clone()).await;
+    let room = a.replica.try_call(|r| r.create_room("restart")).await.unwrap();
+    let genesis = genesis_of(&a, room).await;
+    let dir = tempfile::tempdir().unwrap();
+    let open_c = |clock: &Arc<ManualClock>| {
+        Replica::open_with_seed(SledStore::open(dir.path()).unwrap(), clock.clone(), [3; 32])
+            .unwrap()
+    };
+    let (c_replica, c_thread) = ReplicaHandle::spawn(open_c(&clock)).unwrap();
+    let g = genesis.clone();
+    c_replica.try_call(move |r| r.join_room(&g)).await.unwrap();
+    let g = genesis.clone();
+    b.replica.try_call(move |r| r.join_room(&g)).await.unwrap();
+    let c_node = Node::spawn_with(c_replica.clone(), clock.clone(), config.clone()).unwrap();
+    let addr = a.node.listen("/ip4/127.0.0.1/tcp/0".parse().unwrap()).await.unwrap();
+    for node in [&a.node, &b.node, &c_node] {
+        node.join(room).await.unwrap();
+    }
+    b.node.dial(addr.clone()).await.unwrap();
+    c_node.dial(addr.clone()).await.unwrap();
+    let doomed = post(&a, room, "to be deleted".into()).await;
+    let edited = post(&b, room, "to be edited".into()).await;
+    let c = Peer { node: c_node, replica: c_replica, _dir: tempfile::tempdir().unwrap() };
+    until_all_show(&[&a, &b, &c], room, 2).await;
+
+    // C stops; the others post, edit and delete; C also writes while offline.
+    c.node.shutdown().await.unwrap();
+    c.replica.shutdown().await.unwrap();
+    c_thread.join();
+    clock.advance(1_000);
+    post(&a, room, "while C is away".into()).await;
+    let d = a.replica.try_call(move |r| r.delete(&room, &doomed)).await.unwrap();
+    let _ = a.node.publish(room, &d.delivery).await;
+    let e = b.replica.try_call(move |r| r.edit(&room, &edited, "edited while away")).await.unwrap();
+    let _ = b.node.publish(room, &e.delivery).await;
+    let (offline, thread) = ReplicaHandle::spawn(open_c(&clock)).unwrap();
+    offline.try_call(move |r| r.post(&room, Draft::text("C wrote offline"))).await.unwrap();
+
+    // C comes back with its store and a new node, and catches up on connect.
+    let node = Node::spawn_with(offline.clone(), clock.clone(), config).unwrap();
+    node.join(room).await.unwrap();
+    node.dial(addr).await.unwrap();
+    let c = Peer { node, replica: offline, _dir: tempfile::tempdir().unwrap() };
+    until_all_show(&[&a, &b, &c], room, 3).await;
+    let shown = bodies(&c, room).await;
+    assert!(shown.contains(&"edited while away".to_owned()), "{shown:?}");
+    assert!(!shown.contains(&"to be deleted".to_owned()), "{shown:?}");
+    let sa = snapshot(&a, room).await;
+    assert_eq!(snapshot(&b, room).await, sa);
+    assert_eq!(snapshot(&c, room).await, sa);
+    c.replica.shutdown().await.unwrap();
+    thread.join();
+}
