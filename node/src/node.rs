@@ -45,6 +45,7 @@ enum Command {
     Publish(RoomId, Vec<u8>, oneshot::Sender<Result<()>>),
     Sync(PeerId, RoomId, oneshot::Sender<Result<SyncStats>>),
     Peers(oneshot::Sender<Vec<PeerId>>),
+    Score(PeerId, oneshot::Sender<Option<f64>>),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -103,6 +104,19 @@ pub struct Node {
 
 fn topic(room: &RoomId) -> IdentTopic {
     IdentTopic::new(format!("concord/room/{room}"))
+}
+
+/// Scoring of a room topic: invalid envelopes cost a peer dearly; the
+/// delivery-rate penalties stay off, since a quiet room is not a fault.
+fn topic_score() -> gossipsub::TopicScoreParams {
+    gossipsub::TopicScoreParams {
+        topic_weight: 1.0,
+        invalid_message_deliveries_weight: -100.0,
+        invalid_message_deliveries_decay: 0.9,
+        mesh_message_deliveries_weight: 0.0,
+        mesh_failure_penalty_weight: 0.0,
+        ..gossipsub::TopicScoreParams::default()
+    }
 }
 
 impl Node {
@@ -181,6 +195,12 @@ impl Node {
         self.ask(|tx| Command::Sync(peer, room, tx)).await?
     }
 
+    /// A peer's gossip score (negative once it sent envelopes the replica
+    /// rejected), if the peer is known.
+    pub async fn peer_score(&self, peer: PeerId) -> Result<Option<f64>> {
+        self.ask(|tx| Command::Score(peer, tx)).await
+    }
+
     /// Peers connected now.
     pub async fn peers(&self) -> Result<Vec<PeerId>> {
         self.ask(Command::Peers).await
@@ -209,11 +229,16 @@ fn build_swarm() -> Result<Swarm<Behaviour>> {
                 })
                 .build()
                 .map_err(|e| e.to_string())?;
+            let mut gossipsub =
+                gossipsub::Behaviour::new(MessageAuthenticity::Signed(key.clone()), gossip)?;
+            // Peer scoring, so that peers sending envelopes the replica
+            // rejects lose standing and, past the thresholds, are ignored.
+            gossipsub.with_peer_score(
+                gossipsub::PeerScoreParams::default(),
+                gossipsub::PeerScoreThresholds::default(),
+            )?;
             Ok(Behaviour {
-                gossipsub: gossipsub::Behaviour::new(
-                    MessageAuthenticity::Signed(key.clone()),
-                    gossip,
-                )?,
+                gossipsub,
                 sync: request_response::Behaviour::new(
                     [(SYNC_PROTOCOL, ProtocolSupport::Full)],
                     request_response::Config::default()
@@ -290,10 +315,9 @@ impl<S: Store + 'static> Actor<S> {
                     .send(self.swarm.dial(addr).map_err(|e| NodeError::Network(e.to_string())));
             }
             Command::Join(room, reply) => {
-                let result = self
-                    .swarm
-                    .behaviour_mut()
-                    .gossipsub
+                let gossip = &mut self.swarm.behaviour_mut().gossipsub;
+                let _ = gossip.set_topic_params(topic(&room), topic_score());
+                let result = gossip
                     .subscribe(&topic(&room))
                     .map(|_| ())
                     .map_err(|e| NodeError::Network(e.to_string()));
@@ -313,6 +337,9 @@ impl<S: Store + 'static> Actor<S> {
                 let _ = reply.send(result);
             }
             Command::Sync(peer, room, reply) => self.start_sync(peer, room, Some(reply)),
+            Command::Score(peer, reply) => {
+                let _ = reply.send(self.swarm.behaviour().gossipsub.peer_score(&peer));
+            }
             Command::Peers(reply) => {
                 let _ = reply.send(self.swarm.connected_peers().copied().collect());
             }
