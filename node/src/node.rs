@@ -218,6 +218,7 @@ fn build_swarm() -> Result<Swarm<Behaviour>> {
         .with_tokio()
         .with_tcp(tcp::Config::default(), noise::Config::new, yamux::Config::default)
         .map_err(|e| net(&e))?
+        .with_quic()
         .with_behaviour(|key| {
             let gossip = gossipsub::ConfigBuilder::default()
                 .validation_mode(ValidationMode::Strict)

@@ -255,3 +255,25 @@ async fn test_stopped_peer_restarts_and_converges_with_edits_and_deletes() {
     c.replica.shutdown().await.unwrap();
     thread.join();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_two_peers_converge_over_quic() {
+    let clock = Arc::new(ManualClock::new(EPOCH_MILLIS));
+    let config = NodeConfig::default().sync_interval(Duration::from_millis(300));
+    let a = peer_with(1, &clock, config.clone()).await;
+    let b = peer_with(2, &clock, config).await;
+    let room = a.replica.try_call(|r| r.create_room("quic")).await.unwrap();
+    let genesis = genesis_of(&a, room).await;
+    b.replica.try_call(move |r| r.join_room(&genesis)).await.unwrap();
+    for p in [&a, &b] {
+        p.node.join(room).await.unwrap();
+    }
+    let addr = a.node.listen("/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap()).await.unwrap();
+    assert!(addr.to_string().contains("quic-v1"), "{addr}");
+    b.node.dial(addr).await.unwrap();
+    post(&a, room, "over quic".into()).await;
+    clock.advance(100);
+    post(&b, room, "and back".into()).await;
+    until_all_show(&[&a, &b], room, 2).await;
+    assert_eq!(snapshot(&a, room).await, snapshot(&b, room).await);
+}
