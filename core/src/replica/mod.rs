@@ -1439,12 +1439,7 @@ impl<S: Store> Replica<S> {
         )? {
             let envelope =
                 Envelope::from_stored_bytes(&v).map_err(|e| corrupt(Tree::Envelopes, e))?;
-            let mut blobs = Vec::new();
-            for hash in envelope.blob_hashes() {
-                if let Some(b) = self.store.get(Tree::Blobs, &tables::blob_key(room, hash))? {
-                    blobs.push(b);
-                }
-            }
+            let blobs = self.blobs(room, envelope.blob_hashes())?;
             out.push(Delivery { envelope, blobs });
         }
         for (_, v) in self.store.scan(
