@@ -45,7 +45,7 @@ pub const MAX_DELIVERY_BYTES: usize = 4
 
 const SIGNATURE_LEN: usize = 64;
 
-fn check_header(
+pub(crate) fn check_header(
     r: &mut Reader<'_>,
     magic: &[u8; 4],
     what: &'static str,

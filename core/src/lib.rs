@@ -44,6 +44,7 @@ mod error;
 mod ids;
 mod keys;
 mod replica;
+mod signal;
 mod store;
 mod sync;
 mod view;
@@ -59,9 +60,10 @@ pub use error::{DecodeError, EnvelopeError, Error, Result, StoreError, SyncError
 pub use ids::{AuthorId, BlobHash, Cursor, Hlc, MessageId, RoomId, SortKey};
 pub use keys::{client_id, DeviceKey};
 pub use replica::{
-    Anchor, Applied, Draft, Op, Page, Replica, RoomInfo, RoomSnapshot, Sent, Subscription,
+    Anchor, Applied, DeliveryState, Draft, Op, Page, Replica, RoomInfo, RoomSnapshot, Sent, Subscription,
     TimelineListener, DEFAULT_DOC_CACHE, MAX_PAGE,
 };
+pub use signal::{Signal, SignalKind, SIGNAL_BYTES, SIGNAL_FRESH_MILLIS};
 pub use store::{
     KeyRange, MemoryStore, Order, SledStore, Store, Tree, WriteBatch, DEFAULT_SLED_CACHE_BYTES,
     SLED_LOCK_WAIT,

@@ -1,26 +1,41 @@
 //! # concord-node
 //!
-//! The networked side of Concord: the replica actor (the replica on its own
-//! thread, behind a cloneable async handle), room tickets (a room's genesis
-//! and peer addresses in one string), and the node (one actor owning the
-//! libp2p swarm: gossip per room, catch-up sync over request-response). It
-//! re-exports the core, so a desktop app can depend on this one crate. See
-//! `docs/architecture.md` for what is built and what comes next.
+//! The networked side of Concord, and the one crate a desktop app depends
+//! on: a [`Node`] opens a data directory, runs the replica on its own thread
+//! and one actor owning the libp2p swarm (gossip per room, catch-up sync over
+//! request-response, mDNS, relay client and DCUtR), and hands out [`Room`]
+//! handles to send, edit, delete, react, page and watch a room. Room tickets
+//! carry a room and the addresses to reach it in one string. The core is
+//! re-exported as [`core`]. See `docs/architecture.md`.
 #![deny(missing_docs)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+mod actor;
+mod behaviour;
+mod config;
 mod error;
+mod events;
 mod node;
 mod replica_actor;
+mod room;
 mod sync_codec;
 mod ticket;
 
+pub use actor::{NetStats, Presence};
 pub use concord_core as core;
+pub use concord_core::{
+    Anchor, AuthorId, Cursor, DeliveryState, Draft, Message, MessageId, RoomId, RoomInfo,
+    SignalKind, Subscription, TimelineDiff, TimelineListener,
+};
+pub use config::{NodeConfig, DEFAULT_SYNC_INTERVAL};
 pub use error::{NodeError, Result};
+pub use events::{NodeEvent, EVENT_QUEUE};
 pub use libp2p::PeerId;
 pub use multiaddr::Multiaddr;
-pub use node::{Node, NodeConfig, COMMAND_QUEUE, DEFAULT_SYNC_INTERVAL};
+pub use node::{Node, COMMAND_QUEUE};
 pub use replica_actor::{ReplicaHandle, ReplicaThread, REPLICA_QUEUE};
+pub use room::{Room, TimelineItem, TimelinePage};
+pub use sync_codec::{SyncCodec, SyncRequest, SyncResponse, SYNC_PROTOCOL};
 pub use ticket::{
     RoomTicket, TicketError, MAX_ADDRESS_BYTES, MAX_TICKET_ADDRESSES, MAX_TICKET_CHARS,
     TICKET_PREFIX,

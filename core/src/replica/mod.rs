@@ -26,12 +26,16 @@ use crate::store::tables::{self, META_DEVICE_KEY, META_HLC};
 use crate::store::{KeyRange, Order, Store, Tree, WriteBatch};
 use crate::view::{self, bucket_of, Message, MessageRender, Row, TimelineDiff, Tombstone};
 
+mod delivery;
 mod history;
+
+pub use delivery::DeliveryState;
 
 /// Key derivation contexts (blake3 `derive_key`), one per purpose.
 const CONTEXT_BLOB_NONCE: &str = "concord 2026 blob nonce v1";
 const CONTEXT_MESSAGE_ID: &str = "concord 2026 message id entropy v1";
 const CONTEXT_ROOM_NONCE: &str = "concord 2026 room genesis nonce v1";
+const CONTEXT_NETWORK_KEY: &str = "concord 2026 network identity v1";
 
 /// Largest page a query returns; larger requests are clamped.
 pub const MAX_PAGE: usize = 1000;
@@ -392,6 +396,13 @@ impl<S: Store> Replica<S> {
     /// This device's author id (its public key).
     pub fn author(&self) -> AuthorId {
         self.key.author()
+    }
+
+    /// A secret derived from the device key for the device's network
+    /// identity (its libp2p key), so the device keeps one peer id across
+    /// restarts without the signing key itself leaving the core.
+    pub fn network_secret(&self) -> [u8; 32] {
+        self.key.derive(CONTEXT_NETWORK_KEY, &[])
     }
 
     /// The underlying store.

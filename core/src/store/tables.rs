@@ -19,6 +19,7 @@
 //! | `reads-1` | room ‖ author ‖ bucket | sortkey the author marked read in that bucket |
 //! | `wanted-blobs-1` | room ‖ bucket ‖ blob hash | sortkey of the live message missing it ‖ kind u8 (0 body, 1 attachment) |
 //! | `windows-1` | room | oldest bucket u32 the replica holds (absent: all of them) |
+//! | `reached-1` | room | HLC u64: every own envelope stamped at or before it reached a peer or relay |
 
 use crate::ids::{AuthorId, BlobHash, MessageId, RoomId, SortKey};
 
@@ -53,11 +54,13 @@ pub enum Tree {
     /// Body text of live messages, in timeline order, so a page is two range
     /// scans instead of a range scan and one random read per message.
     Bodies,
+    /// Per room, the newest own stamp known to have reached another device.
+    Reached,
 }
 
 impl Tree {
     /// Every tree.
-    pub const ALL: [Tree; 13] = [
+    pub const ALL: [Tree; 14] = [
         Tree::Meta,
         Tree::Rooms,
         Tree::Docs,
@@ -71,6 +74,7 @@ impl Tree {
         Tree::WantedBlobs,
         Tree::Windows,
         Tree::Bodies,
+        Tree::Reached,
     ];
 
     /// The tree's name on disk, with its layout version.
@@ -89,6 +93,7 @@ impl Tree {
             Tree::WantedBlobs => "wanted-blobs-1",
             Tree::Windows => "windows-1",
             Tree::Bodies => "bodies-1",
+            Tree::Reached => "reached-1",
         }
     }
 

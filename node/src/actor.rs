@@ -1,0 +1,749 @@
+//! The swarm actor: the one task that owns the libp2p swarm. It takes
+//! commands from [`crate::Node`] handles over a bounded channel, and never
+//! waits for the replica: replica work runs as tasks against the
+//! [`ReplicaHandle`], and their outcomes come back on an internal bounded
+//! channel.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use concord_core::{
+    AuthorId, Clock, Delivery, Hlc, Replica, RoomId, Signal, SignalKind, Store, SyncSession,
+    SyncStats,
+};
+use futures::StreamExt;
+use libp2p::core::transport::ListenerId;
+use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance, PublishError};
+use libp2p::multiaddr::Protocol;
+use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
+use libp2p::swarm::dial_opts::DialOpts;
+use libp2p::swarm::SwarmEvent;
+use libp2p::{mdns, Multiaddr, PeerId, Swarm};
+use prometheus_client::registry::Registry;
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use crate::behaviour::{topic_score, Behaviour, BehaviourEvent};
+use crate::config::NodeConfig;
+use crate::error::{NodeError, Result};
+use crate::events::NodeEvent;
+use crate::replica_actor::ReplicaHandle;
+use crate::sync_codec::{SyncRequest, SyncResponse};
+
+/// Replica outcomes waiting for the swarm actor (validations, sync steps).
+const INTERNAL_QUEUE: usize = 256;
+/// How long a typing signal shows without a newer one.
+pub(crate) const TYPING_SHOWS: Duration = Duration::from_secs(6);
+
+/// Commands from the handles.
+pub(crate) enum Command {
+    Listen(Multiaddr, oneshot::Sender<Result<Multiaddr>>),
+    Dial(Multiaddr, oneshot::Sender<Result<()>>),
+    Join(RoomId, oneshot::Sender<Result<()>>),
+    /// Gossips envelope bytes; answers whether any peer was sent them.
+    Publish(RoomId, Vec<u8>, oneshot::Sender<Result<bool>>),
+    Signal(RoomId, Vec<u8>, oneshot::Sender<Result<bool>>),
+    Sync(PeerId, RoomId, oneshot::Sender<Result<SyncStats>>),
+    Peers(oneshot::Sender<Vec<PeerId>>),
+    Addresses(oneshot::Sender<Vec<Multiaddr>>),
+    Score(PeerId, oneshot::Sender<Option<f64>>),
+    Strikes(PeerId, oneshot::Sender<u32>),
+    Block(PeerId, bool, oneshot::Sender<()>),
+    Presence(RoomId, oneshot::Sender<Vec<Presence>>),
+    Stats(oneshot::Sender<NetStats>),
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// What another member's device last said about itself in a room.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Presence {
+    /// The member.
+    pub author: AuthorId,
+    /// An "online" signal arrived within three presence periods, and no
+    /// "offline" after it.
+    pub online: bool,
+    /// A typing signal arrived within the last few seconds, and no "stopped"
+    /// after it.
+    pub typing: bool,
+}
+
+/// Counters of a node's network traffic since it started.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct NetStats {
+    /// Bytes written to every connection (after encryption and muxing).
+    pub bytes_sent: u64,
+    /// Bytes read from every connection.
+    pub bytes_received: u64,
+    /// Gossip messages received, duplicates included.
+    pub gossip_received: u64,
+    /// Gossip messages received that were already seen.
+    pub gossip_duplicates: u64,
+    /// Peers connected now.
+    pub peers: u64,
+}
+
+/// What a replica task reports back to the actor.
+enum Internal {
+    Validated(gossipsub::MessageId, PeerId, MessageAcceptance),
+    Outbound(Outbound, Vec<Vec<u8>>),
+    Inbound(PeerId, u64, SyncSession, Vec<Vec<u8>>, ResponseChannel<SyncResponse>, bool),
+    Failed(Outbound, NodeError),
+    /// A catch-up ended before it had a session.
+    Ended(PeerId, RoomId),
+    Delivered(RoomId, Hlc),
+    Confirm(RoomId),
+    PublishSignal(RoomId, Vec<u8>),
+    Unban(PeerId),
+}
+
+/// An initiated catch-up, between flights.
+struct Outbound {
+    peer: PeerId,
+    room: RoomId,
+    session_id: u64,
+    session: SyncSession,
+    /// The newest stamp when the session began: once it ends, every own
+    /// envelope up to here is held by the peer.
+    watermark: Hlc,
+    reply: Option<oneshot::Sender<Result<SyncStats>>>,
+}
+
+pub(crate) fn room_topic(room: &RoomId) -> IdentTopic {
+    IdentTopic::new(format!("concord/room/{room}"))
+}
+
+pub(crate) fn signal_topic(room: &RoomId) -> IdentTopic {
+    IdentTopic::new(format!("concord/signal/{room}"))
+}
+
+pub(crate) struct Actor<S: Store> {
+    pub(crate) swarm: Swarm<Behaviour>,
+    pub(crate) replica: ReplicaHandle<S>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) inbox: mpsc::Receiver<Command>,
+    pub(crate) events: broadcast::Sender<NodeEvent>,
+    pub(crate) metrics: Registry,
+    pub(crate) config: NodeConfig,
+    pub(crate) rooms: Vec<RoomId>,
+}
+
+struct State<S: Store> {
+    swarm: Swarm<Behaviour>,
+    replica: ReplicaHandle<S>,
+    clock: Arc<dyn Clock>,
+    events: broadcast::Sender<NodeEvent>,
+    metrics: Registry,
+    config: NodeConfig,
+    internal_tx: mpsc::Sender<Internal>,
+    rooms: HashSet<RoomId>,
+    outbound: HashMap<OutboundRequestId, Outbound>,
+    inbound: HashMap<(PeerId, u64), SyncSession>,
+    next_session: u64,
+    /// Listen requests waiting for their bound address.
+    pending_listen: HashMap<ListenerId, oneshot::Sender<Result<Multiaddr>>>,
+    /// Catch-ups running, so that a period does not stack a second one.
+    syncing: HashSet<(PeerId, RoomId)>,
+    /// Rooms with a confirming catch-up scheduled.
+    confirming: HashSet<RoomId>,
+    /// Bad sync requests per peer.
+    strikes: HashMap<PeerId, u32>,
+    /// Last signal per member and room, with when it arrived.
+    signals: HashMap<(RoomId, AuthorId), (SignalKind, Instant)>,
+    /// Peers found by mDNS, announced once.
+    discovered: HashSet<PeerId>,
+}
+
+impl<S: Store + 'static> Actor<S> {
+    pub(crate) async fn run(self) {
+        let Actor { swarm, replica, clock, mut inbox, events, metrics, config, rooms } = self;
+        let (internal_tx, mut internal) = mpsc::channel(INTERNAL_QUEUE);
+        let mut sync_period = tokio::time::interval(config.sync_interval);
+        sync_period.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut presence_period = tokio::time::interval(config.presence_interval);
+        presence_period.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut state = State {
+            swarm,
+            replica,
+            clock,
+            events,
+            metrics,
+            config,
+            internal_tx,
+            rooms: HashSet::new(),
+            outbound: HashMap::new(),
+            inbound: HashMap::new(),
+            next_session: 0,
+            pending_listen: HashMap::new(),
+            syncing: HashSet::new(),
+            confirming: HashSet::new(),
+            strikes: HashMap::new(),
+            signals: HashMap::new(),
+            discovered: HashSet::new(),
+        };
+        for room in rooms {
+            if let Err(e) = state.join(room) {
+                tracing::warn!(%room, error = %e, "cannot subscribe to a stored room");
+            }
+        }
+        loop {
+            tokio::select! {
+                biased;
+                command = inbox.recv() => match command {
+                    Some(Command::Shutdown(done)) => {
+                        let _ = done.send(());
+                        return;
+                    }
+                    Some(command) => state.command(command),
+                    None => return,
+                },
+                Some(message) = internal.recv() => state.internal(message),
+                event = state.swarm.select_next_some() => state.event(event),
+                _ = sync_period.tick() => state.sync_everyone(),
+                _ = presence_period.tick() => state.announce(SignalKind::Online),
+            }
+        }
+    }
+}
+
+impl<S: Store + 'static> State<S> {
+    fn emit(&self, event: NodeEvent) {
+        // No receiver is fine: events are for whoever listens.
+        let _ = self.events.send(event);
+    }
+
+    fn join(&mut self, room: RoomId) -> Result<()> {
+        let gossip = &mut self.swarm.behaviour_mut().gossipsub;
+        let _ = gossip.set_topic_params(room_topic(&room), topic_score());
+        let _ = gossip.set_topic_params(signal_topic(&room), topic_score());
+        let net = |e: gossipsub::SubscriptionError| NodeError::Network(e.to_string());
+        gossip.subscribe(&room_topic(&room)).map_err(net)?;
+        gossip.subscribe(&signal_topic(&room)).map_err(net)?;
+        self.rooms.insert(room);
+        Ok(())
+    }
+
+    fn publish(&mut self, topic: IdentTopic, bytes: Vec<u8>) -> Result<bool> {
+        match self.swarm.behaviour_mut().gossipsub.publish(topic, bytes) {
+            Ok(_) => Ok(true),
+            // Nobody to send to (offline): the change is durable and goes
+            // out by catch-up when a peer is reachable.
+            Err(PublishError::NoPeersSubscribedToTopic | PublishError::Duplicate) => Ok(false),
+            Err(e) => Err(NodeError::Network(e.to_string())),
+        }
+    }
+
+    fn command(&mut self, command: Command) {
+        match command {
+            Command::Listen(addr, reply) => match self.swarm.listen_on(addr) {
+                // The bound address arrives as an event; answer with it then.
+                Ok(id) => {
+                    self.pending_listen.insert(id, reply);
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(NodeError::Network(e.to_string())));
+                }
+            },
+            Command::Dial(addr, reply) => {
+                let _ = reply
+                    .send(self.swarm.dial(addr).map_err(|e| NodeError::Network(e.to_string())));
+            }
+            Command::Join(room, reply) => {
+                let _ = reply.send(self.join(room));
+            }
+            Command::Publish(room, bytes, reply) => {
+                let result = self.publish(room_topic(&room), bytes);
+                if let Ok(true) = result {
+                    self.schedule_confirm(room);
+                }
+                let _ = reply.send(result);
+            }
+            Command::Signal(room, bytes, reply) => {
+                let _ = reply.send(self.publish(signal_topic(&room), bytes));
+            }
+            Command::Sync(peer, room, reply) => self.start_sync(peer, room, Some(reply)),
+            Command::Score(peer, reply) => {
+                let _ = reply.send(self.swarm.behaviour().gossipsub.peer_score(&peer));
+            }
+            Command::Strikes(peer, reply) => {
+                let _ = reply.send(self.strikes.get(&peer).copied().unwrap_or(0));
+            }
+            Command::Block(peer, on, reply) => {
+                let blocked = &mut self.swarm.behaviour_mut().blocked;
+                if on {
+                    blocked.block_peer(peer);
+                } else {
+                    blocked.unblock_peer(peer);
+                }
+                let _ = reply.send(());
+            }
+            Command::Peers(reply) => {
+                let _ = reply.send(self.swarm.connected_peers().copied().collect());
+            }
+            Command::Addresses(reply) => {
+                let me = *self.swarm.local_peer_id();
+                let mut out: Vec<Multiaddr> = self
+                    .swarm
+                    .listeners()
+                    .chain(self.swarm.external_addresses())
+                    .map(|a| with_peer(a.clone(), me))
+                    .collect();
+                out.dedup();
+                let _ = reply.send(out);
+            }
+            Command::Presence(room, reply) => {
+                let _ = reply.send(self.presence(&room));
+            }
+            Command::Stats(reply) => {
+                let _ = reply.send(self.stats());
+            }
+            Command::Shutdown(_) => {}
+        }
+    }
+
+    fn presence(&self, room: &RoomId) -> Vec<Presence> {
+        let online_for = self.config.presence_interval * 3;
+        let mut out: Vec<Presence> = self
+            .signals
+            .iter()
+            .filter(|((r, _), _)| r == room)
+            .map(|((_, author), (kind, at))| {
+                let age = at.elapsed();
+                Presence {
+                    author: *author,
+                    online: *kind != SignalKind::Offline && age < online_for,
+                    typing: *kind == SignalKind::Typing && age < TYPING_SHOWS,
+                }
+            })
+            .collect();
+        out.sort_by_key(|p| p.author);
+        out
+    }
+
+    fn stats(&self) -> NetStats {
+        let mut text = String::new();
+        if prometheus_client::encoding::text::encode(&mut text, &self.metrics).is_err() {
+            return NetStats::default();
+        }
+        let mut stats =
+            NetStats { peers: self.swarm.connected_peers().count() as u64, ..NetStats::default() };
+        let mut unique = 0u64;
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let Some((name, value)) = line.rsplit_once(' ') else { continue };
+            let Ok(value) = value.parse::<f64>() else { continue };
+            let value = value as u64;
+            if name.starts_with("libp2p_bandwidth_bytes_total") {
+                if name.contains("direction=\"Outbound\"") {
+                    stats.bytes_sent += value;
+                } else if name.contains("direction=\"Inbound\"") {
+                    stats.bytes_received += value;
+                }
+            } else if name.starts_with("concord_gossip_topic_msg_recv_counts_unfiltered_total") {
+                stats.gossip_received += value;
+            } else if name.starts_with("concord_gossip_topic_msg_recv_counts_total") {
+                unique += value;
+            }
+        }
+        stats.gossip_duplicates = stats.gossip_received.saturating_sub(unique);
+        stats
+    }
+
+    /// Runs a replica job off the actor and reports its outcome on the
+    /// internal channel.
+    fn spawn_job<T, F>(
+        &self,
+        job: F,
+        report: impl FnOnce(Result<T>) -> Option<Internal> + Send + 'static,
+    ) where
+        T: Send + 'static,
+        F: FnOnce(&mut Replica<S>) -> T + Send + 'static,
+    {
+        let replica = self.replica.clone();
+        let internal = self.internal_tx.clone();
+        tokio::spawn(async move {
+            if let Some(message) = report(replica.call(job).await) {
+                let _ = internal.send(message).await;
+            }
+        });
+    }
+
+    /// Sends `message` to the actor itself after `delay`.
+    fn later(&self, delay: Duration, message: Internal) {
+        let internal = self.internal_tx.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let _ = internal.send(message).await;
+        });
+    }
+
+    /// Signs and gossips `kind` in every joined room.
+    fn announce(&mut self, kind: SignalKind) {
+        for room in self.rooms.clone() {
+            self.spawn_job(
+                move |r| r.signal(&room, kind),
+                move |signed| Some(Internal::PublishSignal(room, signed.ok()?.ok()?)),
+            );
+        }
+    }
+
+    /// A gossiped message went out: confirm it by catch-up shortly, once per
+    /// burst.
+    fn schedule_confirm(&mut self, room: RoomId) {
+        if self.confirming.insert(room) {
+            self.later(self.config.confirm_delay, Internal::Confirm(room));
+        }
+    }
+
+    /// Catch-up with every connected peer about every joined room.
+    fn sync_everyone(&mut self) {
+        let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+        for peer in peers {
+            self.sync_peer(peer);
+        }
+    }
+
+    /// Catch-up with one peer about every joined room not already syncing.
+    fn sync_peer(&mut self, peer: PeerId) {
+        let rooms: Vec<RoomId> = self.rooms.iter().copied().collect();
+        for room in rooms {
+            if self.syncing.insert((peer, room)) {
+                self.start_sync(peer, room, None);
+            }
+        }
+    }
+
+    fn start_sync(
+        &mut self,
+        peer: PeerId,
+        room: RoomId,
+        reply: Option<oneshot::Sender<Result<SyncStats>>>,
+    ) {
+        let session_id = self.next_session;
+        self.next_session += 1;
+        let now = self.clock.now_millis();
+        self.spawn_job(
+            move |r| SyncSession::initiate(r, &room, now).map(|s| (s, r.last_stamp())),
+            move |result| {
+                let ((session, messages), watermark) =
+                    match result.and_then(|r| r.map_err(|e| NodeError::Sync(e.to_string()))) {
+                        Ok(started) => started,
+                        Err(e) => {
+                            if let Some(reply) = reply {
+                                let _ = reply.send(Err(e));
+                            }
+                            return Some(Internal::Ended(peer, room));
+                        }
+                    };
+                Some(Internal::Outbound(
+                    Outbound { peer, room, session_id, session, watermark, reply },
+                    messages,
+                ))
+            },
+        );
+    }
+
+    fn internal(&mut self, internal: Internal) {
+        match internal {
+            Internal::Validated(id, source, acceptance) => {
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .report_message_validation_result(&id, &source, acceptance);
+            }
+            Internal::Outbound(out, messages) => {
+                if messages.is_empty() || out.session.is_done() {
+                    self.finish_sync(out);
+                    return;
+                }
+                let request = SyncRequest { session: out.session_id, room: out.room, messages };
+                let id = self.swarm.behaviour_mut().sync.send_request(&out.peer, request);
+                self.outbound.insert(id, out);
+            }
+            Internal::Inbound(peer, session_id, session, messages, channel, bad) => {
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .sync
+                    .send_response(channel, SyncResponse { messages });
+                if bad {
+                    self.strike(peer);
+                } else if !session.is_done() && !session.is_failed() {
+                    self.inbound.insert((peer, session_id), session);
+                }
+            }
+            Internal::Ended(peer, room) => {
+                self.syncing.remove(&(peer, room));
+            }
+            Internal::Failed(mut out, e) => {
+                self.syncing.remove(&(out.peer, out.room));
+                self.emit(NodeEvent::SyncFailed {
+                    peer: out.peer,
+                    room: out.room,
+                    error: e.to_string(),
+                });
+                if matches!(e, NodeError::Sync(_)) {
+                    self.strike(out.peer);
+                }
+                if let Some(reply) = out.reply.take() {
+                    let _ = reply.send(Err(e));
+                }
+            }
+            Internal::Delivered(room, upto) => self.emit(NodeEvent::Delivered { room, upto }),
+            Internal::Confirm(room) => {
+                self.confirming.remove(&room);
+                let topic = room_topic(&room).hash();
+                let gossip = &self.swarm.behaviour().gossipsub;
+                let peer = gossip.mesh_peers(&topic).next().copied().or_else(|| {
+                    gossip.all_peers().find(|(_, t)| t.contains(&&topic)).map(|(p, _)| *p)
+                });
+                match peer {
+                    Some(peer) if self.syncing.insert((peer, room)) => {
+                        self.start_sync(peer, room, None)
+                    }
+                    // A catch-up with that peer is running; it may have
+                    // begun before the message. Confirm again after it.
+                    Some(_) => self.schedule_confirm(room),
+                    // Nobody to confirm with now: the next connection's
+                    // catch-up does it.
+                    None => {}
+                }
+            }
+            Internal::PublishSignal(room, bytes) => {
+                let _ = self.publish(signal_topic(&room), bytes);
+            }
+            Internal::Unban(peer) => {
+                self.strikes.remove(&peer);
+                self.swarm.behaviour_mut().blocked.unblock_peer(peer);
+            }
+        }
+    }
+
+    fn finish_sync(&mut self, mut out: Outbound) {
+        self.syncing.remove(&(out.peer, out.room));
+        let stats = *out.session.stats();
+        if let Some(reply) = out.reply.take() {
+            let _ = reply.send(Ok(stats));
+        }
+        self.emit(NodeEvent::Synced { peer: out.peer, room: out.room, stats });
+        let (room, watermark) = (out.room, out.watermark);
+        self.spawn_job(
+            move |r| r.mark_reached(&room, watermark),
+            move |moved| match moved {
+                Ok(Ok(true)) => Some(Internal::Delivered(room, watermark)),
+                _ => None,
+            },
+        );
+    }
+
+    /// Counts a bad sync request; past the limit the peer is disconnected
+    /// and banned for a while.
+    fn strike(&mut self, peer: PeerId) {
+        let strikes = self.strikes.entry(peer).or_insert(0);
+        *strikes += 1;
+        tracing::debug!(%peer, strikes = *strikes, "bad sync request");
+        if *strikes == self.config.max_sync_strikes {
+            tracing::warn!(%peer, "banning a peer that misbehaved over sync");
+            self.swarm.behaviour_mut().blocked.block_peer(peer);
+            self.emit(NodeEvent::Banned(peer));
+            self.later(self.config.ban_time, Internal::Unban(peer));
+        }
+    }
+
+    fn event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            // A new peer: catch up with it about every joined room.
+            SwarmEvent::ConnectionEstablished { peer_id, num_established, .. }
+                if num_established.get() == 1 =>
+            {
+                self.emit(NodeEvent::PeerConnected(peer_id));
+                self.sync_peer(peer_id);
+            }
+            SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
+                self.emit(NodeEvent::PeerLost(peer_id));
+            }
+            SwarmEvent::NewListenAddr { listener_id, address } => {
+                if let Some(reply) = self.pending_listen.remove(&listener_id) {
+                    let _ = reply.send(Ok(address));
+                }
+            }
+            SwarmEvent::ListenerError { listener_id, error }
+            | SwarmEvent::ListenerClosed { listener_id, reason: Err(error), .. } => {
+                if let Some(reply) = self.pending_listen.remove(&listener_id) {
+                    let _ = reply.send(Err(NodeError::Network(error.to_string())));
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
+                for (peer, addr) in found {
+                    if self.swarm.is_connected(&peer) {
+                        continue;
+                    }
+                    if self.discovered.insert(peer) {
+                        self.emit(NodeEvent::Discovered(peer));
+                    }
+                    let opts = DialOpts::peer_id(peer).addresses(vec![addr]).build();
+                    if let Err(e) = self.swarm.dial(opts) {
+                        tracing::debug!(%peer, error = %e, "cannot dial a discovered peer");
+                    }
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message {
+                propagation_source,
+                message_id,
+                message,
+            })) => self.gossip(propagation_source, message_id, message),
+            SwarmEvent::Behaviour(BehaviourEvent::Sync(request_response::Event::Message {
+                peer,
+                message,
+                ..
+            })) => match message {
+                request_response::Message::Request { request, channel, .. } => {
+                    self.serve_sync(peer, request, channel)
+                }
+                request_response::Message::Response { request_id, response } => {
+                    if let Some(out) = self.outbound.remove(&request_id) {
+                        self.continue_sync(out, response);
+                    }
+                }
+            },
+            SwarmEvent::Behaviour(BehaviourEvent::Sync(
+                request_response::Event::OutboundFailure { request_id, error, .. },
+            )) => {
+                if let Some(mut out) = self.outbound.remove(&request_id) {
+                    self.syncing.remove(&(out.peer, out.room));
+                    self.emit(NodeEvent::SyncFailed {
+                        peer: out.peer,
+                        room: out.room,
+                        error: error.to_string(),
+                    });
+                    if let Some(reply) = out.reply.take() {
+                        let _ = reply.send(Err(NodeError::Network(error.to_string())));
+                    }
+                }
+            }
+            // A request that could not be read (malformed or oversized
+            // frames) is the sender's fault.
+            SwarmEvent::Behaviour(BehaviourEvent::Sync(
+                request_response::Event::InboundFailure {
+                    peer,
+                    error: request_response::InboundFailure::Io(_),
+                    ..
+                },
+            )) => self.strike(peer),
+            _ => {}
+        }
+    }
+
+    /// Validates a gossiped message. Envelopes are validated by applying
+    /// them: accepted (and forwarded) only if the replica accepts them,
+    /// rejected (scored down) if invalid. Signals are verified here and
+    /// never stored.
+    fn gossip(&mut self, source: PeerId, id: gossipsub::MessageId, message: gossipsub::Message) {
+        let is_signal = self.rooms.iter().find(|r| signal_topic(r).hash() == message.topic);
+        if let Some(room) = is_signal.copied() {
+            let acceptance = match Signal::verify(&message.data, self.clock.now_millis()) {
+                Ok(signal) if signal.room == room => {
+                    self.signals.insert((room, signal.author), (signal.kind, Instant::now()));
+                    self.emit(NodeEvent::Signal { room, author: signal.author, kind: signal.kind });
+                    MessageAcceptance::Accept
+                }
+                _ => MessageAcceptance::Reject,
+            };
+            self.internal(Internal::Validated(id, source, acceptance));
+            return;
+        }
+        let rooms = self.rooms.clone();
+        self.spawn_job(
+            move |r| {
+                let Ok(delivery) = Delivery::from_bytes(&message.data) else {
+                    return MessageAcceptance::Reject;
+                };
+                let room = delivery.envelope.room();
+                if !rooms.contains(&room) || message.topic != room_topic(&room).hash() {
+                    return MessageAcceptance::Reject;
+                }
+                match r.apply(&room, vec![delivery]).map(|mut v| v.pop()) {
+                    Ok(Some(Ok(_))) => MessageAcceptance::Accept,
+                    Ok(Some(Err(_))) => MessageAcceptance::Reject,
+                    // A store failure is ours, not the sender's fault.
+                    _ => MessageAcceptance::Ignore,
+                }
+            },
+            move |result| {
+                let acceptance = result.unwrap_or(MessageAcceptance::Ignore);
+                Some(Internal::Validated(id, source, acceptance))
+            },
+        );
+    }
+
+    fn serve_sync(
+        &mut self,
+        peer: PeerId,
+        request: SyncRequest,
+        channel: ResponseChannel<SyncResponse>,
+    ) {
+        let session = self.inbound.remove(&(peer, request.session));
+        let now = self.clock.now_millis();
+        let room = request.room;
+        let session_id = request.session;
+        self.spawn_job(
+            move |r| {
+                let mut session = session.unwrap_or_else(|| SyncSession::respond(r, &room, now));
+                let mut out = Vec::new();
+                for m in &request.messages {
+                    match session.handle(r, m, now) {
+                        Ok(replies) => out.extend(replies),
+                        Err(_) => return (session, Vec::new(), true),
+                    }
+                }
+                (session, out, false)
+            },
+            move |result| {
+                let (session, out, bad) = result.ok()?;
+                Some(Internal::Inbound(peer, session_id, session, out, channel, bad))
+            },
+        );
+    }
+
+    fn continue_sync(&mut self, out: Outbound, response: SyncResponse) {
+        let now = self.clock.now_millis();
+        let Outbound { peer, room, session_id, mut session, watermark, reply } = out;
+        self.spawn_job(
+            move |r| {
+                let mut next = Vec::new();
+                for m in &response.messages {
+                    match session.handle(r, m, now) {
+                        Ok(replies) => next.extend(replies),
+                        Err(e) => return (session, Err(NodeError::Sync(e.to_string()))),
+                    }
+                }
+                (session, Ok(next))
+            },
+            move |result| {
+                let (session, next) = match result {
+                    Ok(stepped) => stepped,
+                    Err(e) => {
+                        if let Some(reply) = reply {
+                            let _ = reply.send(Err(e));
+                        }
+                        return Some(Internal::Ended(peer, room));
+                    }
+                };
+                let out = Outbound { peer, room, session_id, session, watermark, reply };
+                Some(match next {
+                    Ok(next) => Internal::Outbound(out, next),
+                    Err(e) => Internal::Failed(out, e),
+                })
+            },
+        );
+    }
+}
+
+/// `addr` ending in `/p2p/<peer>`, so that a dialer checks who answers.
+pub(crate) fn with_peer(addr: Multiaddr, peer: PeerId) -> Multiaddr {
+    if matches!(addr.iter().last(), Some(Protocol::P2p(_))) {
+        addr
+    } else {
+        addr.with(Protocol::P2p(peer))
+    }
+}
