@@ -7,6 +7,7 @@ mod common;
 use std::sync::Arc;
 
 use concord_core::{
+    DeliveryState,
     Anchor, Applied, Cursor, Delivery, Draft, Error, ManualClock, MemoryStore, Replica, RoomId,
     SledStore, Store, StoreError, TimelineDiff, Tree, WriteBatch,
 };
@@ -276,4 +277,63 @@ fn test_sled_open_on_a_file_path_is_typed_error() {
     let path = dir.path().join("not-a-dir");
     std::fs::write(&path, b"plain file").unwrap();
     assert!(matches!(SledStore::open(&path), Err(StoreError::Open(_))));
+}
+
+#[test]
+fn test_delivery_states_follow_the_reached_watermark_and_read_markers() {
+    let clock = Arc::new(ManualClock::new(1_750_000_000_000));
+    let dir = tempfile::tempdir().unwrap();
+    let mut alice = Replica::open_with_seed(
+        concord_core::SledStore::open(dir.path()).unwrap(),
+        clock.clone(),
+        [1; 32],
+    )
+    .unwrap();
+    let mut bob = common::memory_replica(2, &clock);
+    let carol = common::memory_replica(3, &clock);
+    let room = alice.create_room("states").unwrap();
+    bob.join_room(alice.genesis(&room).unwrap().as_bytes()).unwrap();
+    let first = alice.post(&room, Draft::text("first")).unwrap();
+    let states = |r: &Replica<concord_core::SledStore>| {
+        let messages = r.snapshot(&room).unwrap().messages;
+        r.delivery_states(&room, &messages).unwrap()
+    };
+    assert_eq!(states(&alice), vec![Some(DeliveryState::Saved)]);
+    assert_eq!(alice.reached(&room).unwrap(), None);
+
+    // A catch-up that began now and finished proves everything so far.
+    let watermark = alice.last_stamp();
+    clock.advance(10);
+    let second = alice.post(&room, Draft::text("after the watermark")).unwrap();
+    assert!(alice.mark_reached(&room, watermark).unwrap());
+    assert!(!alice.mark_reached(&room, watermark).unwrap(), "the watermark only moves forward");
+    assert_eq!(
+        states(&alice),
+        vec![Some(DeliveryState::Reached), Some(DeliveryState::Saved)]
+    );
+
+    // Bob's message carries no state on Alice's side; his read marker on
+    // the second message makes both "seen by 1".
+    bob.apply(&room, vec![first.delivery.clone(), second.delivery.clone()]).unwrap();
+    clock.advance(10);
+    let by_bob = bob.post(&room, Draft::text("bob's")).unwrap();
+    clock.advance(10);
+    let read = bob.mark_read(&room, &second.id).unwrap();
+    alice.apply(&room, vec![by_bob.delivery, read.delivery]).unwrap();
+    assert_eq!(
+        states(&alice),
+        vec![Some(DeliveryState::SeenBy(1)), Some(DeliveryState::SeenBy(1)), None]
+    );
+    // Alice's own read marker does not count as seen.
+    alice.mark_read(&room, &second.id).unwrap();
+    assert_eq!(states(&alice)[1], Some(DeliveryState::SeenBy(1)));
+    // An unknown room is an error, not a default.
+    let stranger = concord_core::RoomId::from_bytes([9; 32]);
+    assert!(carol.reached(&stranger).is_err());
+
+    // The watermark is durable.
+    drop(alice);
+    let alice = Replica::open(concord_core::SledStore::open(dir.path()).unwrap(), clock.clone())
+        .unwrap();
+    assert_eq!(alice.reached(&room).unwrap(), Some(watermark));
 }

@@ -15,8 +15,8 @@ use std::sync::Arc;
 
 use concord_core::{
     Applied, Clock, Cursor, DecodeError, Delivery, Draft, Envelope, EnvelopeError, Error, Flight,
-    Genesis, ManualClock, MemoryStore, MessageId, RawDelivery, Replica, RoomId, Sent, SyncError,
-    SyncMessage, SyncSession, MAX_BLOB_BYTES, MAX_DELIVERY_BYTES, MAX_ENVELOPE_BYTES,
+    Genesis, ManualClock, MemoryStore, MessageId, RawDelivery, Replica, RoomId, Sent, Signal,
+    SignalKind, SyncError, SyncMessage, SyncSession, MAX_BLOB_BYTES, SIGNAL_BYTES, SIGNAL_FRESH_MILLIS, MAX_DELIVERY_BYTES, MAX_ENVELOPE_BYTES,
     MAX_UPDATE_BYTES,
 };
 use proptest::collection::vec;
@@ -1040,4 +1040,74 @@ fn test_sync_protocol_violations_are_typed_errors() {
         Err(SyncError::Replica(Error::UnknownRoom(_)))
     ));
     assert_eq!(common::dump(w.bob.store()), before, "a refused message changed the store");
+}
+
+// ----- ephemeral signals ---------------------------------------------------------
+
+#[test]
+fn test_signals_verify_and_refuse_forged_stale_truncated_and_oversized() {
+    let clock = Arc::new(ManualClock::new(1_750_000_000_000));
+    let mut alice = common::memory_replica(1, &clock);
+    let room = alice.create_room("signals").unwrap();
+    let now = clock.now_millis();
+    let signed = alice.signal(&room, SignalKind::Typing).unwrap();
+    assert_eq!(signed.len(), SIGNAL_BYTES);
+    let signal = Signal::verify(&signed, now).unwrap();
+    assert_eq!((signal.room, signal.author, signal.kind), (room, alice.author(), SignalKind::Typing));
+    // Stale (a replay after the freshness window) and from the future.
+    assert!(Signal::verify(&signed, now + SIGNAL_FRESH_MILLIS + 1).is_err());
+    assert!(Signal::verify(&signed, now - SIGNAL_FRESH_MILLIS - 1).is_err());
+    assert!(Signal::verify(&signed, now + SIGNAL_FRESH_MILLIS).is_ok());
+    // Truncated and oversized.
+    for cut in 0..signed.len() {
+        assert!(matches!(
+            Signal::verify(&signed[..cut], now),
+            Err(EnvelopeError::Decode(DecodeError::Truncated { .. }))
+        ));
+    }
+    let mut long = signed.clone();
+    long.push(0);
+    assert!(matches!(
+        Signal::verify(&long, now),
+        Err(EnvelopeError::Decode(DecodeError::TooLarge { .. }))
+    ));
+    // Every single-bit flip is refused: no field is outside the signature.
+    for i in 0..signed.len() * 8 {
+        let mut forged = signed.clone();
+        forged[i / 8] ^= 1 << (i % 8);
+        assert!(Signal::verify(&forged, now).is_err(), "bit {i} flipped was accepted");
+    }
+    // A signal is not an envelope and an envelope is not a signal.
+    assert!(Envelope::from_bytes(&signed).is_err());
+    let post = alice.post(&room, Draft::text("hi")).unwrap();
+    assert!(Signal::verify(&post.delivery.envelope.as_bytes(), now).is_err());
+    // Signing for a room the replica does not hold is refused.
+    let stranger = RoomId::from_bytes([7; 32]);
+    assert!(matches!(alice.signal(&stranger, SignalKind::Online), Err(Error::UnknownRoom(_))));
+}
+
+#[test]
+fn test_random_signal_mutations_are_refused() {
+    let clock = Arc::new(ManualClock::new(1_750_000_000_000));
+    let mut alice = common::memory_replica(1, &clock);
+    let room = alice.create_room("signals").unwrap();
+    let now = clock.now_millis();
+    let signed = alice.signal(&room, SignalKind::Online).unwrap();
+    check(
+        "test_random_signal_mutations_are_refused",
+        10_000,
+        false,
+        (vec((0..SIGNAL_BYTES, any::<u8>()), 1..8), hostile_bytes()),
+        |(edits, noise)| {
+            let mut forged = signed.clone();
+            for (at, byte) in edits {
+                forged[at] = byte;
+            }
+            if forged != signed {
+                prop_assert!(Signal::verify(&forged, now).is_err());
+            }
+            prop_assert!(Signal::verify(&noise, now).is_err());
+            Ok(())
+        },
+    );
 }

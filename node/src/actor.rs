@@ -456,7 +456,8 @@ impl<S: Store + 'static> State<S> {
                     self.finish_sync(out);
                     return;
                 }
-                let request = SyncRequest { session: out.session_id, room: out.room, messages };
+                let request =
+                    SyncRequest { session: out.session_id, room: out.room, messages, refused: None };
                 let id = self.swarm.behaviour_mut().sync.send_request(&out.peer, request);
                 self.outbound.insert(id, out);
             }
@@ -563,6 +564,11 @@ impl<S: Store + 'static> State<S> {
                 self.emit(NodeEvent::PeerLost(peer_id));
             }
             SwarmEvent::NewListenAddr { listener_id, address } => {
+                // A relay runs where it can be reached: what it listens on
+                // is what it offers reserving peers.
+                if self.config.relay_server && !is_circuit(&address) {
+                    self.swarm.add_external_address(address.clone());
+                }
                 if let Some(reply) = self.pending_listen.remove(&listener_id) {
                     let _ = reply.send(Ok(address));
                 }
@@ -682,6 +688,16 @@ impl<S: Store + 'static> State<S> {
         request: SyncRequest,
         channel: ResponseChannel<SyncResponse>,
     ) {
+        if let Some(why) = &request.refused {
+            tracing::debug!(%peer, why, "refused a sync request at its caps");
+            let _ = self
+                .swarm
+                .behaviour_mut()
+                .sync
+                .send_response(channel, SyncResponse { messages: Vec::new() });
+            self.strike(peer);
+            return;
+        }
         let session = self.inbound.remove(&(peer, request.session));
         let now = self.clock.now_millis();
         let room = request.room;
@@ -689,6 +705,7 @@ impl<S: Store + 'static> State<S> {
         self.spawn_job(
             move |r| {
                 let mut session = session.unwrap_or_else(|| SyncSession::respond(r, &room, now));
+                let rejected = session.stats().envelopes_rejected;
                 let mut out = Vec::new();
                 for m in &request.messages {
                     match session.handle(r, m, now) {
@@ -696,7 +713,9 @@ impl<S: Store + 'static> State<S> {
                         Err(_) => return (session, Vec::new(), true),
                     }
                 }
-                (session, out, false)
+                // Forged or foreign envelopes are the sender's fault too.
+                let bad = session.stats().envelopes_rejected > rejected;
+                (session, out, bad)
             },
             move |result| {
                 let (session, out, bad) = result.ok()?;
@@ -710,12 +729,17 @@ impl<S: Store + 'static> State<S> {
         let Outbound { peer, room, session_id, mut session, watermark, reply } = out;
         self.spawn_job(
             move |r| {
+                let rejected = session.stats().envelopes_rejected;
                 let mut next = Vec::new();
                 for m in &response.messages {
                     match session.handle(r, m, now) {
                         Ok(replies) => next.extend(replies),
                         Err(e) => return (session, Err(NodeError::Sync(e.to_string()))),
                     }
+                }
+                if session.stats().envelopes_rejected > rejected {
+                    let e = NodeError::Sync("the peer sent envelopes that fail validation".into());
+                    return (session, Err(e));
                 }
                 (session, Ok(next))
             },
@@ -737,6 +761,10 @@ impl<S: Store + 'static> State<S> {
             },
         );
     }
+}
+
+fn is_circuit(addr: &Multiaddr) -> bool {
+    addr.iter().any(|p| matches!(p, Protocol::P2pCircuit))
 }
 
 /// `addr` ending in `/p2p/<peer>`, so that a dialer checks who answers.

@@ -31,7 +31,7 @@ pub use config::{NodeConfig, DEFAULT_SYNC_INTERVAL};
 pub use error::{NodeError, Result};
 pub use events::{NodeEvent, EVENT_QUEUE};
 pub use libp2p::PeerId;
-pub use multiaddr::Multiaddr;
+pub use multiaddr::{Multiaddr, Protocol};
 pub use node::{Node, COMMAND_QUEUE};
 pub use replica_actor::{ReplicaHandle, ReplicaThread, REPLICA_QUEUE};
 pub use room::{Room, TimelineItem, TimelinePage};

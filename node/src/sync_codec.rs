@@ -24,6 +24,11 @@ pub struct SyncRequest {
     pub room: RoomId,
     /// Sync messages.
     pub messages: Vec<Vec<u8>>,
+    /// Set when reading the request stopped at a cap (too many or too large
+    /// messages): why. The rest of the request is not read, and the
+    /// receiver counts it against the sender; a request that could not be
+    /// read at all never reaches the node, so the cap must surface here.
+    pub refused: Option<String>,
 }
 
 /// The answering flight.
@@ -91,10 +96,16 @@ impl libp2p::request_response::Codec for SyncCodec {
         session.copy_from_slice(&head[..8]);
         let mut room = [0u8; 32];
         room.copy_from_slice(&head[8..]);
+        let (messages, refused) = match read_frames(io).await {
+            Ok(messages) => (messages, None),
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => (Vec::new(), Some(e.to_string())),
+            Err(e) => return Err(e),
+        };
         Ok(SyncRequest {
             session: u64::from_be_bytes(session),
             room: RoomId::from_bytes(room),
-            messages: read_frames(io).await?,
+            messages,
+            refused,
         })
     }
 

@@ -26,9 +26,8 @@ async fn peer_with(seed: u8, clock: &Arc<ManualClock>, config: NodeConfig) -> Pe
     let replica =
         Replica::open_with_seed(SledStore::open(dir.path()).unwrap(), clock.clone(), [seed; 32])
             .unwrap();
-    let (replica, _thread) = ReplicaHandle::spawn(replica).unwrap();
-    let node = Node::spawn_with(replica.clone(), clock.clone(), config).unwrap();
-    Peer { node, replica, _dir: dir }
+    let node = Node::start(replica, clock.clone(), config.mdns(false)).unwrap();
+    Peer { replica: node.replica().clone(), node, _dir: dir }
 }
 
 async fn bodies(p: &Peer, room: RoomId) -> Vec<String> {
@@ -210,12 +209,11 @@ async fn test_stopped_peer_restarts_and_converges_with_edits_and_deletes() {
         Replica::open_with_seed(SledStore::open(dir.path()).unwrap(), clock.clone(), [3; 32])
             .unwrap()
     };
-    let (c_replica, c_thread) = ReplicaHandle::spawn(open_c(&clock)).unwrap();
+    let c_node = Node::start(open_c(&clock), clock.clone(), config.clone().mdns(false)).unwrap();
     let g = genesis.clone();
-    c_replica.try_call(move |r| r.join_room(&g)).await.unwrap();
+    c_node.replica().try_call(move |r| r.join_room(&g)).await.unwrap();
     let g = genesis.clone();
     b.replica.try_call(move |r| r.join_room(&g)).await.unwrap();
-    let c_node = Node::spawn_with(c_replica.clone(), clock.clone(), config.clone()).unwrap();
     let addr = a.node.listen("/ip4/127.0.0.1/tcp/0".parse().unwrap()).await.unwrap();
     for node in [&a.node, &b.node, &c_node] {
         node.join(room).await.unwrap();
@@ -224,27 +222,26 @@ async fn test_stopped_peer_restarts_and_converges_with_edits_and_deletes() {
     c_node.dial(addr.clone()).await.unwrap();
     let doomed = post(&a, room, "to be deleted".into()).await;
     let edited = post(&b, room, "to be edited".into()).await;
-    let c = Peer { node: c_node, replica: c_replica, _dir: tempfile::tempdir().unwrap() };
+    let c = Peer { replica: c_node.replica().clone(), node: c_node, _dir: tempfile::tempdir().unwrap() };
     until_all_show(&[&a, &b, &c], room, 2).await;
 
     // C stops; the others post, edit and delete; C also writes while offline.
     c.node.shutdown().await.unwrap();
-    c.replica.shutdown().await.unwrap();
-    c_thread.join();
     clock.advance(1_000);
     post(&a, room, "while C is away".into()).await;
     let d = a.replica.try_call(move |r| r.delete(&room, &doomed)).await.unwrap();
     let _ = a.node.publish(room, &d.delivery).await;
     let e = b.replica.try_call(move |r| r.edit(&room, &edited, "edited while away")).await.unwrap();
     let _ = b.node.publish(room, &e.delivery).await;
-    let (offline, thread) = ReplicaHandle::spawn(open_c(&clock)).unwrap();
-    offline.try_call(move |r| r.post(&room, Draft::text("C wrote offline"))).await.unwrap();
+    let mut offline = open_c(&clock);
+    offline.post(&room, Draft::text("C wrote offline")).unwrap();
+    drop(offline);
 
-    // C comes back with its store and a new node, and catches up on connect.
-    let node = Node::spawn_with(offline.clone(), clock.clone(), config).unwrap();
-    node.join(room).await.unwrap();
+    // C comes back with its store and a new node, which serves its stored
+    // rooms at once and catches up on connect.
+    let node = Node::start(open_c(&clock), clock.clone(), config.mdns(false)).unwrap();
     node.dial(addr).await.unwrap();
-    let c = Peer { node, replica: offline, _dir: tempfile::tempdir().unwrap() };
+    let c = Peer { replica: node.replica().clone(), node, _dir: tempfile::tempdir().unwrap() };
     until_all_show(&[&a, &b, &c], room, 3).await;
     let shown = bodies(&c, room).await;
     assert!(shown.contains(&"edited while away".to_owned()), "{shown:?}");
@@ -252,8 +249,7 @@ async fn test_stopped_peer_restarts_and_converges_with_edits_and_deletes() {
     let sa = snapshot(&a, room).await;
     assert_eq!(snapshot(&b, room).await, sa);
     assert_eq!(snapshot(&c, room).await, sa);
-    c.replica.shutdown().await.unwrap();
-    thread.join();
+    c.node.shutdown().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

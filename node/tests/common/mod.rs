@@ -1,0 +1,76 @@
+//! Shared helpers of the node tests: peers on real sled stores in
+//! temporary directories, on a shared manual clock, with mDNS off so that
+//! tests running side by side on one machine do not find each other.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use concord_core::{ManualClock, Replica, RoomId, RoomSnapshot, SledStore};
+use concord_node::{Node, NodeConfig};
+
+pub const EPOCH_MILLIS: u64 = 1_750_000_000_000;
+
+pub struct Peer {
+    pub node: Node,
+    pub dir: tempfile::TempDir,
+}
+
+/// Settings for tests: no mDNS, quick catch-up and confirmation.
+pub fn config() -> NodeConfig {
+    NodeConfig::default()
+        .mdns(false)
+        .sync_interval(Duration::from_millis(300))
+        .confirm_delay(Duration::from_millis(100))
+}
+
+pub fn clock() -> Arc<ManualClock> {
+    Arc::new(ManualClock::new(EPOCH_MILLIS))
+}
+
+pub fn open(dir: &std::path::Path, seed: u8, clock: &Arc<ManualClock>) -> Replica<SledStore> {
+    Replica::open_with_seed(SledStore::open(dir).unwrap(), clock.clone(), [seed; 32]).unwrap()
+}
+
+pub fn peer(seed: u8, clock: &Arc<ManualClock>, config: NodeConfig) -> Peer {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(open(dir.path(), seed, clock), clock.clone(), config).unwrap();
+    Peer { node, dir }
+}
+
+pub async fn snapshot(node: &Node, room: RoomId) -> RoomSnapshot {
+    node.replica().try_call(move |r| r.snapshot(&room)).await.unwrap()
+}
+
+/// Polls until every node shows the same room with `want` messages, or
+/// fails after 30 s.
+pub async fn until_converged(nodes: &[&Node], room: RoomId, want: usize) -> RoomSnapshot {
+    let mut last = Vec::new();
+    for _ in 0..300 {
+        last.clear();
+        for n in nodes {
+            last.push(snapshot(n, room).await);
+        }
+        if last[0].messages.len() == want && last.windows(2).all(|w| w[0] == w[1]) {
+            return last.swap_remove(0);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let counts: Vec<usize> = last.iter().map(|s| s.messages.len()).collect();
+    panic!("nodes did not converge to {want} messages: {counts:?}");
+}
+
+/// Polls `check` every 50 ms until it holds, or fails after 30 s.
+pub async fn until<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..600 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
