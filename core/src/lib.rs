@@ -60,8 +60,8 @@ pub use error::{DecodeError, EnvelopeError, Error, Result, StoreError, SyncError
 pub use ids::{AuthorId, BlobHash, Cursor, Hlc, MessageId, RoomId, SortKey};
 pub use keys::{client_id, DeviceKey};
 pub use replica::{
-    Anchor, Applied, DeliveryState, Draft, Op, Page, Replica, RoomInfo, RoomSnapshot, Sent, Subscription,
-    TimelineListener, DEFAULT_DOC_CACHE, MAX_PAGE,
+    Anchor, Applied, DeliveryState, Draft, Op, Page, Replica, RoomInfo, RoomSnapshot, Sent,
+    Subscription, TimelineListener, DEFAULT_DOC_CACHE, MAX_PAGE,
 };
 pub use signal::{Signal, SignalKind, SIGNAL_BYTES, SIGNAL_FRESH_MILLIS};
 pub use store::{

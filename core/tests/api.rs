@@ -7,9 +7,8 @@ mod common;
 use std::sync::Arc;
 
 use concord_core::{
-    DeliveryState,
-    Anchor, Applied, Cursor, Delivery, Draft, Error, ManualClock, MemoryStore, Replica, RoomId,
-    SledStore, Store, StoreError, TimelineDiff, Tree, WriteBatch,
+    Anchor, Applied, Cursor, Delivery, DeliveryState, Draft, Error, ManualClock, MemoryStore,
+    Replica, RoomId, SledStore, Store, StoreError, TimelineDiff, Tree, WriteBatch,
 };
 
 use common::Recorder;
@@ -307,10 +306,7 @@ fn test_delivery_states_follow_the_reached_watermark_and_read_markers() {
     let second = alice.post(&room, Draft::text("after the watermark")).unwrap();
     assert!(alice.mark_reached(&room, watermark).unwrap());
     assert!(!alice.mark_reached(&room, watermark).unwrap(), "the watermark only moves forward");
-    assert_eq!(
-        states(&alice),
-        vec![Some(DeliveryState::Reached), Some(DeliveryState::Saved)]
-    );
+    assert_eq!(states(&alice), vec![Some(DeliveryState::Reached), Some(DeliveryState::Saved)]);
 
     // Bob's message carries no state on Alice's side; his read marker on
     // the second message makes both "seen by 1".
@@ -333,7 +329,7 @@ fn test_delivery_states_follow_the_reached_watermark_and_read_markers() {
 
     // The watermark is durable.
     drop(alice);
-    let alice = Replica::open(concord_core::SledStore::open(dir.path()).unwrap(), clock.clone())
-        .unwrap();
+    let alice =
+        Replica::open(concord_core::SledStore::open(dir.path()).unwrap(), clock.clone()).unwrap();
     assert_eq!(alice.reached(&room).unwrap(), Some(watermark));
 }

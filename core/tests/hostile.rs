@@ -16,8 +16,8 @@ use std::sync::Arc;
 use concord_core::{
     Applied, Clock, Cursor, DecodeError, Delivery, Draft, Envelope, EnvelopeError, Error, Flight,
     Genesis, ManualClock, MemoryStore, MessageId, RawDelivery, Replica, RoomId, Sent, Signal,
-    SignalKind, SyncError, SyncMessage, SyncSession, MAX_BLOB_BYTES, SIGNAL_BYTES, SIGNAL_FRESH_MILLIS, MAX_DELIVERY_BYTES, MAX_ENVELOPE_BYTES,
-    MAX_UPDATE_BYTES,
+    SignalKind, SyncError, SyncMessage, SyncSession, MAX_BLOB_BYTES, MAX_DELIVERY_BYTES,
+    MAX_ENVELOPE_BYTES, MAX_UPDATE_BYTES, SIGNAL_BYTES, SIGNAL_FRESH_MILLIS,
 };
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -1053,7 +1053,10 @@ fn test_signals_verify_and_refuse_forged_stale_truncated_and_oversized() {
     let signed = alice.signal(&room, SignalKind::Typing).unwrap();
     assert_eq!(signed.len(), SIGNAL_BYTES);
     let signal = Signal::verify(&signed, now).unwrap();
-    assert_eq!((signal.room, signal.author, signal.kind), (room, alice.author(), SignalKind::Typing));
+    assert_eq!(
+        (signal.room, signal.author, signal.kind),
+        (room, alice.author(), SignalKind::Typing)
+    );
     // Stale (a replay after the freshness window) and from the future.
     assert!(Signal::verify(&signed, now + SIGNAL_FRESH_MILLIS + 1).is_err());
     assert!(Signal::verify(&signed, now - SIGNAL_FRESH_MILLIS - 1).is_err());
@@ -1080,7 +1083,7 @@ fn test_signals_verify_and_refuse_forged_stale_truncated_and_oversized() {
     // A signal is not an envelope and an envelope is not a signal.
     assert!(Envelope::from_bytes(&signed).is_err());
     let post = alice.post(&room, Draft::text("hi")).unwrap();
-    assert!(Signal::verify(&post.delivery.envelope.as_bytes(), now).is_err());
+    assert!(Signal::verify(post.delivery.envelope.as_bytes(), now).is_err());
     // Signing for a room the replica does not hold is refused.
     let stranger = RoomId::from_bytes([7; 32]);
     assert!(matches!(alice.signal(&stranger, SignalKind::Online), Err(Error::UnknownRoom(_))));

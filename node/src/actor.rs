@@ -456,8 +456,12 @@ impl<S: Store + 'static> State<S> {
                     self.finish_sync(out);
                     return;
                 }
-                let request =
-                    SyncRequest { session: out.session_id, room: out.room, messages, refused: None };
+                let request = SyncRequest {
+                    session: out.session_id,
+                    room: out.room,
+                    messages,
+                    refused: None,
+                };
                 let id = self.swarm.behaviour_mut().sync.send_request(&out.peer, request);
                 self.outbound.insert(id, out);
             }

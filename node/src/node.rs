@@ -7,8 +7,8 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use concord_core::{
-    AuthorId, Clock, Delivery, Replica, RoomId, RoomInfo, SignalKind, SledStore, Store,
-    SyncStats, SystemClock,
+    AuthorId, Clock, Delivery, Replica, RoomId, RoomInfo, SignalKind, SledStore, Store, SyncStats,
+    SystemClock,
 };
 use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId};

@@ -224,7 +224,8 @@ async fn test_hostile_sync_requests_are_refused_struck_and_banned() {
     hostile.dial(addr.clone()).unwrap();
     tokio::time::timeout(Duration::from_secs(10), async {
         while !matches!(hostile.select_next_some().await, SwarmEvent::ConnectionEstablished { .. })
-        {}
+        {
+        }
     })
     .await
     .unwrap();

@@ -42,8 +42,10 @@ async fn test_offline_send_is_saved_then_reached_then_seen_and_the_state_survive
     assert!(!ticket.addresses().is_empty());
     let b_room = b.node.join_ticket(&ticket).await.unwrap();
     until_converged(&[&a.node, &b.node], room.id(), 1).await;
-    until("reached", || async { state_of(&room, "sent while alone").await == DeliveryState::Reached })
-        .await;
+    until("reached", || async {
+        state_of(&room, "sent while alone").await == DeliveryState::Reached
+    })
+    .await;
     let delivered = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
             if let Ok(NodeEvent::Delivered { room: r, .. }) = events.recv().await {

@@ -222,7 +222,11 @@ async fn test_stopped_peer_restarts_and_converges_with_edits_and_deletes() {
     c_node.dial(addr.clone()).await.unwrap();
     let doomed = post(&a, room, "to be deleted".into()).await;
     let edited = post(&b, room, "to be edited".into()).await;
-    let c = Peer { replica: c_node.replica().clone(), node: c_node, _dir: tempfile::tempdir().unwrap() };
+    let c = Peer {
+        replica: c_node.replica().clone(),
+        node: c_node,
+        _dir: tempfile::tempdir().unwrap(),
+    };
     until_all_show(&[&a, &b, &c], room, 2).await;
 
     // C stops; the others post, edit and delete; C also writes while offline.
