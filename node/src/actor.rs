@@ -32,6 +32,9 @@ use crate::sync_codec::{SyncRequest, SyncResponse};
 
 /// Replica outcomes waiting for the swarm actor (validations, sync steps).
 const INTERNAL_QUEUE: usize = 256;
+/// Envelopes asked for per history fetch (whole buckets until at least this
+/// many): about a screenful of older messages and their changes.
+const HISTORY_ENVELOPES: u32 = 500;
 /// How long a typing signal shows without a newer one.
 pub(crate) const TYPING_SHOWS: Duration = Duration::from_secs(6);
 
@@ -50,6 +53,7 @@ pub(crate) enum Command {
     Strikes(PeerId, oneshot::Sender<u32>),
     Block(PeerId, bool, oneshot::Sender<()>),
     Presence(RoomId, oneshot::Sender<Vec<Presence>>),
+    FetchHistory(oneshot::Sender<()>),
     Stats(oneshot::Sender<NetStats>),
     Shutdown(oneshot::Sender<()>),
 }
@@ -93,6 +97,7 @@ enum Internal {
     Ended(PeerId, RoomId),
     Delivered(RoomId, Hlc),
     Confirm(RoomId),
+    HistoryWanted(Vec<RoomId>),
     PublishSignal(RoomId, Vec<u8>),
     Unban(PeerId),
 }
@@ -103,9 +108,9 @@ struct Outbound {
     room: RoomId,
     session_id: u64,
     session: SyncSession,
-    /// The newest stamp when the session began: once it ends, every own
-    /// envelope up to here is held by the peer.
-    watermark: Hlc,
+    /// The newest stamp when a catch-up began: once it ends, every own
+    /// envelope up to here is held by the peer. `None` for history fetches.
+    watermark: Option<Hlc>,
     reply: Option<oneshot::Sender<Result<SyncStats>>>,
 }
 
@@ -199,7 +204,10 @@ impl<S: Store + 'static> Actor<S> {
                 },
                 Some(message) = internal.recv() => state.internal(message),
                 event = state.swarm.select_next_some() => state.event(event),
-                _ = sync_period.tick() => state.sync_everyone(),
+                _ = sync_period.tick() => {
+                    state.sync_everyone();
+                    state.fetch_wanted_history();
+                }
                 _ = presence_period.tick() => state.announce(SignalKind::Online),
             }
         }
@@ -290,6 +298,10 @@ impl<S: Store + 'static> State<S> {
                     .collect();
                 out.dedup();
                 let _ = reply.send(out);
+            }
+            Command::FetchHistory(reply) => {
+                self.fetch_wanted_history();
+                let _ = reply.send(());
             }
             Command::Presence(room, reply) => {
                 let _ = reply.send(self.presence(&room));
@@ -418,28 +430,74 @@ impl<S: Store + 'static> State<S> {
         room: RoomId,
         reply: Option<oneshot::Sender<Result<SyncStats>>>,
     ) {
+        self.start_session(peer, room, false, reply);
+    }
+
+    /// Starts a catch-up with `peer`, or with `history` a fetch of the
+    /// history older than this replica's window.
+    fn start_session(
+        &mut self,
+        peer: PeerId,
+        room: RoomId,
+        history: bool,
+        reply: Option<oneshot::Sender<Result<SyncStats>>>,
+    ) {
         let session_id = self.next_session;
         self.next_session += 1;
         let now = self.clock.now_millis();
         self.spawn_job(
-            move |r| SyncSession::initiate(r, &room, now).map(|s| (s, r.last_stamp())),
+            move |r| {
+                if history {
+                    let (session, message) =
+                        SyncSession::fetch_history(r, &room, HISTORY_ENVELOPES, now)
+                            .ok_or_else(|| NodeError::Sync("no history to fetch".into()))?;
+                    return Ok((session, vec![message], None));
+                }
+                let (session, messages) = SyncSession::initiate(r, &room, now)
+                    .map_err(|e| NodeError::Sync(e.to_string()))?;
+                Ok((session, messages, Some(r.last_stamp())))
+            },
             move |result| {
-                let ((session, messages), watermark) =
-                    match result.and_then(|r| r.map_err(|e| NodeError::Sync(e.to_string()))) {
-                        Ok(started) => started,
-                        Err(e) => {
-                            if let Some(reply) = reply {
-                                let _ = reply.send(Err(e));
-                            }
-                            return Some(Internal::Ended(peer, room));
+                let (session, messages, watermark) = match result.and_then(|r| r) {
+                    Ok(started) => started,
+                    Err(e) => {
+                        if let Some(reply) = reply {
+                            let _ = reply.send(Err(e));
                         }
-                    };
+                        return Some(Internal::Ended(peer, room));
+                    }
+                };
                 Some(Internal::Outbound(
                     Outbound { peer, room, session_id, session, watermark, reply },
                     messages,
                 ))
             },
         );
+    }
+
+    /// Fetches older history for every room whose pages reached the window,
+    /// from one peer in the room.
+    fn fetch_wanted_history(&mut self) {
+        let rooms = self.rooms.clone();
+        self.spawn_job(
+            move |r| {
+                r.history_wanted()
+                    .into_iter()
+                    .map(|(room, _)| room)
+                    .filter(|room| rooms.contains(room))
+                    .collect()
+            },
+            |wanted| Some(Internal::HistoryWanted(wanted.ok()?)),
+        );
+    }
+
+    /// A connected peer in `room`'s gossip mesh, or else any connected peer
+    /// subscribed to it.
+    fn peer_in(&self, room: &RoomId) -> Option<PeerId> {
+        let topic = room_topic(room).hash();
+        let gossip = &self.swarm.behaviour().gossipsub;
+        let mesh = gossip.mesh_peers(&topic).next().copied();
+        mesh.or_else(|| gossip.all_peers().find(|(_, t)| t.contains(&&topic)).map(|(p, _)| *p))
     }
 
     fn internal(&mut self, internal: Internal) {
@@ -495,14 +553,18 @@ impl<S: Store + 'static> State<S> {
                 }
             }
             Internal::Delivered(room, upto) => self.emit(NodeEvent::Delivered { room, upto }),
+            Internal::HistoryWanted(rooms) => {
+                for room in rooms {
+                    if let Some(peer) = self.peer_in(&room) {
+                        if self.syncing.insert((peer, room)) {
+                            self.start_session(peer, room, true, None);
+                        }
+                    }
+                }
+            }
             Internal::Confirm(room) => {
                 self.confirming.remove(&room);
-                let topic = room_topic(&room).hash();
-                let gossip = &self.swarm.behaviour().gossipsub;
-                let peer = gossip.mesh_peers(&topic).next().copied().or_else(|| {
-                    gossip.all_peers().find(|(_, t)| t.contains(&&topic)).map(|(p, _)| *p)
-                });
-                match peer {
+                match self.peer_in(&room) {
                     Some(peer) if self.syncing.insert((peer, room)) => {
                         self.start_sync(peer, room, None)
                     }
@@ -531,7 +593,8 @@ impl<S: Store + 'static> State<S> {
             let _ = reply.send(Ok(stats));
         }
         self.emit(NodeEvent::Synced { peer: out.peer, room: out.room, stats });
-        let (room, watermark) = (out.room, out.watermark);
+        let room = out.room;
+        let Some(watermark) = out.watermark else { return };
         self.spawn_job(
             move |r| r.mark_reached(&room, watermark),
             move |moved| match moved {

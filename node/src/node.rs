@@ -259,6 +259,15 @@ impl<S: Store + 'static> Node<S> {
         self.ask(|tx| Command::Signal(room, bytes, tx)).await?
     }
 
+    /// Asks peers for history older than what the replica keeps, for every
+    /// room whose pages reached its window (a page says so with
+    /// `fetching_older`; [`Room::page`] calls this itself). The history
+    /// reaches timeline subscriptions as it arrives. Retried every
+    /// `sync_interval` while wanted.
+    pub async fn fetch_history(&self) -> Result<()> {
+        self.ask(Command::FetchHistory).await
+    }
+
     /// Runs one catch-up with `peer` about `room`.
     pub async fn sync(&self, peer: PeerId, room: RoomId) -> Result<SyncStats> {
         self.ask(|tx| Command::Sync(peer, room, tx)).await?

@@ -149,7 +149,8 @@ impl<S: Store + 'static> Room<S> {
     /// A page of up to `limit` messages, with delivery states.
     pub async fn page(&self, anchor: Anchor, limit: usize) -> Result<TimelinePage> {
         let room = self.id;
-        self.node
+        let page = self
+            .node
             .replica()
             .try_call(move |r| {
                 let page = r.page(&room, anchor, limit)?;
@@ -165,7 +166,11 @@ impl<S: Store + 'static> Room<S> {
                     fetching_older: page.fetching_older,
                 })
             })
-            .await
+            .await?;
+        if page.fetching_older {
+            self.node.fetch_history().await?;
+        }
+        Ok(page)
     }
 
     /// Every live message, oldest first, with delivery states.

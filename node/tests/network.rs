@@ -249,3 +249,53 @@ async fn test_connection_limit_refuses_peers_beyond_it() {
         p.node.shutdown().await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_a_windowed_peer_fetches_older_history_when_it_pages_back() {
+    let clock = clock();
+    let a = peer(1, &clock, config());
+    let b = peer(2, &clock, config());
+    let room = a.node.create_room("history").await.unwrap();
+    for day in 0..3 {
+        for i in 0..4 {
+            room.send(&format!("day {day} message {i}")).await.unwrap();
+            clock.advance(10);
+        }
+        clock.advance(concord_core::BUCKET_SPAN_MILLIS);
+    }
+    a.node.listen(loopback()).await.unwrap();
+    let b_room = b.node.join_ticket(&room.ticket().await.unwrap()).await.unwrap();
+    until_converged(&[&a.node, &b.node], room.id(), 12).await;
+
+    // B keeps only the newest day, as a phone short of space would.
+    let id = room.id();
+    let newest = b
+        .node
+        .replica()
+        .try_call(move |r| {
+            let last = r.snapshot(&id)?.messages.last().map(|m| m.hlc).unwrap();
+            let bucket = concord_core::bucket_of(last);
+            r.evict_before(&id, bucket)?;
+            Ok(bucket)
+        })
+        .await
+        .unwrap();
+    let page = b_room.page(Anchor::Latest, 50).await.unwrap();
+    assert_eq!(page.items.len(), 4, "only the newest day is kept");
+    assert!(page.fetching_older);
+    let window = move |n: &Node| {
+        let n = n.clone();
+        async move { n.replica().call(move |r| r.window(&id)).await.unwrap() }
+    };
+    assert_eq!(window(&b.node).await, Some(newest));
+
+    // Paging back asked a peer; the older days arrive.
+    until("older history", || async {
+        b_room.page(Anchor::Latest, 50).await.unwrap().items.len() == 12
+    })
+    .await;
+    assert_eq!(snapshot(&b.node, id).await, snapshot(&a.node, id).await);
+    for p in [&a, &b] {
+        p.node.shutdown().await.unwrap();
+    }
+}
