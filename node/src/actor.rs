@@ -35,6 +35,9 @@ const INTERNAL_QUEUE: usize = 256;
 /// Envelopes asked for per history fetch (whole buckets until at least this
 /// many): about a screenful of older messages and their changes.
 const HISTORY_ENVELOPES: u32 = 500;
+/// How long shutdown keeps driving the swarm so that the last messages
+/// published (the "offline" signals) are written out.
+const SHUTDOWN_FLUSH: Duration = Duration::from_millis(150);
 /// How long a typing signal shows without a newer one.
 pub(crate) const TYPING_SHOWS: Duration = Duration::from_secs(6);
 
@@ -196,6 +199,16 @@ impl<S: Store + 'static> Actor<S> {
                 biased;
                 command = inbox.recv() => match command {
                     Some(Command::Shutdown(done)) => {
+                        // Let what was just published (the "offline"
+                        // signals) reach the connections before they close.
+                        let flush = tokio::time::sleep(SHUTDOWN_FLUSH);
+                        tokio::pin!(flush);
+                        loop {
+                            tokio::select! {
+                                _ = &mut flush => break,
+                                _ = state.swarm.select_next_some() => {}
+                            }
+                        }
                         let _ = done.send(());
                         return;
                     }
@@ -654,7 +667,11 @@ impl<S: Store + 'static> State<S> {
                     if self.discovered.insert(peer) {
                         self.emit(NodeEvent::Discovered(peer));
                     }
-                    let opts = DialOpts::peer_id(peer).addresses(vec![addr]).build();
+                    // Both sides discover each other at once and dial: with
+                    // the listening port reused, two TCP dials meet as one
+                    // simultaneous open that neither handshake survives.
+                    let opts =
+                        DialOpts::peer_id(peer).addresses(vec![addr]).allocate_new_port().build();
                     if let Err(e) = self.swarm.dial(opts) {
                         tracing::debug!(%peer, error = %e, "cannot dial a discovered peer");
                     }
