@@ -1,10 +1,19 @@
 #!/usr/bin/env bash
 # The whole test suite: what the README's test command and CI run.
-# Needs only the Rust toolchain (cargo, rustfmt, clippy); it installs nothing else yet.
+# Needs the Rust toolchain (cargo, rustfmt, clippy); installs what else the
+# tests need (iproute2, for the network-namespace test) from Debian's packages.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 step() { printf '\n== %s\n' "$*"; }
+
+step "test dependencies"
+if ! command -v ip >/dev/null 2>&1; then
+    sudo_if() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+    sudo_if apt-get update -qq
+    sudo_if apt-get install -y -qq iproute2
+fi
+echo "ok: $(ip -V)"
 
 step "concord-core stays sans-IO: no tokio, no libp2p in its dependency tree"
 tree=$(cargo tree -p concord-core -e normal --prefix none)
@@ -23,7 +32,10 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "docs, warnings denied"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
 
-step "the README's main job"
+step "the README's main job: concord demo"
+cargo run --locked -p concord-node --bin concord -- demo
+
+step "example: two replicas reconciled without a network"
 cargo run --locked -p concord-examples --bin two-replicas
 
 step "tests"
