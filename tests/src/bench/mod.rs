@@ -7,6 +7,7 @@ mod append;
 mod cold_open;
 mod disk;
 mod memory;
+mod net;
 mod page;
 mod report;
 mod stats;
@@ -37,6 +38,12 @@ pub struct Sizes {
     pub memory: usize,
     /// `disk`: messages posted, then deleted.
     pub disk: usize,
+    /// `gossip`: messages per run, for each network size.
+    pub gossip_messages: usize,
+    /// `partition`: messages each half writes while partitioned.
+    pub partition_messages: usize,
+    /// `catchup-net`: messages in the room.
+    pub catchup_room: usize,
 }
 
 impl Sizes {
@@ -51,6 +58,9 @@ impl Sizes {
                 cold_large: 20_000,
                 memory: 1_000,
                 disk: 2_000,
+                gossip_messages: 20,
+                partition_messages: 20,
+                catchup_room: 2_000,
             }
         } else {
             Self {
@@ -62,6 +72,9 @@ impl Sizes {
                 cold_large: 1_000_000,
                 memory: 10_000,
                 disk: 20_000,
+                gossip_messages: 150,
+                partition_messages: 100,
+                catchup_room: 10_000,
             }
         }
     }
@@ -76,16 +89,19 @@ pub struct Ctx {
 
 type Bench = fn(&Ctx) -> Result<report::Report>;
 
-const BENCHES: [(&str, Bench); 5] = [
+const BENCHES: [(&str, Bench); 8] = [
     ("append", append::run),
     ("page", page::run),
     ("cold-open", cold_open::run),
     ("memory", memory::run),
     ("disk", disk::run),
+    ("gossip", net::run_gossip),
+    ("partition", net::run_partition),
+    ("catchup-net", net::run_catchup),
 ];
 
 const USAGE: &str = "usage: concord-bench [NAME...] [--seed N] [--runs R] [--quick] [--large N]
-names: append, page, cold-open, memory, disk (default: all)";
+names: append, page, cold-open, memory, disk, gossip, partition, catchup-net (default: all)";
 
 pub fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);

@@ -6,8 +6,8 @@
 //! cargo run --release -p concord-tests --bin concord-bench -- [NAME...] [--seed N] [--runs R] [--quick] [--large N]
 //! ```
 //!
-//! Names: `append`, `page`, `cold-open`, `memory`, `disk` (all when none is
-//! given). `--quick` shrinks every size for a smoke run; `--large N` sets the
+//! Names: `append`, `page`, `cold-open`, `memory`, `disk`, and the network
+//! benchmarks `gossip`, `partition`, `catchup-net` (all when none is given). `--quick` shrinks every size for a smoke run; `--large N` sets the
 //! size of the large room of `cold-open`. Results and method are in
 //! `docs/benchmarks.md`.
 
