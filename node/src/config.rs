@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use crate::error::NodeError;
+
 /// How often a node runs catch-up with every connected peer, by default.
 /// Catch-up also runs on every new connection; the period heals what gossip
 /// dropped while connected.
@@ -57,6 +59,27 @@ impl Default for NodeConfig {
 }
 
 impl NodeConfig {
+    /// Checks every setting is in range.
+    pub fn validate(&self) -> Result<(), NodeError> {
+        let bad = |what: &str| Err(NodeError::InvalidConfig(what.to_owned()));
+        if self.sync_interval.is_zero() {
+            return bad("sync_interval must be above zero");
+        }
+        if self.presence_interval.is_zero() {
+            return bad("presence_interval must be above zero");
+        }
+        if self.max_connections == 0 || self.max_connections_per_peer == 0 {
+            return bad("connection limits must be above zero");
+        }
+        if self.max_pending_connections == 0 {
+            return bad("max_pending_connections must be above zero");
+        }
+        if self.max_sync_strikes == 0 {
+            return bad("max_sync_strikes must be above zero");
+        }
+        Ok(())
+    }
+
     /// Sets the catch-up period.
     pub fn sync_interval(mut self, every: Duration) -> Self {
         self.sync_interval = every;

@@ -14,6 +14,9 @@ pub enum NodeError {
     /// The network layer failed (listen, dial, publish, a transport error).
     #[error("network: {0}")]
     Network(String),
+    /// A setting is out of its range; nothing was started.
+    #[error("invalid node config: {0}")]
+    InvalidConfig(String),
     /// A catch-up session failed.
     #[error("sync: {0}")]
     Sync(String),

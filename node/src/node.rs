@@ -65,6 +65,7 @@ impl Node<SledStore> {
     /// system clock, and starts a node on it. Must be called within a tokio
     /// runtime. Rooms already in the store are served again at once.
     pub fn open(dir: impl AsRef<Path>, config: NodeConfig) -> Result<Self> {
+        config.validate()?;
         let store = SledStore::open(dir.as_ref()).map_err(concord_core::Error::from)?;
         Self::start(Replica::open(store, Arc::new(SystemClock))?, Arc::new(SystemClock), config)
     }
@@ -76,6 +77,7 @@ impl<S: Store + 'static> Node<S> {
     /// identity is derived from the device key, so the peer id is stable
     /// across restarts.
     pub fn start(replica: Replica<S>, clock: Arc<dyn Clock>, config: NodeConfig) -> Result<Self> {
+        config.validate()?;
         let mut metrics = Registry::default();
         let swarm = build_swarm(replica.network_secret(), &config, &mut metrics)?;
         let peer_id = *swarm.local_peer_id();

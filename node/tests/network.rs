@@ -299,3 +299,21 @@ async fn test_a_windowed_peer_fetches_older_history_when_it_pages_back() {
         p.node.shutdown().await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_a_wrong_config_is_a_typed_error_and_starts_nothing() {
+    let clock = clock();
+    let dir = tempfile::tempdir().unwrap();
+    for bad in [
+        config().sync_interval(Duration::ZERO),
+        config().presence_interval(Duration::ZERO),
+        config().connection_limits(0, 1),
+        config().sync_strikes(0, Duration::from_secs(1)),
+    ] {
+        let err = Node::start(open(dir.path(), 1, &clock), clock.clone(), bad).unwrap_err();
+        assert!(matches!(err, concord_node::NodeError::InvalidConfig(_)), "{err}");
+    }
+    // The store was never taken: a good config opens it.
+    let node = Node::start(open(dir.path(), 1, &clock), clock.clone(), config()).unwrap();
+    node.shutdown().await.unwrap();
+}
