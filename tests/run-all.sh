@@ -1,19 +1,25 @@
 #!/usr/bin/env bash
 # The whole test suite: what the README's test command and CI run.
-# Needs the Rust toolchain (cargo, rustfmt, clippy); installs what else the
-# tests need (iproute2, for the network-namespace test) from Debian's packages.
+# Needs the Rust toolchain (cargo, rustfmt, clippy), Python 3, Node/npm and
+# Java 17; installs what else the tests need: iproute2 (the network-namespace
+# test) and JNA (the Kotlin test) from Debian's packages, the Kotlin compiler
+# from npm (pinned in ffi/tests/kotlin/package-lock.json).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 step() { printf '\n== %s\n' "$*"; }
 
 step "test dependencies"
-if ! command -v ip >/dev/null 2>&1; then
-    sudo_if() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+sudo_if() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+missing=()
+command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+[ -f /usr/share/java/jna.jar ] || missing+=(libjna-java)
+if [ ${#missing[@]} -gt 0 ]; then
     sudo_if apt-get update -qq
-    sudo_if apt-get install -y -qq iproute2
+    sudo_if env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
 fi
-echo "ok: $(ip -V)"
+npm ci --prefix ffi/tests/kotlin --no-audit --no-fund --loglevel=error
+echo "ok: $(ip -V); JNA; $(ffi/tests/kotlin/node_modules/kotlin-compiler/bin/kotlinc -version 2>&1 | tail -1)"
 
 step "concord-core stays sans-IO: no tokio, no libp2p in its dependency tree"
 tree=$(cargo tree -p concord-core -e normal --prefix none)
@@ -40,3 +46,8 @@ cargo run --locked -p concord-examples --bin two-replicas
 
 step "tests"
 cargo test --workspace --locked
+
+step "bindings: Python suite, Swift API check, Kotlin on the JVM"
+ffi/test-python.sh
+ffi/check-swift.sh
+ffi/test-kotlin.sh
