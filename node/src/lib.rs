@@ -16,6 +16,7 @@ mod config;
 mod error;
 mod events;
 mod node;
+pub mod relay;
 mod replica_actor;
 mod room;
 mod sync_codec;

@@ -1,0 +1,211 @@
+//! The relay's durable store: a wide-column layout every backend shares.
+//!
+//! A relay keeps every valid envelope of the rooms it serves, and the blobs
+//! of live messages, so that devices that are rarely online at the same
+//! time can meet through it. The layout is the one a wide-column database
+//! serves well:
+//!
+//! - **envelopes**: partition key (room, bucket), sort key (HLC, author,
+//!   envelope id), value the signed envelope. "The last N envelopes of a
+//!   bucket before T" is one range read inside one partition.
+//! - **buckets**: partition key room, sort key bucket: which partitions
+//!   exist.
+//! - **blobs**: key (room, blob hash), value the blob. A blob larger than a
+//!   backend's item limit is split by that backend.
+//! - **rooms**: key room, value its signed genesis.
+//!
+//! Every write is idempotent: an envelope, blob or room is written only if
+//! absent, and a second write of the same key reports
+//! [`Written::AlreadyPresent`] and changes nothing. Erasing a blob (when a
+//! delete reaches the relay) removes it for good.
+//!
+//! [`RelayStore`] is the contract; [`SledRelayStore`] is the embedded
+//! default. One conformance suite (`node/tests/common/relay_conformance.rs`)
+//! runs against every backend.
+
+mod sled_backend;
+
+use std::future::Future;
+
+use concord_core::{AuthorId, BlobHash, Envelope, Genesis, Hlc, RoomId};
+
+pub use sled_backend::SledRelayStore;
+
+/// Errors of a relay store.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RelayStoreError {
+    /// The backend could not be reached or refused for now (throttling, a
+    /// timeout, a node down): the same call may succeed later.
+    #[error("relay store unavailable: {0}")]
+    Unavailable(String),
+    /// A stored record failed to decode.
+    #[error("corrupt relay store record: {0}")]
+    Corrupt(String),
+    /// The store could not be opened or set up (a wrong path, table or
+    /// credentials).
+    #[error("relay store setup: {0}")]
+    Setup(String),
+    /// A value is larger than the store accepts.
+    #[error("{what} of {len} bytes is larger than the store accepts ({max})")]
+    TooLarge {
+        /// What was too large.
+        what: &'static str,
+        /// Its size.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+}
+
+impl RelayStoreError {
+    /// Whether retrying the same call may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, RelayStoreError::Unavailable(_))
+    }
+}
+
+/// Result of the relay store API.
+pub type StoreResult<T> = std::result::Result<T, RelayStoreError>;
+
+/// What an idempotent write did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Written {
+    /// The key was absent and is now written.
+    Inserted,
+    /// The key was present already; nothing changed.
+    AlreadyPresent,
+}
+
+/// Where an envelope sits inside its partition: the sort key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct EnvelopeKey {
+    /// The envelope's stamp.
+    pub hlc: Hlc,
+    /// Its author.
+    pub author: AuthorId,
+    /// blake3 of the envelope bytes.
+    pub id: [u8; 32],
+}
+
+impl EnvelopeKey {
+    /// Encoded length: hlc (8) ‖ author (32) ‖ id (32).
+    pub const LEN: usize = 72;
+
+    /// Big-endian bytes, so byte order is sort order.
+    pub fn to_bytes(&self) -> [u8; Self::LEN] {
+        let mut out = [0u8; Self::LEN];
+        out[..8].copy_from_slice(&self.hlc.as_u64().to_be_bytes());
+        out[8..40].copy_from_slice(self.author.as_bytes());
+        out[40..].copy_from_slice(&self.id);
+        out
+    }
+
+    /// Decodes [`EnvelopeKey::to_bytes`].
+    pub fn from_bytes(bytes: &[u8]) -> StoreResult<Self> {
+        let corrupt = || RelayStoreError::Corrupt("envelope sort key".into());
+        if bytes.len() != Self::LEN {
+            return Err(corrupt());
+        }
+        let hlc = u64::from_be_bytes(bytes[..8].try_into().map_err(|_| corrupt())?);
+        Ok(Self {
+            hlc: Hlc::from_u64(hlc),
+            author: AuthorId::from_bytes(bytes[8..40].try_into().map_err(|_| corrupt())?),
+            id: bytes[40..].try_into().map_err(|_| corrupt())?,
+        })
+    }
+}
+
+/// One envelope as the relay keeps it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredEnvelope {
+    /// Partition: the room.
+    pub room: RoomId,
+    /// Partition: the bucket.
+    pub bucket: u32,
+    /// Sort key.
+    pub key: EnvelopeKey,
+    /// The signed envelope.
+    pub bytes: Vec<u8>,
+}
+
+impl StoredEnvelope {
+    /// The row of a verified envelope.
+    pub fn of(envelope: &Envelope) -> Self {
+        Self {
+            room: envelope.room(),
+            bucket: envelope.bucket(),
+            key: EnvelopeKey {
+                hlc: envelope.hlc(),
+                author: envelope.author(),
+                id: *blake3::hash(envelope.as_bytes()).as_bytes(),
+            },
+            bytes: envelope.as_bytes().to_vec(),
+        }
+    }
+}
+
+/// The relay's durable store. Every backend passes the conformance suite.
+///
+/// Methods return `Send` futures so a relay can call them from any task.
+pub trait RelayStore: Send + Sync + 'static {
+    /// A short name for logs and metrics ("sled", "dynamodb", "cql").
+    fn backend(&self) -> &'static str;
+
+    /// Records a room the relay serves.
+    fn put_room(&self, genesis: &Genesis) -> impl Future<Output = StoreResult<Written>> + Send;
+
+    /// Every room the relay serves.
+    fn rooms(&self) -> impl Future<Output = StoreResult<Vec<Genesis>>> + Send;
+
+    /// Writes an envelope if its key is absent.
+    fn put_envelope(
+        &self,
+        envelope: &StoredEnvelope,
+    ) -> impl Future<Output = StoreResult<Written>> + Send;
+
+    /// The buckets of `room` that hold envelopes, oldest first.
+    fn buckets(&self, room: RoomId) -> impl Future<Output = StoreResult<Vec<u32>>> + Send;
+
+    /// Up to `limit` envelopes of one partition in sort order, strictly
+    /// after `after` (from the start if `None`).
+    fn envelopes(
+        &self,
+        room: RoomId,
+        bucket: u32,
+        after: Option<EnvelopeKey>,
+        limit: usize,
+    ) -> impl Future<Output = StoreResult<Vec<StoredEnvelope>>> + Send;
+
+    /// Up to `limit` envelopes of one partition strictly before `before`,
+    /// newest first: "the last N before T", one range read.
+    fn last_before(
+        &self,
+        room: RoomId,
+        bucket: u32,
+        before: EnvelopeKey,
+        limit: usize,
+    ) -> impl Future<Output = StoreResult<Vec<StoredEnvelope>>> + Send;
+
+    /// Writes a blob if absent.
+    fn put_blob(
+        &self,
+        room: RoomId,
+        hash: BlobHash,
+        blob: &[u8],
+    ) -> impl Future<Output = StoreResult<Written>> + Send;
+
+    /// A blob, if held.
+    fn blob(
+        &self,
+        room: RoomId,
+        hash: BlobHash,
+    ) -> impl Future<Output = StoreResult<Option<Vec<u8>>>> + Send;
+
+    /// Erases a blob (its message was deleted); returns whether it was held.
+    fn erase_blob(
+        &self,
+        room: RoomId,
+        hash: BlobHash,
+    ) -> impl Future<Output = StoreResult<bool>> + Send;
+}
