@@ -23,12 +23,16 @@
 //! default. One conformance suite (`node/tests/common/relay_conformance.rs`)
 //! runs against every backend.
 
+#[cfg(feature = "dynamodb")]
+mod dynamo;
 mod sled_backend;
 
 use std::future::Future;
 
 use concord_core::{AuthorId, BlobHash, Envelope, Genesis, Hlc, RoomId};
 
+#[cfg(feature = "dynamodb")]
+pub use dynamo::{DynamoRelayStore, RetryPolicy};
 pub use sled_backend::SledRelayStore;
 
 /// Errors of a relay store.
