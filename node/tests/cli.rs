@@ -4,106 +4,14 @@
 //! lists and hands out tickets; bad input ends in a clear error and a
 //! non-zero exit, never a panic.
 
-use std::io::{BufRead, BufReader, Write};
+mod common;
+
 use std::path::Path;
-use std::process::{Child, ChildStdin, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::str::FromStr;
-use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError};
-use std::time::{Duration, Instant};
 
+use common::chat::{Chat, BIN};
 use concord_node::RoomTicket;
-
-const BIN: &str = env!("CARGO_BIN_EXE_concord");
-/// How long a chat gets to show an expected line. Generous: the machine
-/// may be busy building, and a message gossip misses waits for the chat's
-/// next catch-up (every 5 s).
-const DEADLINE: Duration = Duration::from_secs(30);
-/// Lines of a chat's stdout buffered before its reader thread waits.
-const LINE_BUFFER: usize = 4096;
-
-/// A running `concord chat`: its stdin, and its stdout lines as they come.
-struct Chat {
-    name: &'static str,
-    child: Child,
-    stdin: Option<ChildStdin>,
-    lines: Receiver<String>,
-    transcript: Vec<String>,
-}
-
-impl Chat {
-    fn spawn(name: &'static str, args: &[&str]) -> Chat {
-        let mut child = Command::new(BIN)
-            .arg("chat")
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn concord chat");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, lines) = sync_channel(LINE_BUFFER);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let stdin = child.stdin.take();
-        Chat { name, child, stdin, lines, transcript: Vec::new() }
-    }
-
-    fn send(&mut self, line: &str) {
-        let stdin = self.stdin.as_mut().expect("stdin open");
-        writeln!(stdin, "{line}").expect("write to chat");
-        stdin.flush().expect("flush chat stdin");
-    }
-
-    /// The first line (from now on) that `want` accepts, or a panic with the
-    /// transcript after [`DEADLINE`].
-    fn wait_for(&mut self, what: &str, want: impl Fn(&str) -> bool) -> String {
-        let until = Instant::now() + DEADLINE;
-        loop {
-            let left = until.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    self.transcript.push(line.clone());
-                    if want(&line) {
-                        return line;
-                    }
-                }
-                Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => panic!(
-                    "{} never showed {what} within {DEADLINE:?}; it printed:\n{}",
-                    self.name,
-                    self.transcript.join("\n")
-                ),
-            }
-        }
-    }
-
-    /// Waits for the process to exit and returns whether it succeeded.
-    fn wait_exit(&mut self) -> bool {
-        let until = Instant::now() + DEADLINE;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return status.success();
-            }
-            assert!(Instant::now() < until, "{} did not exit within {DEADLINE:?}", self.name);
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Chat {
-    fn drop(&mut self) {
-        // A failed test must not leave chats running.
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
 
 /// The number a chat line shows a message under: `[3] ...` gives 3.
 fn number(line: &str) -> usize {
@@ -177,7 +85,7 @@ fn test_two_chats_exchange_messages_an_edit_and_a_delete_then_quit() {
     a.send("/quit");
     assert!(a.wait_exit(), "alice did not exit cleanly");
     // End of input ends a chat as /quit does.
-    drop(b.stdin.take());
+    b.close_stdin();
     assert!(b.wait_exit(), "bob did not exit cleanly");
 }
 

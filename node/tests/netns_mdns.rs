@@ -9,21 +9,13 @@
 //! test fails with the reason, unless `CONCORD_SKIP_NETNS=1` is set, in
 //! which case it says why and passes.
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, ChildStdin, Command, Stdio};
+mod common;
+
+use std::process::Command;
 use std::str::FromStr;
-use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError};
-use std::time::{Duration, Instant};
 
+use common::chat::{Chat, BIN};
 use concord_node::RoomTicket;
-
-const BIN: &str = env!("CARGO_BIN_EXE_concord");
-/// How long a chat gets to show an expected line. mDNS answers within a
-/// second or two; the rest is slack for a busy machine and the chat's
-/// catch-up period (5 s) should gossip miss a message.
-const DEADLINE: Duration = Duration::from_secs(30);
-/// Lines of a chat's stdout buffered before its reader thread waits.
-const LINE_BUFFER: usize = 4096;
 
 /// Two network namespaces joined by a veth pair; removed on drop.
 struct Netns {
@@ -93,84 +85,11 @@ impl Drop for Netns {
     }
 }
 
-/// A `concord chat` running inside a namespace.
-struct Chat {
-    name: &'static str,
-    child: Child,
-    stdin: Option<ChildStdin>,
-    lines: Receiver<String>,
-    transcript: Vec<String>,
-}
-
-impl Chat {
-    fn spawn(name: &'static str, netns: &str, args: &[&str]) -> Chat {
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", netns, BIN, "chat"])
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn concord chat in a namespace");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, lines) = sync_channel(LINE_BUFFER);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let stdin = child.stdin.take();
-        Chat { name, child, stdin, lines, transcript: Vec::new() }
-    }
-
-    fn send(&mut self, line: &str) {
-        let stdin = self.stdin.as_mut().expect("stdin open");
-        writeln!(stdin, "{line}").expect("write to chat");
-        stdin.flush().expect("flush chat stdin");
-    }
-
-    fn wait_for(&mut self, what: &str, want: impl Fn(&str) -> bool) -> String {
-        let until = Instant::now() + DEADLINE;
-        loop {
-            let left = until.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    self.transcript.push(line.clone());
-                    if want(&line) {
-                        return line;
-                    }
-                }
-                Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => panic!(
-                    "{} never showed {what} within {DEADLINE:?}; it printed:\n{}",
-                    self.name,
-                    self.transcript.join("\n")
-                ),
-            }
-        }
-    }
-
-    fn wait_exit(&mut self) -> bool {
-        let until = Instant::now() + DEADLINE;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return status.success();
-            }
-            assert!(Instant::now() < until, "{} did not exit within {DEADLINE:?}", self.name);
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Chat {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
+/// Runs `concord chat ARGS` inside network namespace `netns`.
+fn in_netns(name: &'static str, netns: &str, args: &[&str]) -> Chat {
+    let mut command = Command::new("ip");
+    command.args(["netns", "exec", netns, BIN, "chat"]).args(args);
+    Chat::spawn_command(name, command)
 }
 
 /// Where peer A listens: TCP on every interface of its namespace.
@@ -209,13 +128,13 @@ fn mdns_round_trip(tag: &str, listen_b: &str) {
     let (path_a, path_b) = (path(&dir_a), path(&dir_b));
 
     let mut a =
-        Chat::spawn("a", &netns.a, &["--name", "a", "--data-dir", &path_a, "--listen", LISTEN_A]);
+        in_netns("a", &netns.a, &["--name", "a", "--data-dir", &path_a, "--listen", LISTEN_A]);
     let line = a.wait_for("a ticket", |l| l.starts_with("ticket: "));
     let full = RoomTicket::from_str(line.trim_start_matches("ticket: ")).expect("ticket parses");
     assert!(!full.addresses().is_empty(), "a listening chat's ticket has addresses");
     let bare = RoomTicket::new(full.genesis().clone(), vec![]).unwrap().to_string();
 
-    let mut b = Chat::spawn(
+    let mut b = in_netns(
         "b",
         &netns.b,
         &["--name", "b", "--join", &bare, "--data-dir", &path_b, "--listen", listen_b],

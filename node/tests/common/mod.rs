@@ -3,6 +3,7 @@
 //! tests running side by side on one machine do not find each other.
 #![allow(dead_code)]
 
+pub mod chat;
 pub mod relay_conformance;
 
 use std::sync::Arc;
