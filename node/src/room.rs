@@ -25,6 +25,20 @@ pub struct TimelineItem {
     pub delivery: Option<DeliveryState>,
 }
 
+/// `messages` as timeline items, with their delivery states.
+fn items<S: Store>(
+    replica: &concord_core::Replica<S>,
+    room: &RoomId,
+    messages: Vec<Message>,
+) -> concord_core::Result<Vec<TimelineItem>> {
+    let states = replica.delivery_states(room, &messages)?;
+    Ok(messages
+        .into_iter()
+        .zip(states)
+        .map(|(message, delivery)| TimelineItem { message, delivery })
+        .collect())
+}
+
 /// A page of the timeline, newest first.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TimelinePage {
@@ -154,14 +168,8 @@ impl<S: Store + 'static> Room<S> {
             .replica()
             .try_call(move |r| {
                 let page = r.page(&room, anchor, limit)?;
-                let states = r.delivery_states(&room, &page.messages)?;
                 Ok(TimelinePage {
-                    items: page
-                        .messages
-                        .into_iter()
-                        .zip(states)
-                        .map(|(message, delivery)| TimelineItem { message, delivery })
-                        .collect(),
+                    items: items(r, &room, page.messages)?,
                     has_more: page.has_more,
                     fetching_older: page.fetching_older,
                 })
@@ -180,12 +188,7 @@ impl<S: Store + 'static> Room<S> {
             .replica()
             .try_call(move |r| {
                 let messages = r.snapshot(&room)?.messages;
-                let states = r.delivery_states(&room, &messages)?;
-                Ok(messages
-                    .into_iter()
-                    .zip(states)
-                    .map(|(message, delivery)| TimelineItem { message, delivery })
-                    .collect())
+                items(r, &room, messages)
             })
             .await
     }
@@ -196,9 +199,8 @@ impl<S: Store + 'static> Room<S> {
         self.node
             .replica()
             .try_call(move |r| {
-                let Some(message) = r.message_by_id(&room, &id)? else { return Ok(None) };
-                let delivery = r.delivery_states(&room, std::slice::from_ref(&message))?.pop();
-                Ok(Some(TimelineItem { message, delivery: delivery.flatten() }))
+                let message = r.message_by_id(&room, &id)?;
+                Ok(items(r, &room, message.into_iter().collect())?.pop())
             })
             .await
     }
