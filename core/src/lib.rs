@@ -65,8 +65,8 @@ pub use replica::{
 };
 pub use signal::{Signal, SignalKind, SIGNAL_BYTES, SIGNAL_FRESH_MILLIS};
 pub use store::{
-    KeyRange, MemoryStore, Order, SledStore, Store, Tree, WriteBatch, DEFAULT_SLED_CACHE_BYTES,
-    SLED_LOCK_WAIT,
+    KeyRange, MemoryStore, Order, Outbox, OutboxRecord, OutboxStore, SledStore, Store, Tree,
+    WriteBatch, DEFAULT_SLED_CACHE_BYTES, SLED_LOCK_WAIT,
 };
 pub use sync::{
     BucketDigest, BucketVersions, DigestSet, Flight, History, OlderDigest, RawDelivery,

@@ -14,6 +14,7 @@ use crate::error::StoreError;
 
 mod memory;
 pub(crate) mod migrations;
+mod outbox;
 mod sled_store;
 pub(crate) mod tables;
 
@@ -21,6 +22,7 @@ pub(crate) mod tables;
 mod conformance;
 
 pub use memory::MemoryStore;
+pub use outbox::{Outbox, OutboxRecord, OutboxStore};
 pub use sled_store::{SledStore, DEFAULT_SLED_CACHE_BYTES, SLED_LOCK_WAIT};
 pub use tables::Tree;
 
@@ -112,6 +114,9 @@ impl WriteBatch {
     /// Number of writes.
     pub fn len(&self) -> usize {
         self.writes.len()
+    }
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (Tree, &[u8], Option<&[u8]>)> {
+        self.writes.iter().map(|((t, k), v)| (*t, k.as_slice(), v.as_deref()))
     }
     pub(crate) fn into_writes(self) -> impl Iterator<Item = (Tree, Vec<u8>, Option<Vec<u8>>)> {
         self.writes.into_iter().map(|((t, k), v)| (t, k, v))

@@ -20,6 +20,7 @@
 //! | `wanted-blobs-1` | room ‖ bucket ‖ blob hash | sortkey of the live message missing it ‖ kind u8 (0 body, 1 attachment) |
 //! | `windows-1` | room | oldest bucket u32 the replica holds (absent: all of them) |
 //! | `reached-1` | room | HLC u64: every own envelope stamped at or before it reached a peer or relay |
+//! | `outbox-1` | sequence u64 | record for a mirror: kind u8 (0 room, 1 envelope, 2 blob, 3 erased) ‖ genesis / envelope / room ‖ hash ‖ blob / room ‖ hash; written only under an `OutboxStore` |
 
 use crate::ids::{AuthorId, BlobHash, MessageId, RoomId, SortKey};
 
@@ -56,11 +57,14 @@ pub enum Tree {
     Bodies,
     /// Per room, the newest own stamp known to have reached another device.
     Reached,
+    /// Records for a mirror of the store (a relay's wide-column store),
+    /// written only when the store is wrapped in an `OutboxStore`.
+    Outbox,
 }
 
 impl Tree {
     /// Every tree.
-    pub const ALL: [Tree; 14] = [
+    pub const ALL: [Tree; 15] = [
         Tree::Meta,
         Tree::Rooms,
         Tree::Docs,
@@ -75,6 +79,7 @@ impl Tree {
         Tree::Windows,
         Tree::Bodies,
         Tree::Reached,
+        Tree::Outbox,
     ];
 
     /// The tree's name on disk, with its layout version.
@@ -94,6 +99,7 @@ impl Tree {
             Tree::Windows => "windows-1",
             Tree::Bodies => "bodies-1",
             Tree::Reached => "reached-1",
+            Tree::Outbox => "outbox-1",
         }
     }
 
