@@ -12,6 +12,7 @@ use concord_core::{
     AuthorId, Clock, Delivery, Hlc, Replica, RoomId, Signal, SignalKind, Store, SyncSession,
     SyncStats,
 };
+use futures::future::BoxFuture;
 use futures::StreamExt;
 use libp2p::core::transport::ListenerId;
 use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance, PublishError};
@@ -20,6 +21,7 @@ use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
 use libp2p::swarm::dial_opts::DialOpts;
 use libp2p::swarm::SwarmEvent;
 use libp2p::{mdns, Multiaddr, PeerId, Swarm};
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
@@ -58,6 +60,8 @@ pub(crate) enum Command {
     Presence(RoomId, oneshot::Sender<Vec<Presence>>),
     FetchHistory(oneshot::Sender<()>),
     Stats(oneshot::Sender<NetStats>),
+    /// The node's metrics in Prometheus text format.
+    Metrics(oneshot::Sender<String>),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -90,11 +94,48 @@ pub struct NetStats {
     pub peers: u64,
 }
 
+/// Copies what the replica committed to a mirror (a relay's wide-column
+/// store) before the node acts on it: a sync flight is answered, and a
+/// gossiped envelope accepted and forwarded, only once `flush` succeeded, so
+/// "reached the relay" means "in the relay's store".
+pub(crate) trait Persist: Send + Sync + 'static {
+    /// Writes out everything committed so far.
+    fn flush(&self) -> BoxFuture<'static, std::result::Result<(), String>>;
+}
+
+/// Counters every node keeps, in its metrics registry.
+#[derive(Clone, Default)]
+struct Counters {
+    envelopes_rejected: Counter,
+    sync_sessions: Counter,
+    rooms_taken_up: Counter,
+}
+
+impl Counters {
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "concord_envelopes_rejected",
+            "Envelopes from peers that failed validation (gossip and sync)",
+            self.envelopes_rejected.clone(),
+        );
+        registry.register(
+            "concord_sync_sessions",
+            "Catch-up sessions peers started with this node",
+            self.sync_sessions.clone(),
+        );
+        registry.register(
+            "concord_rooms_taken_up",
+            "Rooms this node took up on a peer's request",
+            self.rooms_taken_up.clone(),
+        );
+    }
+}
+
 /// What a replica task reports back to the actor.
 enum Internal {
     Validated(gossipsub::MessageId, PeerId, MessageAcceptance),
     Outbound(Outbound, Vec<Vec<u8>>),
-    Inbound(PeerId, u64, SyncSession, Vec<Vec<u8>>, ResponseChannel<SyncResponse>, bool),
+    Inbound(Served),
     Failed(Outbound, NodeError),
     /// A catch-up ended before it had a session.
     Ended(PeerId, RoomId),
@@ -105,12 +146,27 @@ enum Internal {
     Unban(PeerId),
 }
 
+/// An answered sync request, ready to go back.
+struct Served {
+    peer: PeerId,
+    session_id: u64,
+    session: Option<SyncSession>,
+    response: SyncResponse,
+    channel: ResponseChannel<SyncResponse>,
+    /// The request broke the protocol or carried invalid envelopes.
+    bad: bool,
+    /// A room taken up on this request.
+    joined: Option<RoomId>,
+}
+
 /// An initiated catch-up, between flights.
 struct Outbound {
     peer: PeerId,
     room: RoomId,
     session_id: u64,
     session: SyncSession,
+    /// The room's genesis, sent with the first request.
+    genesis: Option<Vec<u8>>,
     /// The newest stamp when a catch-up began: once it ends, every own
     /// envelope up to here is held by the peer. `None` for history fetches.
     watermark: Option<Hlc>,
@@ -134,6 +190,7 @@ pub(crate) struct Actor<S: Store> {
     pub(crate) metrics: Registry,
     pub(crate) config: NodeConfig,
     pub(crate) rooms: Vec<RoomId>,
+    pub(crate) persist: Option<Arc<dyn Persist>>,
 }
 
 struct State<S: Store> {
@@ -160,11 +217,16 @@ struct State<S: Store> {
     signals: HashMap<(RoomId, AuthorId), (SignalKind, Instant)>,
     /// Peers found by mDNS, announced once.
     discovered: HashSet<PeerId>,
+    persist: Option<Arc<dyn Persist>>,
+    counters: Counters,
 }
 
 impl<S: Store + 'static> Actor<S> {
     pub(crate) async fn run(self) {
-        let Actor { swarm, replica, clock, mut inbox, events, metrics, config, rooms } = self;
+        let Actor { swarm, replica, clock, mut inbox, events, mut metrics, config, rooms, persist } =
+            self;
+        let counters = Counters::default();
+        counters.register(&mut metrics);
         let (internal_tx, mut internal) = mpsc::channel(INTERNAL_QUEUE);
         let mut sync_period = tokio::time::interval(config.sync_interval);
         sync_period.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -188,6 +250,8 @@ impl<S: Store + 'static> Actor<S> {
             strikes: HashMap::new(),
             signals: HashMap::new(),
             discovered: HashSet::new(),
+            persist,
+            counters,
         };
         for room in rooms {
             if let Err(e) = state.join(room) {
@@ -322,6 +386,11 @@ impl<S: Store + 'static> State<S> {
             Command::Stats(reply) => {
                 let _ = reply.send(self.stats());
             }
+            Command::Metrics(reply) => {
+                let mut text = String::new();
+                let _ = prometheus_client::encoding::text::encode(&mut text, &self.metrics);
+                let _ = reply.send(text);
+            }
             Command::Shutdown(_) => {}
         }
     }
@@ -374,7 +443,8 @@ impl<S: Store + 'static> State<S> {
     }
 
     /// Runs a replica job off the actor and reports its outcome on the
-    /// internal channel.
+    /// internal channel. On a node with a mirror, what the job committed is
+    /// written out first; if that fails the job's outcome is an error.
     fn spawn_job<T, F>(
         &self,
         job: F,
@@ -385,8 +455,16 @@ impl<S: Store + 'static> State<S> {
     {
         let replica = self.replica.clone();
         let internal = self.internal_tx.clone();
+        let persist = self.persist.clone();
         tokio::spawn(async move {
-            if let Some(message) = report(replica.call(job).await) {
+            let mut outcome = replica.call(job).await;
+            if let (Some(persist), true) = (persist, outcome.is_ok()) {
+                if let Err(e) = persist.flush().await {
+                    tracing::warn!(error = %e, "cannot write to the relay store");
+                    outcome = Err(NodeError::Mirror(e));
+                }
+            }
+            if let Some(message) = report(outcome) {
                 let _ = internal.send(message).await;
             }
         });
@@ -460,18 +538,19 @@ impl<S: Store + 'static> State<S> {
         let now = self.clock.now_millis();
         self.spawn_job(
             move |r| {
+                let genesis = r.genesis(&room)?.as_bytes().to_vec();
                 if history {
                     let (session, message) =
                         SyncSession::fetch_history(r, &room, HISTORY_ENVELOPES, now)
                             .ok_or_else(|| NodeError::Sync("no history to fetch".into()))?;
-                    return Ok((session, vec![message], None));
+                    return Ok((session, vec![message], None, genesis));
                 }
                 let (session, messages) = SyncSession::initiate(r, &room, now)
                     .map_err(|e| NodeError::Sync(e.to_string()))?;
-                Ok((session, messages, Some(r.last_stamp())))
+                Ok((session, messages, Some(r.last_stamp()), genesis))
             },
             move |result| {
-                let (session, messages, watermark) = match result.and_then(|r| r) {
+                let (session, messages, watermark, genesis) = match result.and_then(|r| r) {
                     Ok(started) => started,
                     Err(e) => {
                         if let Some(reply) = reply {
@@ -481,7 +560,15 @@ impl<S: Store + 'static> State<S> {
                     }
                 };
                 Some(Internal::Outbound(
-                    Outbound { peer, room, session_id, session, watermark, reply },
+                    Outbound {
+                        peer,
+                        room,
+                        session_id,
+                        session,
+                        genesis: Some(genesis),
+                        watermark,
+                        reply,
+                    },
                     messages,
                 ))
             },
@@ -522,7 +609,7 @@ impl<S: Store + 'static> State<S> {
                     .gossipsub
                     .report_message_validation_result(&id, &source, acceptance);
             }
-            Internal::Outbound(out, messages) => {
+            Internal::Outbound(mut out, messages) => {
                 if messages.is_empty() || out.session.is_done() {
                     self.finish_sync(out);
                     return;
@@ -531,39 +618,39 @@ impl<S: Store + 'static> State<S> {
                     session: out.session_id,
                     room: out.room,
                     messages,
+                    genesis: out.genesis.take(),
                     refused: None,
                 };
                 let id = self.swarm.behaviour_mut().sync.send_request(&out.peer, request);
                 self.outbound.insert(id, out);
             }
-            Internal::Inbound(peer, session_id, session, messages, channel, bad) => {
-                let _ = self
-                    .swarm
-                    .behaviour_mut()
-                    .sync
-                    .send_response(channel, SyncResponse { messages });
+            Internal::Inbound(served) => {
+                let Served { peer, session_id, session, response, channel, bad, joined } = served;
+                if let Some(room) = joined {
+                    match self.join(room) {
+                        Ok(()) => {
+                            tracing::info!(%room, %peer, "took up a room on a peer's request");
+                            self.counters.rooms_taken_up.inc();
+                            self.emit(NodeEvent::RoomTakenUp { room, peer });
+                        }
+                        Err(e) => tracing::warn!(%room, error = %e, "cannot subscribe to a room"),
+                    }
+                }
+                let _ = self.swarm.behaviour_mut().sync.send_response(channel, response);
                 if bad {
                     self.strike(peer);
-                } else if !session.is_done() && !session.is_failed() {
-                    self.inbound.insert((peer, session_id), session);
+                } else if let Some(session) = session {
+                    if !session.is_done() && !session.is_failed() {
+                        self.inbound.insert((peer, session_id), session);
+                    }
                 }
             }
             Internal::Ended(peer, room) => {
                 self.syncing.remove(&(peer, room));
             }
-            Internal::Failed(mut out, e) => {
-                self.syncing.remove(&(out.peer, out.room));
-                self.emit(NodeEvent::SyncFailed {
-                    peer: out.peer,
-                    room: out.room,
-                    error: e.to_string(),
-                });
-                if matches!(e, NodeError::Sync(_)) {
-                    self.strike(out.peer);
-                }
-                if let Some(reply) = out.reply.take() {
-                    let _ = reply.send(Err(e));
-                }
+            Internal::Failed(out, e) => {
+                let strike = matches!(e, NodeError::Sync(_));
+                self.end_outbound(out, e, strike);
             }
             Internal::Delivered(room, upto) => self.emit(NodeEvent::Delivered { room, upto }),
             Internal::HistoryWanted(rooms) => {
@@ -596,6 +683,23 @@ impl<S: Store + 'static> State<S> {
                 self.strikes.remove(&peer);
                 self.swarm.behaviour_mut().blocked.unblock_peer(peer);
             }
+        }
+    }
+
+    /// A catch-up this node started failed: report it, and with `strike`
+    /// count it against the peer.
+    fn end_outbound(&mut self, mut out: Outbound, error: NodeError, strike: bool) {
+        self.syncing.remove(&(out.peer, out.room));
+        self.emit(NodeEvent::SyncFailed {
+            peer: out.peer,
+            room: out.room,
+            error: error.to_string(),
+        });
+        if strike {
+            self.strike(out.peer);
+        }
+        if let Some(reply) = out.reply.take() {
+            let _ = reply.send(Err(error));
         }
     }
 
@@ -691,24 +795,24 @@ impl<S: Store + 'static> State<S> {
                     self.serve_sync(peer, request, channel)
                 }
                 request_response::Message::Response { request_id, response } => {
-                    if let Some(out) = self.outbound.remove(&request_id) {
-                        self.continue_sync(out, response);
+                    match self.outbound.remove(&request_id) {
+                        Some(out) if response.not_served => {
+                            let e = NodeError::Sync(format!(
+                                "the peer does not serve room {}",
+                                out.room
+                            ));
+                            self.end_outbound(out, e, false);
+                        }
+                        Some(out) => self.continue_sync(out, response),
+                        None => {}
                     }
                 }
             },
             SwarmEvent::Behaviour(BehaviourEvent::Sync(
                 request_response::Event::OutboundFailure { request_id, error, .. },
             )) => {
-                if let Some(mut out) = self.outbound.remove(&request_id) {
-                    self.syncing.remove(&(out.peer, out.room));
-                    self.emit(NodeEvent::SyncFailed {
-                        peer: out.peer,
-                        room: out.room,
-                        error: error.to_string(),
-                    });
-                    if let Some(reply) = out.reply.take() {
-                        let _ = reply.send(Err(NodeError::Network(error.to_string())));
-                    }
+                if let Some(out) = self.outbound.remove(&request_id) {
+                    self.end_outbound(out, NodeError::Network(error.to_string()), false);
                 }
             }
             // A request that could not be read (malformed or oversized
@@ -743,6 +847,7 @@ impl<S: Store + 'static> State<S> {
             return;
         }
         let rooms = self.rooms.clone();
+        let rejected = self.counters.envelopes_rejected.clone();
         self.spawn_job(
             move |r| {
                 let Ok(delivery) = Delivery::from_bytes(&message.data) else {
@@ -761,6 +866,9 @@ impl<S: Store + 'static> State<S> {
             },
             move |result| {
                 let acceptance = result.unwrap_or(MessageAcceptance::Ignore);
+                if acceptance == MessageAcceptance::Reject {
+                    rejected.inc();
+                }
                 Some(Internal::Validated(id, source, acceptance))
             },
         );
@@ -778,39 +886,78 @@ impl<S: Store + 'static> State<S> {
                 .swarm
                 .behaviour_mut()
                 .sync
-                .send_response(channel, SyncResponse { messages: Vec::new() });
+                .send_response(channel, SyncResponse::answer(Vec::new()));
             self.strike(peer);
             return;
         }
-        let session = self.inbound.remove(&(peer, request.session));
-        let now = self.clock.now_millis();
         let room = request.room;
+        let held = self.rooms.contains(&room);
+        let take_up = !held && self.config.serve_rooms_on_request && request.genesis.is_some();
+        if !held && !take_up {
+            // Not a fault: peers offer every room they hold to everyone.
+            let _ =
+                self.swarm.behaviour_mut().sync.send_response(channel, SyncResponse::not_served());
+            return;
+        }
+        let session = self.inbound.remove(&(peer, request.session));
+        if session.is_none() {
+            self.counters.sync_sessions.inc();
+        }
+        let now = self.clock.now_millis();
         let session_id = request.session;
+        let counters = self.counters.clone();
         self.spawn_job(
             move |r| {
+                let mut served = Served {
+                    peer,
+                    session_id,
+                    session: None,
+                    response: SyncResponse::answer(Vec::new()),
+                    channel,
+                    bad: false,
+                    joined: None,
+                };
+                if take_up {
+                    let genesis = request.genesis.as_deref().unwrap_or_default();
+                    match r.join_room(genesis) {
+                        Ok(joined) if joined == room => served.joined = Some(room),
+                        // A genesis that fails to verify or names another
+                        // room is the sender's fault.
+                        _ => {
+                            served.bad = true;
+                            return served;
+                        }
+                    }
+                }
                 let mut session = session.unwrap_or_else(|| SyncSession::respond(r, &room, now));
                 let rejected = session.stats().envelopes_rejected;
-                let mut out = Vec::new();
                 for m in &request.messages {
                     match session.handle(r, m, now) {
-                        Ok(replies) => out.extend(replies),
-                        Err(_) => return (session, Vec::new(), true),
+                        Ok(replies) => served.response.messages.extend(replies),
+                        Err(_) => {
+                            served.response.messages.clear();
+                            served.bad = true;
+                            return served;
+                        }
                     }
                 }
                 // Forged or foreign envelopes are the sender's fault too.
-                let bad = session.stats().envelopes_rejected > rejected;
-                (session, out, bad)
+                let forged = session.stats().envelopes_rejected - rejected;
+                counters.envelopes_rejected.inc_by(forged);
+                served.bad = forged > 0;
+                served.session = Some(session);
+                served
             },
-            move |result| {
-                let (session, out, bad) = result.ok()?;
-                Some(Internal::Inbound(peer, session_id, session, out, channel, bad))
-            },
+            // A failed job (the replica closed, the mirror unreachable)
+            // drops the channel: the peer sees the request fail, and nothing
+            // counts as delivered.
+            move |result| Some(Internal::Inbound(result.ok()?)),
         );
     }
 
     fn continue_sync(&mut self, out: Outbound, response: SyncResponse) {
         let now = self.clock.now_millis();
-        let Outbound { peer, room, session_id, mut session, watermark, reply } = out;
+        let Outbound { peer, room, session_id, mut session, genesis, watermark, reply } = out;
         self.spawn_job(
             move |r| {
                 let rejected = session.stats().envelopes_rejected;
@@ -837,7 +984,7 @@ impl<S: Store + 'static> State<S> {
                         return Some(Internal::Ended(peer, room));
                     }
                 };
-                let out = Outbound { peer, room, session_id, session, watermark, reply };
+                let out = Outbound { peer, room, session_id, session, genesis, watermark, reply };
                 Some(match next {
                     Ok(next) => Internal::Outbound(out, next),
                     Err(e) => Internal::Failed(out, e),

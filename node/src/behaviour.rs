@@ -22,6 +22,12 @@ use crate::sync_codec::{SyncCodec, SYNC_PROTOCOL};
 /// Largest gossip message: gossipsub's 64 KiB, which every envelope fits.
 pub(crate) const MAX_GOSSIP_BYTES: usize = 64 * 1024;
 
+/// gossipsub's heartbeat: mesh upkeep, and gossip (IHAVE) of the message
+/// ids of the last three heartbeats to peers outside the mesh, so 1.5 s
+/// after a node got a message. [`crate::config::MIN_GOSSIP_SEEN_TTL`]
+/// follows from it.
+const GOSSIP_HEARTBEAT: Duration = Duration::from_millis(500);
+
 /// Protocol name announced by identify.
 const IDENTIFY_PROTOCOL: &str = "/concord/1";
 
@@ -68,6 +74,7 @@ pub(crate) fn build_swarm(
         .with_max_pending_incoming(Some(config.max_pending_connections))
         .with_max_pending_outgoing(Some(config.max_pending_connections));
     let (mdns_on, relay_on) = (config.mdns, config.relay_server);
+    let seen_ttl = config.gossip_seen_ttl;
     let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
         .with_tcp(tcp::Config::default(), noise::Config::new, yamux::Config::default)
@@ -82,7 +89,12 @@ pub(crate) fn build_swarm(
                 .validation_mode(ValidationMode::Strict)
                 .validate_messages()
                 .max_transmit_size(MAX_GOSSIP_BYTES)
-                .heartbeat_interval(Duration::from_millis(500))
+                .heartbeat_interval(GOSSIP_HEARTBEAT)
+                // gossipsub keeps the id of every message it saw for this
+                // long (60 s by default), and its peer score keeps a
+                // delivery record of each for 120 s (not configurable):
+                // both grow with the message rate until they expire.
+                .duplicate_cache_time(seen_ttl)
                 .message_id_fn(|m: &gossipsub::Message| {
                     gossipsub::MessageId::from(blake3::hash(&m.data).as_bytes().to_vec())
                 })

@@ -9,6 +9,33 @@ use crate::error::NodeError;
 /// dropped while connected.
 pub const DEFAULT_SYNC_INTERVAL: Duration = Duration::from_secs(30);
 
+/// sled's page cache of the store [`crate::Node::open`] opens, by default.
+/// sled keeps every page it writes or reads in this cache up to the cap
+/// (its in-memory pages take about 1.5 times the cap), so the cap is what
+/// bounds the store's memory. A chat replica writes at the end of each tree
+/// (the newest bucket), so a few pages per tree are hot; 8 MiB holds them
+/// and the newest pages of busy rooms, and a page beyond it is read back
+/// from the file (the OS's cache) and decoded. The core's own default
+/// (`concord_core::DEFAULT_SLED_CACHE_BYTES`, 64 MiB) is for one big store
+/// on a server; a phone pays for every MiB it keeps resident.
+pub const DEFAULT_STORE_CACHE_BYTES: u64 = 8 * 1024 * 1024;
+
+/// How long gossip remembers the id of a message it has seen (gossipsub's
+/// duplicate cache), by default. A copy that arrives later is taken as new:
+/// the replica finds it a duplicate and it is forwarded once more, which
+/// costs bytes, not correctness. Copies come by the mesh within a network
+/// round trip and by gossip (IHAVE) only while a peer still advertises the
+/// message, 1.5 s after it got it, plus the 3 s a requested copy may take;
+/// 10 s covers both with room for a slow link. gossipsub's own default,
+/// 60 s, keeps 60 s of ids at any rate (about 170 B each): at 1,000 messages
+/// per second, 10 MiB per node.
+pub const DEFAULT_GOSSIP_SEEN_TTL: Duration = Duration::from_secs(10);
+
+/// The shortest [`NodeConfig::gossip_seen_ttl`]: the window in which gossip
+/// may still offer a message (1.5 s) and a requested copy may arrive (3 s).
+/// Shorter, and a node would ask again for messages it just had.
+pub const MIN_GOSSIP_SEEN_TTL: Duration = Duration::from_secs(5);
+
 /// Settings of a node. `NodeConfig::default()` is what an app on a phone or
 /// a desktop wants; tests turn mDNS off so that unrelated nodes on one
 /// machine do not find each other.
@@ -39,6 +66,17 @@ pub struct NodeConfig {
     pub max_sync_strikes: u32,
     /// How long a peer that misbehaved over sync stays banned.
     pub ban_time: Duration,
+    /// sled's page cache of the store [`crate::Node::open`] opens, in
+    /// bytes (see [`DEFAULT_STORE_CACHE_BYTES`]). A node started on a
+    /// store opened elsewhere ([`crate::Node::start`]) ignores it.
+    pub store_cache_bytes: u64,
+    /// How long gossip remembers a message id to drop copies of it (see
+    /// [`DEFAULT_GOSSIP_SEEN_TTL`]); at least [`MIN_GOSSIP_SEEN_TTL`].
+    pub gossip_seen_ttl: Duration,
+    /// Take up a room this node does not hold when a peer starts a
+    /// catch-up about it and presents its signed genesis. Off on devices;
+    /// the relay turns it on.
+    pub serve_rooms_on_request: bool,
 }
 
 impl Default for NodeConfig {
@@ -54,6 +92,9 @@ impl Default for NodeConfig {
             presence_interval: Duration::from_secs(15),
             max_sync_strikes: 3,
             ban_time: Duration::from_secs(600),
+            store_cache_bytes: DEFAULT_STORE_CACHE_BYTES,
+            gossip_seen_ttl: DEFAULT_GOSSIP_SEEN_TTL,
+            serve_rooms_on_request: false,
         }
     }
 }
@@ -76,6 +117,12 @@ impl NodeConfig {
         }
         if self.max_sync_strikes == 0 {
             return bad("max_sync_strikes must be above zero");
+        }
+        if self.store_cache_bytes == 0 {
+            return bad("store_cache_bytes must be above zero");
+        }
+        if self.gossip_seen_ttl < MIN_GOSSIP_SEEN_TTL {
+            return bad("gossip_seen_ttl must be at least 5 s");
         }
         Ok(())
     }
@@ -114,6 +161,24 @@ impl NodeConfig {
     /// Sets the presence period.
     pub fn presence_interval(mut self, every: Duration) -> Self {
         self.presence_interval = every;
+        self
+    }
+
+    /// Turns taking up rooms on a peer's request on or off.
+    pub fn serve_rooms_on_request(mut self, on: bool) -> Self {
+        self.serve_rooms_on_request = on;
+        self
+    }
+
+    /// Sets sled's page cache of the store [`crate::Node::open`] opens.
+    pub fn store_cache_bytes(mut self, bytes: u64) -> Self {
+        self.store_cache_bytes = bytes;
+        self
+    }
+
+    /// Sets how long gossip remembers the ids of messages it has seen.
+    pub fn gossip_seen_ttl(mut self, ttl: Duration) -> Self {
+        self.gossip_seen_ttl = ttl;
         self
     }
 

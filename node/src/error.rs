@@ -17,6 +17,10 @@ pub enum NodeError {
     /// A setting is out of its range; nothing was started.
     #[error("invalid node config: {0}")]
     InvalidConfig(String),
+    /// The relay could not write what it received to its store; nothing was
+    /// acknowledged, and the write is retried.
+    #[error("relay store: {0}")]
+    Mirror(String),
     /// A catch-up session failed.
     #[error("sync: {0}")]
     Sync(String),

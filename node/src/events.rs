@@ -52,6 +52,14 @@ pub enum NodeEvent {
     },
     /// A peer was banned for misbehaving over sync.
     Banned(PeerId),
+    /// This node took up a room a peer asked about (nodes that serve rooms
+    /// on request: relays).
+    RoomTakenUp {
+        /// The room.
+        room: RoomId,
+        /// The peer that presented it.
+        peer: PeerId,
+    },
 }
 
 /// Events buffered per receiver.

@@ -28,7 +28,10 @@ pub use concord_core::{
     Anchor, AuthorId, Cursor, DeliveryState, Draft, Message, MessageId, RoomId, RoomInfo,
     SignalKind, Subscription, TimelineDiff, TimelineListener,
 };
-pub use config::{NodeConfig, DEFAULT_SYNC_INTERVAL};
+pub use config::{
+    NodeConfig, DEFAULT_GOSSIP_SEEN_TTL, DEFAULT_STORE_CACHE_BYTES, DEFAULT_SYNC_INTERVAL,
+    MIN_GOSSIP_SEEN_TTL,
+};
 pub use error::{NodeError, Result};
 pub use events::{NodeEvent, EVENT_QUEUE};
 pub use libp2p::PeerId;

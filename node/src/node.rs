@@ -15,7 +15,7 @@ use libp2p::{Multiaddr, PeerId};
 use prometheus_client::registry::Registry;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use crate::actor::{Actor, Command, NetStats, Presence};
+use crate::actor::{Actor, Command, NetStats, Persist, Presence};
 use crate::behaviour::build_swarm;
 use crate::config::NodeConfig;
 use crate::error::{NodeError, Result};
@@ -66,7 +66,8 @@ impl Node<SledStore> {
     /// runtime. Rooms already in the store are served again at once.
     pub fn open(dir: impl AsRef<Path>, config: NodeConfig) -> Result<Self> {
         config.validate()?;
-        let store = SledStore::open(dir.as_ref()).map_err(concord_core::Error::from)?;
+        let store = SledStore::open_with_cache(dir.as_ref(), config.store_cache_bytes)
+            .map_err(concord_core::Error::from)?;
         Self::start(Replica::open(store, Arc::new(SystemClock))?, Arc::new(SystemClock), config)
     }
 }
@@ -77,6 +78,17 @@ impl<S: Store + 'static> Node<S> {
     /// identity is derived from the device key, so the peer id is stable
     /// across restarts.
     pub fn start(replica: Replica<S>, clock: Arc<dyn Clock>, config: NodeConfig) -> Result<Self> {
+        Self::start_with(replica, clock, config, None)
+    }
+
+    /// [`Node::start`], with a mirror that every replica job's commits are
+    /// written to before the node acts on them (the relay's store).
+    pub(crate) fn start_with(
+        replica: Replica<S>,
+        clock: Arc<dyn Clock>,
+        config: NodeConfig,
+        persist: Option<Arc<dyn Persist>>,
+    ) -> Result<Self> {
         config.validate()?;
         let mut metrics = Registry::default();
         let swarm = build_swarm(replica.network_secret(), &config, &mut metrics)?;
@@ -96,6 +108,7 @@ impl<S: Store + 'static> Node<S> {
             metrics,
             config,
             rooms,
+            persist,
         };
         tokio::spawn(actor.run());
         Ok(Self {
@@ -189,6 +202,12 @@ impl<S: Store + 'static> Node<S> {
     /// Traffic counters.
     pub async fn stats(&self) -> Result<NetStats> {
         self.ask(Command::Stats).await
+    }
+
+    /// The node's metrics (libp2p's and Concord's counters) in Prometheus
+    /// text format.
+    pub async fn metrics_text(&self) -> Result<String> {
+        self.ask(Command::Metrics).await
     }
 
     // ----- rooms ---------------------------------------------------------------

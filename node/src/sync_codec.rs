@@ -1,6 +1,11 @@
 //! Catch-up sync over libp2p request-response: a request carries one flight
 //! of sync messages (the core's `SyncSession` bytes) and the response the
 //! answering flight. Frames are length-prefixed and capped before reading.
+//!
+//! The first request of a session carries the room's signed genesis, so a
+//! node that serves rooms on request (a relay) can take up a room it does
+//! not hold yet. A node that does not hold the room answers "not served",
+//! which ends the session without a strike on either side.
 
 use std::io;
 
@@ -14,6 +19,14 @@ pub const SYNC_PROTOCOL: StreamProtocol = StreamProtocol::new("/concord/sync/1")
 const MAX_FLIGHT_MESSAGES: usize = 4096;
 /// Most bytes in one flight: a catch-up of tens of thousands of envelopes.
 const MAX_FLIGHT_BYTES: usize = 64 << 20;
+/// Most bytes of the genesis a request carries (a signed genesis is at most
+/// about 400 bytes).
+pub const MAX_GENESIS_BYTES: usize = 1024;
+/// Response status: the flight is answered.
+const ANSWERED: u8 = 0;
+/// Response status: the responder does not hold the room and will not take
+/// it up.
+const NOT_SERVED: u8 = 1;
 
 /// One flight from the initiator of a session.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,6 +37,9 @@ pub struct SyncRequest {
     pub room: RoomId,
     /// Sync messages.
     pub messages: Vec<Vec<u8>>,
+    /// The room's signed genesis, on a session's first request: lets a
+    /// relay take up the room.
+    pub genesis: Option<Vec<u8>>,
     /// Set when reading the request stopped at a cap (too many or too large
     /// messages): why. The rest of the request is not read, and the
     /// receiver counts it against the sender; a request that could not be
@@ -36,6 +52,21 @@ pub struct SyncRequest {
 pub struct SyncResponse {
     /// Sync messages.
     pub messages: Vec<Vec<u8>>,
+    /// The responder does not hold the room (and does not take up rooms on
+    /// request): the session ends, nothing is delivered.
+    pub not_served: bool,
+}
+
+impl SyncResponse {
+    /// An answering flight.
+    pub fn answer(messages: Vec<Vec<u8>>) -> Self {
+        Self { messages, not_served: false }
+    }
+
+    /// The "room not served" answer.
+    pub fn not_served() -> Self {
+        Self { messages: Vec::new(), not_served: true }
+    }
 }
 
 /// Reads and writes [`SyncRequest`] and [`SyncResponse`].
@@ -96,6 +127,26 @@ impl libp2p::request_response::Codec for SyncCodec {
         session.copy_from_slice(&head[..8]);
         let mut room = [0u8; 32];
         room.copy_from_slice(&head[8..]);
+        let mut word = [0u8; 2];
+        io.read_exact(&mut word).await?;
+        let genesis_len = u16::from_be_bytes(word) as usize;
+        let genesis = match genesis_len {
+            0 => None,
+            n if n > MAX_GENESIS_BYTES => {
+                return Ok(SyncRequest {
+                    session: u64::from_be_bytes(session),
+                    room: RoomId::from_bytes(room),
+                    messages: Vec::new(),
+                    genesis: None,
+                    refused: Some("genesis too large".into()),
+                })
+            }
+            n => {
+                let mut genesis = vec![0u8; n];
+                io.read_exact(&mut genesis).await?;
+                Some(genesis)
+            }
+        };
         let (messages, refused) = match read_frames(io).await {
             Ok(messages) => (messages, None),
             Err(e) if e.kind() == io::ErrorKind::InvalidData => (Vec::new(), Some(e.to_string())),
@@ -105,6 +156,7 @@ impl libp2p::request_response::Codec for SyncCodec {
             session: u64::from_be_bytes(session),
             room: RoomId::from_bytes(room),
             messages,
+            genesis,
             refused,
         })
     }
@@ -113,7 +165,14 @@ impl libp2p::request_response::Codec for SyncCodec {
     where
         T: AsyncRead + Unpin + Send,
     {
-        Ok(SyncResponse { messages: read_frames(io).await? })
+        let mut status = [0u8; 1];
+        io.read_exact(&mut status).await?;
+        let messages = read_frames(io).await?;
+        match status[0] {
+            ANSWERED => Ok(SyncResponse::answer(messages)),
+            NOT_SERVED => Ok(SyncResponse::not_served()),
+            _ => Err(invalid("unknown sync response status")),
+        }
     }
 
     async fn write_request<T>(
@@ -127,6 +186,12 @@ impl libp2p::request_response::Codec for SyncCodec {
     {
         io.write_all(&req.session.to_be_bytes()).await?;
         io.write_all(req.room.as_bytes()).await?;
+        let genesis = req.genesis.as_deref().unwrap_or_default();
+        if genesis.len() > MAX_GENESIS_BYTES {
+            return Err(invalid("genesis too large"));
+        }
+        io.write_all(&(genesis.len() as u16).to_be_bytes()).await?;
+        io.write_all(genesis).await?;
         write_frames(io, &req.messages).await
     }
 
@@ -139,6 +204,7 @@ impl libp2p::request_response::Codec for SyncCodec {
     where
         T: AsyncWrite + Unpin + Send,
     {
+        io.write_all(&[if res.not_served { NOT_SERVED } else { ANSWERED }]).await?;
         write_frames(io, &res.messages).await
     }
 }

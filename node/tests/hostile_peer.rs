@@ -176,7 +176,8 @@ fn hostile_sync_requests(
     let mut forged = raw(real);
     let last = forged.envelope.len() - 1;
     forged.envelope[last] ^= 0x01;
-    let request = |session, messages| SyncRequest { session, room, messages, refused: None };
+    let request =
+        |session, messages| SyncRequest { session, room, messages, genesis: None, refused: None };
     vec![
         ("garbage", request(1, vec![vec![0x5A; 300], b"CNCS\x01 not a flight".to_vec()])),
         ("oversized", request(2, vec![vec![0u8; MAX_SYNC_MESSAGE_BYTES + 1]])),

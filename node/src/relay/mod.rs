@@ -19,20 +19,33 @@
 //! [`Written::AlreadyPresent`] and changes nothing. Erasing a blob (when a
 //! delete reaches the relay) removes it for good.
 //!
+//! A relay stores each sync flight it receives (up to about a mebibyte, a
+//! few thousand envelopes) with one [`RelayStore::put_envelopes`]. A
+//! backend may write a batch without conditions where its API cannot
+//! condition a batch (DynamoDB's `BatchWriteItem`): an envelope's sort key
+//! ends with blake3 of its bytes, so a second write of a key writes the
+//! identical row, and the envelope is still there exactly once.
+//!
 //! [`RelayStore`] is the contract; [`SledRelayStore`] is the embedded
 //! default. One conformance suite (`node/tests/common/relay_conformance.rs`)
 //! runs against every backend.
 
+#[cfg(feature = "cql")]
+mod cql;
 #[cfg(feature = "dynamodb")]
 mod dynamo;
+mod server;
 mod sled_backend;
 
 use std::future::Future;
 
 use concord_core::{AuthorId, BlobHash, Envelope, Genesis, Hlc, RoomId};
 
+#[cfg(feature = "cql")]
+pub use cql::{CqlOptions, CqlRelayStore, CqlRetryPolicy};
 #[cfg(feature = "dynamodb")]
 pub use dynamo::{DynamoRelayStore, RetryPolicy};
+pub use server::{Relay, RelayConfig, RelayError, RelayReplicaStore, StoreConfig};
 pub use sled_backend::SledRelayStore;
 
 /// Errors of a relay store.
@@ -167,6 +180,28 @@ pub trait RelayStore: Send + Sync + 'static {
         &self,
         envelope: &StoredEnvelope,
     ) -> impl Future<Output = StoreResult<Written>> + Send;
+
+    /// Writes a batch of envelopes (one sync flight) and records their
+    /// buckets. Afterwards every envelope of the batch is present exactly
+    /// once, whatever the batch repeats and whatever was there before; a
+    /// batch that failed may have been written in part, and sending it
+    /// again is the way to finish it. As with [`RelayStore::put_envelope`],
+    /// no envelope is ever stored whose bucket [`RelayStore::buckets`]
+    /// would miss.
+    ///
+    /// The default writes one envelope at a time; backends override it
+    /// with their batched write.
+    fn put_envelopes(
+        &self,
+        batch: &[StoredEnvelope],
+    ) -> impl Future<Output = StoreResult<()>> + Send {
+        async move {
+            for envelope in batch {
+                self.put_envelope(envelope).await?;
+            }
+            Ok(())
+        }
+    }
 
     /// The buckets of `room` that hold envelopes, oldest first.
     fn buckets(&self, room: RoomId) -> impl Future<Output = StoreResult<Vec<u32>>> + Send;

@@ -8,6 +8,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use concord_node::core::Store;
 use concord_node::{AuthorId, Multiaddr, Node, NodeConfig, NodeError, RoomId, RoomTicket};
 
 /// A command's failure: one sentence for the user, printed as `error: …`.
@@ -105,7 +106,7 @@ pub fn default_listen() -> Vec<Multiaddr> {
 }
 
 /// Listens on every address of `addrs`.
-pub async fn listen_all(node: &Node, addrs: &[Multiaddr]) -> CliResult<()> {
+pub async fn listen_all<S: Store + 'static>(node: &Node<S>, addrs: &[Multiaddr]) -> CliResult<()> {
     for addr in addrs {
         match node.listen(addr.clone()).await {
             Ok(_) => {}

@@ -1,7 +1,8 @@
 //! The `concord` command line: `concord demo` (the README's main job over
 //! real nodes on 127.0.0.1), `concord chat` (a line-based chat between
-//! devices) and `concord room` (create, list, and hand out tickets for the
-//! rooms of a store).
+//! devices), `concord room` (create, list, and hand out tickets for the
+//! rooms of a store) and `concord relay` (the always-on store-and-forward
+//! peer).
 //!
 //! Every failure ends as one `error: …` line on stderr and a non-zero exit
 //! code; nothing a user types or passes can make it panic. Logs go to
@@ -26,6 +27,7 @@ macro_rules! say {
 mod chat;
 mod common;
 mod demo;
+mod relay;
 mod room;
 
 /// How long the runtime waits at exit for tasks still running (the node's
@@ -42,6 +44,10 @@ const RUNTIME_SHUTDOWN: Duration = Duration::from_secs(1);
         than warnings."
 )]
 struct Cli {
+    /// Write logs as JSON lines (one object per event, with its fields),
+    /// for log collectors.
+    #[arg(long, global = true)]
+    log_json: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -57,12 +63,20 @@ enum Command {
     /// Creates rooms, lists them, and prints tickets to join them.
     #[command(subcommand)]
     Room(room::RoomCommand),
+    /// Runs a relay: an always-on peer that stores rooms for offline
+    /// devices (see docs/relay.md).
+    Relay(relay::RelayArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if cli.log_json {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
 
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
@@ -76,6 +90,7 @@ fn main() -> ExitCode {
             Command::Demo(args) => demo::run(args).await,
             Command::Chat(args) => chat::run(args).await,
             Command::Room(command) => room::run(command).await,
+            Command::Relay(args) => relay::run(args).await,
         }
     });
     runtime.shutdown_timeout(RUNTIME_SHUTDOWN);

@@ -1,0 +1,204 @@
+//! `concord relay`: runs a relay from a TOML config file (flags override
+//! parts of it), and `concord relay init-store` creates the relay store's
+//! tables.
+//!
+//! On start it prints, one line each, its peer id, every address it
+//! listens on, and the metrics endpoint, then `relay ready`. It runs until
+//! SIGINT or SIGTERM and then shuts down cleanly; a SIGKILL loses nothing
+//! either (see `docs/relay.md`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand};
+use concord_node::relay::{Relay, RelayConfig, RelayStore, SledRelayStore, StoreConfig};
+use concord_node::Multiaddr;
+
+use crate::common::{CliError, CliResult, Context};
+
+/// `concord relay [OPTIONS]` or `concord relay init-store`.
+#[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct RelayArgs {
+    #[command(subcommand)]
+    command: Option<RelayCommand>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+/// The `relay` subcommands.
+#[derive(Subcommand)]
+enum RelayCommand {
+    /// Creates the relay store's tables (DynamoDB, CQL) or directory (sled).
+    InitStore {
+        #[command(flatten)]
+        source: ConfigArgs,
+    },
+}
+
+/// Where the config comes from.
+#[derive(Args)]
+struct ConfigArgs {
+    /// The TOML config file (see docs/relay.md).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// The data directory; overrides the file's `data_dir`.
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+}
+
+/// Flags of a running relay.
+#[derive(Args)]
+struct RunArgs {
+    #[command(flatten)]
+    source: ConfigArgs,
+    /// Listen on this multiaddr instead of the file's `listen` (repeatable).
+    #[arg(long, value_name = "MULTIADDR")]
+    listen: Vec<Multiaddr>,
+    /// Serve /metrics and /health on this address instead of the file's.
+    #[arg(long, value_name = "HOST:PORT")]
+    metrics: Option<SocketAddr>,
+}
+
+impl ConfigArgs {
+    fn load(&self) -> CliResult<RelayConfig> {
+        let mut config = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .context(format_args!("cannot read {}", path.display()))?;
+                let mut config =
+                    RelayConfig::from_toml(&text).context(format_args!("in {}", path.display()))?;
+                // A relative data_dir is relative to the config file.
+                if config.data_dir.is_relative() {
+                    if let Some(dir) = path.parent() {
+                        config.data_dir = dir.join(&config.data_dir);
+                    }
+                }
+                config
+            }
+            None => match &self.data_dir {
+                Some(dir) => RelayConfig::new(dir),
+                None => return Err(CliError::new("give --config FILE or --data-dir DIR")),
+            },
+        };
+        if let Some(dir) = &self.data_dir {
+            config.data_dir = dir.clone();
+        }
+        Ok(config)
+    }
+}
+
+/// Runs `concord relay`.
+pub async fn run(args: RelayArgs) -> CliResult<ExitCode> {
+    match args.command {
+        Some(RelayCommand::InitStore { source }) => init_store(source.load()?).await,
+        None => {
+            let mut config = args.run.source.load()?;
+            if !args.run.listen.is_empty() {
+                config.listen = args.run.listen.iter().map(|a| a.to_string()).collect();
+            }
+            if args.run.metrics.is_some() {
+                config.metrics = args.run.metrics;
+            }
+            config.validate().context("relay config")?;
+            serve(config).await
+        }
+    }
+}
+
+/// Starts the relay on the configured backend and runs it until a signal.
+async fn serve(config: RelayConfig) -> CliResult<ExitCode> {
+    match config.store.clone() {
+        StoreConfig::Sled { .. } => {
+            let dir = config.sled_store_dir();
+            let store = SledRelayStore::open(&dir)
+                .context(format_args!("cannot open the relay store in {}", dir.display()))?;
+            run_with(config, store).await
+        }
+        #[cfg(feature = "dynamodb")]
+        StoreConfig::Dynamodb { endpoint, region, table_prefix } => {
+            let store = concord_node::relay::DynamoRelayStore::connect(
+                endpoint.as_deref(),
+                &table_prefix,
+                &region,
+            )
+            .await
+            .context("cannot reach the DynamoDB relay store")?;
+            run_with(config, store).await
+        }
+        other => Err(unsupported(&other)),
+    }
+}
+
+fn unsupported(store: &StoreConfig) -> CliError {
+    let (name, feature) = match store {
+        StoreConfig::Dynamodb { .. } => ("DynamoDB", "dynamodb"),
+        StoreConfig::Cql { .. } => ("CQL", "cql"),
+        _ => ("this", "?"),
+    };
+    CliError::new(format!(
+        "the {name} relay store is not built into this concord (build it with \
+         `--features {feature}`)"
+    ))
+}
+
+async fn run_with<R: RelayStore>(config: RelayConfig, store: R) -> CliResult<ExitCode> {
+    let relay = Relay::start(config, store).await.context("cannot start the relay")?;
+    let node = relay.node();
+    say!("relay {} on the {} store", node.peer_id(), relay.backend());
+    for addr in node.addresses().await.context("cannot read the relay's addresses")? {
+        say!("listening on {addr}");
+    }
+    if let Some(addr) = relay.metrics_addr() {
+        say!("metrics on http://{addr}/metrics, health on http://{addr}/health");
+    }
+    say!("relay ready");
+    wait_for_signal().await?;
+    say!("relay stopping");
+    relay.shutdown().await.context("cannot shut the relay down cleanly")?;
+    say!("relay stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(unix)]
+async fn wait_for_signal() -> CliResult<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("cannot watch for SIGTERM")?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.context("cannot watch for SIGINT"),
+        _ = term.recv() => Ok(()),
+    }
+}
+
+#[cfg(not(unix))]
+async fn wait_for_signal() -> CliResult<()> {
+    tokio::signal::ctrl_c().await.context("cannot watch for Ctrl-C")
+}
+
+/// Creates the relay store's tables.
+async fn init_store(config: RelayConfig) -> CliResult<ExitCode> {
+    config.validate().context("relay config")?;
+    match config.store.clone() {
+        StoreConfig::Sled { .. } => {
+            let dir = config.sled_store_dir();
+            SledRelayStore::open(&dir)
+                .context(format_args!("cannot create the relay store in {}", dir.display()))?;
+            say!("sled relay store ready in {}", dir.display());
+        }
+        #[cfg(feature = "dynamodb")]
+        StoreConfig::Dynamodb { endpoint, region, table_prefix } => {
+            let store = concord_node::relay::DynamoRelayStore::connect(
+                endpoint.as_deref(),
+                &table_prefix,
+                &region,
+            )
+            .await
+            .context("cannot reach DynamoDB")?;
+            store.create_tables().await.context("cannot create the tables")?;
+            say!("DynamoDB tables {table_prefix}{{envelopes,buckets,blobs,rooms}} ready");
+        }
+        other => return Err(unsupported(&other)),
+    }
+    Ok(ExitCode::SUCCESS)
+}

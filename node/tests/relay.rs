@@ -1,0 +1,431 @@
+//! The relay, as its own `concord relay` process on 127.0.0.1, with devices
+//! as in-process nodes on real sled stores:
+//!
+//! - store and forward: A writes while B is offline and goes offline; the
+//!   relay is killed with SIGKILL and restarted; B, meeting only the relay,
+//!   receives everything;
+//! - erasure: after a delete reached the relay, the canary body is in no
+//!   table of the relay store (read directly) and in no file of the relay's
+//!   data directory, while a live message's body is;
+//! - a flood of invalid envelopes gets its sender disconnected and banned
+//!   while honest devices keep syncing through the relay;
+//! - the metrics and health endpoints answer.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use concord_core::{Delivery, DeliveryState, Flight, RawDelivery, RoomId, SledStore, SyncMessage};
+use concord_node::relay::{RelayStore, SledRelayStore};
+use concord_node::{Multiaddr, Node, NodeEvent, Room, SyncCodec, SyncRequest, SYNC_PROTOCOL};
+use futures::StreamExt;
+use libp2p::request_response::{self, ProtocolSupport};
+use libp2p::swarm::SwarmEvent;
+use libp2p::{noise, tcp, yamux};
+
+const CANARY: &str = "CANARY-relay-5f0c2a9e";
+const KEPT: &str = "kept-by-the-relay-81d4";
+
+/// A `concord relay` child process.
+struct RelayProcess {
+    child: Child,
+    addr: Multiaddr,
+    metrics: SocketAddr,
+    lines: mpsc::Receiver<String>,
+}
+
+impl RelayProcess {
+    /// Starts a sled-backed relay on `data_dir` and waits until it is ready.
+    fn start(data_dir: &Path, extra: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_concord"))
+            .args(["relay", "--data-dir"])
+            .arg(data_dir)
+            .args(["--listen", "/ip4/127.0.0.1/tcp/0", "--metrics", "127.0.0.1:0"])
+            .args(extra)
+            .arg("--log-json")
+            .env("RUST_LOG", "concord_node=info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start concord relay");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                eprintln!("relay> {line}");
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let (mut addr, mut metrics) = (None, None);
+        loop {
+            let line = lines.recv_timeout(Duration::from_secs(60)).expect("the relay got ready");
+            if let Some(a) = line.strip_prefix("listening on ") {
+                addr = Some(a.parse().expect("a multiaddr"));
+            } else if let Some(rest) = line.strip_prefix("metrics on http://") {
+                let host = rest.split('/').next().expect("host:port");
+                metrics = Some(host.parse().expect("a socket address"));
+            } else if line == "relay ready" {
+                break;
+            }
+        }
+        Self { child, addr: addr.expect("a listen address"), metrics: metrics.unwrap(), lines }
+    }
+
+    /// SIGKILL: no shutdown, no flush.
+    fn kill(mut self) {
+        self.child.kill().expect("SIGKILL the relay");
+        self.child.wait().expect("reap the relay");
+    }
+
+    /// SIGTERM, and waits for a clean exit.
+    fn stop(mut self) {
+        let pid = self.child.id().to_string();
+        let status = Command::new("kill").args(["-TERM", &pid]).status().expect("run kill");
+        assert!(status.success());
+        let exit = self.child.wait().expect("reap the relay");
+        assert!(exit.success(), "the relay exited with {exit}");
+        let said: Vec<String> = self.lines.try_iter().collect();
+        assert!(said.iter().any(|l| l == "relay stopped"), "no clean stop: {said:?}");
+    }
+
+    /// GET `path` from the metrics endpoint: (status line, body).
+    fn get(&self, path: &str) -> (String, String) {
+        let mut socket = TcpStream::connect(self.metrics).expect("connect to the metrics endpoint");
+        write!(socket, "GET {path} HTTP/1.1\r\nhost: relay\r\n\r\n").unwrap();
+        let mut answer = String::new();
+        socket.read_to_string(&mut answer).unwrap();
+        let (head, body) = answer.split_once("\r\n\r\n").expect("an HTTP answer");
+        (head.lines().next().unwrap_or_default().to_owned(), body.to_owned())
+    }
+
+    /// The value of a counter or gauge in the metrics text.
+    fn metric(&self, name: &str) -> f64 {
+        let (status, body) = self.get("/metrics");
+        assert!(status.contains("200"), "{status}");
+        body.lines()
+            .filter(|l| !l.starts_with('#'))
+            .find_map(|l| {
+                let (key, value) = l.rsplit_once(' ')?;
+                (key == name).then(|| value.parse().ok()).flatten()
+            })
+            .unwrap_or_else(|| panic!("no metric {name} in:\n{body}"))
+    }
+}
+
+/// A device on the system clock (the relay checks signal freshness against
+/// its own clock), with quick catch-up.
+fn device(dir: &Path) -> Node {
+    Node::open(dir, common::config()).expect("open a device")
+}
+
+async fn bodies(room: &Room<SledStore>) -> Vec<String> {
+    room.timeline().await.unwrap().into_iter().filter_map(|item| item.message.body).collect()
+}
+
+fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle.as_bytes())
+}
+
+/// Every file under `dir`, read raw.
+fn files_containing(dir: &Path, needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if contains(&std::fs::read(&path).unwrap(), needle) {
+                found.push(path.display().to_string());
+            }
+        }
+    }
+    found
+}
+
+/// Reads the relay store's tables directly: every envelope of `room`, and
+/// every blob they name that the store holds.
+async fn store_contents(store: &SledRelayStore, room: RoomId) -> (usize, Vec<Vec<u8>>) {
+    let mut envelopes = 0;
+    let mut blobs = Vec::new();
+    for bucket in store.buckets(room).await.unwrap() {
+        let rows = store.envelopes(room, bucket, None, usize::MAX).await.unwrap();
+        envelopes += rows.len();
+        for row in rows {
+            let envelope = concord_core::Envelope::from_bytes(&row.bytes).unwrap();
+            for hash in envelope.blob_hashes() {
+                if let Some(blob) = store.blob(room, *hash).await.unwrap() {
+                    blobs.push(blob);
+                }
+            }
+        }
+    }
+    (envelopes, blobs)
+}
+
+async fn until_reached(room: &Room<SledStore>) {
+    common::until("every message of A to reach the relay", || async {
+        room.timeline()
+            .await
+            .unwrap()
+            .iter()
+            .all(|i| matches!(i.delivery, Some(DeliveryState::Reached | DeliveryState::SeenBy(_))))
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_store_and_forward_survives_sigkill_and_erases_deleted_bodies() {
+    let relay_dir = tempfile::tempdir().unwrap();
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let relay = RelayProcess::start(relay_dir.path(), &[]);
+    let (status, body) = relay.get("/health");
+    assert!(status.contains("200") && body == "ok\n", "{status} {body}");
+
+    // A alone with the relay: B is offline.
+    let a = device(a_dir.path());
+    let room = a.create_room("relayed").await.unwrap();
+    let ticket = room.ticket().await.unwrap();
+    a.dial(relay.addr.clone()).await.unwrap();
+    let first = room.send("first, while B is away").await.unwrap();
+    room.send(KEPT).await.unwrap();
+    let secret = room.send(CANARY).await.unwrap();
+    room.edit(first, "first, edited").await.unwrap();
+    room.delete(secret).await.unwrap();
+    room.send("last words before A goes offline").await.unwrap();
+    until_reached(&room).await;
+    let want = bodies(&room).await;
+    assert_eq!(want.len(), 3, "{want:?}");
+    assert!(relay.metric("concord_relay_envelopes_stored_total") >= 6.0);
+    assert!(relay.metric("concord_rooms_taken_up_total") >= 1.0);
+    a.shutdown().await.unwrap();
+
+    // SIGKILL, then a restart on the same data directory.
+    relay.kill();
+    let relay = RelayProcess::start(relay_dir.path(), &[]);
+
+    // B has the ticket (whose addresses are A's, now offline) and meets
+    // only the relay.
+    let b = device(b_dir.path());
+    let b_room = b.join_ticket(&ticket).await.unwrap();
+    b.dial(relay.addr.clone()).await.unwrap();
+    common::until("B to receive everything from the relay", || async {
+        bodies(&b_room).await == want
+    })
+    .await;
+    assert!(!contains(format!("{:?}", b_room.timeline().await.unwrap()).as_bytes(), CANARY));
+    b.shutdown().await.unwrap();
+    relay.stop();
+
+    // The relay store, read directly: the canary is gone, the kept body is
+    // there (so the check can fail).
+    let store = SledRelayStore::open(&relay_dir.path().join("store")).unwrap();
+    let (envelopes, blobs) = store_contents(&store, room.id()).await;
+    assert!(envelopes >= 6, "the store holds {envelopes} envelopes");
+    assert!(blobs.iter().any(|b| contains(b, KEPT)), "the kept body is missing from the store");
+    assert!(!blobs.iter().any(|b| contains(b, CANARY)), "the canary is in the relay store");
+    drop(store);
+    // And raw, in every file of the relay's data directory.
+    assert!(!files_containing(relay_dir.path(), KEPT).is_empty(), "no file holds the kept body");
+    assert_eq!(files_containing(relay_dir.path(), CANARY), Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_a_relay_whose_replica_was_lost_rebuilds_it_from_its_store() {
+    let relay_dir = tempfile::tempdir().unwrap();
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let relay = RelayProcess::start(relay_dir.path(), &[]);
+    let a = device(a_dir.path());
+    let room = a.create_room("rebuilt").await.unwrap();
+    let ticket = room.ticket().await.unwrap();
+    a.dial(relay.addr.clone()).await.unwrap();
+    for i in 0..20 {
+        room.send(&format!("message {i}")).await.unwrap();
+    }
+    until_reached(&room).await;
+    let want = bodies(&room).await;
+    a.shutdown().await.unwrap();
+    relay.kill();
+
+    // The relay's replica is gone; its store is not.
+    std::fs::remove_dir_all(relay_dir.path().join("replica")).unwrap();
+    let relay = RelayProcess::start(relay_dir.path(), &[]);
+    let b = device(b_dir.path());
+    let b_room = b.join_ticket(&ticket).await.unwrap();
+    b.dial(relay.addr.clone()).await.unwrap();
+    common::until("B to receive the rebuilt room", || async { bodies(&b_room).await == want })
+        .await;
+    b.shutdown().await.unwrap();
+    relay.stop();
+}
+
+/// Flights of forged envelopes: `real` with one signature bit flipped.
+fn forged_flight(room: RoomId, real: &Delivery, nth: usize) -> Vec<u8> {
+    let mut envelope = real.envelope.as_bytes().to_vec();
+    let bit = nth % (envelope.len() * 8);
+    let at = envelope.len() - 1 - bit / 8;
+    envelope[at] ^= 1 << (bit % 8);
+    let forged = RawDelivery { envelope, blobs: real.blobs.clone() };
+    SyncMessage::Flight { room, flight: Flight { deliveries: vec![forged], ..Flight::default() } }
+        .to_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_a_flood_of_invalid_envelopes_is_cut_off_while_honest_devices_sync() {
+    const FLOOD: usize = 200;
+    let relay_dir = tempfile::tempdir().unwrap();
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let relay = RelayProcess::start(relay_dir.path(), &[]);
+    let a = device(a_dir.path());
+    let b = device(b_dir.path());
+    let room = a.create_room("flooded").await.unwrap();
+    let ticket = room.ticket().await.unwrap();
+    a.dial(relay.addr.clone()).await.unwrap();
+    room.send("before the flood").await.unwrap();
+    until_reached(&room).await;
+    let b_room = b.join_ticket(&ticket).await.unwrap();
+    b.dial(relay.addr.clone()).await.unwrap();
+    let real = a
+        .replica()
+        .try_call({
+            let id = room.id();
+            move |r| r.deliveries(&id)
+        })
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
+    let genesis = ticket.genesis().as_bytes().to_vec();
+
+    // The attacker: a plain request-response swarm speaking the sync
+    // protocol, sending flights of forged envelopes as fast as it can.
+    let mut hostile = libp2p::SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_tcp(tcp::Config::default(), noise::Config::new, yamux::Config::default)
+        .unwrap()
+        .with_behaviour(|_| {
+            request_response::Behaviour::<SyncCodec>::new(
+                [(SYNC_PROTOCOL, ProtocolSupport::Full)],
+                request_response::Config::default().with_request_timeout(Duration::from_secs(10)),
+            )
+        })
+        .unwrap()
+        .build();
+    let relay_id = match relay.addr.iter().last() {
+        Some(libp2p::multiaddr::Protocol::P2p(id)) => id,
+        _ => panic!("the relay's address names no peer"),
+    };
+    hostile.dial(relay.addr.clone()).unwrap();
+    let mut answered = 0usize;
+    let mut failed = 0usize;
+    let mut closed = false;
+    let mut sent = 0usize;
+    let flood = async {
+        loop {
+            match hostile.select_next_some().await {
+                SwarmEvent::ConnectionEstablished { .. } => {
+                    for i in 0..FLOOD {
+                        let request = SyncRequest {
+                            session: i as u64,
+                            room: room.id(),
+                            messages: vec![forged_flight(room.id(), &real, i)],
+                            genesis: Some(genesis.clone()),
+                            refused: None,
+                        };
+                        hostile.behaviour_mut().send_request(&relay_id, request);
+                        sent += 1;
+                    }
+                }
+                SwarmEvent::Behaviour(request_response::Event::Message {
+                    message: request_response::Message::Response { .. },
+                    ..
+                }) => answered += 1,
+                SwarmEvent::Behaviour(request_response::Event::OutboundFailure { .. }) => {
+                    failed += 1
+                }
+                SwarmEvent::ConnectionClosed { num_established: 0, .. } => closed = true,
+                _ => {}
+            }
+            if sent == FLOOD && closed && answered + failed == FLOOD {
+                break;
+            }
+        }
+    };
+    // Honest traffic while the flood runs.
+    let honest = async {
+        for i in 0..10 {
+            room.send(&format!("during the flood {i}")).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let (flooded, ()) = tokio::join!(tokio::time::timeout(Duration::from_secs(60), flood), honest);
+    println!("flood of {FLOOD} forged flights: {answered} answered, {failed} failed");
+    assert!(flooded.is_ok(), "the flood was not cut off: {answered} answered, {failed} failed");
+    assert!(closed, "the attacker is still connected");
+    assert!(answered < FLOOD, "every one of {FLOOD} forged flights was answered");
+    // Banned: a new connection is refused at once.
+    hostile.dial(relay.addr.clone()).unwrap();
+    let redial = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match hostile.select_next_some().await {
+                SwarmEvent::ConnectionEstablished { .. } => continue,
+                SwarmEvent::ConnectionClosed { .. }
+                | SwarmEvent::OutgoingConnectionError { .. } => break,
+                _ => {}
+            }
+        }
+    })
+    .await;
+    assert!(redial.is_ok(), "the banned attacker could stay connected");
+    assert!(relay.metric("concord_envelopes_rejected_total") >= 3.0);
+
+    // B has everything A sent, through the relay, and nothing forged.
+    let want = bodies(&room).await;
+    assert_eq!(want.len(), 11);
+    common::until("B to converge through the relay", || async { bodies(&b_room).await == want })
+        .await;
+    let mut events = b.events();
+    room.send("after the flood").await.unwrap();
+    common::until("B to receive a message sent after the flood", || async {
+        bodies(&b_room).await.len() == 12
+    })
+    .await;
+    while let Ok(event) = events.try_recv() {
+        assert!(!matches!(event, NodeEvent::Banned(_)), "an honest device was banned: {event:?}");
+    }
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+    relay.stop();
+}
+
+#[test]
+fn test_relay_rejects_a_wrong_config_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("data_dir = \"d\"\nlisten = [\"not a multiaddr\"]\n", "not a multiaddr"),
+        ("data_dir = \"d\"\nsurprise = 1\n", "unknown field"),
+        ("data_dir = \"d\"\n[store]\nbackend = \"dynamodb\"\nregion = \"\"\ntable_prefix = \"x\"\n", "region"),
+        ("data_dir = \"d\"\n[store]\nbackend = \"floppy\"\n", "floppy"),
+        ("data_dir = \"d\"\nmax_sync_strikes = 0\n", "max_sync_strikes"),
+    ];
+    for (text, says) in cases {
+        let path = dir.path().join("relay.toml");
+        std::fs::write(&path, text).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_concord"))
+            .args(["relay", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{text:?} was accepted");
+        assert!(stderr.starts_with("error: ") && stderr.contains(says), "{text:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
