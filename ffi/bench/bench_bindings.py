@@ -17,9 +17,13 @@ example), and the runs alternate between Python and Rust:
   one after the other; every `--every` messages the run waits until B has
   them all and samples the process's VmRSS (/proc/self/status). Reported:
   the rate, the RSS after warm-up (`--warmup` messages) and at the end, the
-  growth per message in between, and for Python the objects the garbage
-  collector tracks; the baseline is two `concord_node` nodes doing the same
-  in a Rust process.
+  growth per message in between and in each half of it (memory that levels
+  off grows less in the second half), and for Python the objects the
+  garbage collector tracks; the baseline is two `concord_node` nodes doing
+  the same in a Rust process, which also reports its live heap (counted by
+  its global allocator) beside its VmRSS. `--store-cache-mib` sets the
+  store's page cache of every client on both sides (default: the
+  library's).
 - calls (`--runs` runs): one client alone, `--calls` timed calls each of
   `peer_id`, `unread_count` and `send` (after 100 untimed ones), through the
   bindings, through the `concord-ffi` wrappers called from Rust, and through
@@ -178,11 +182,20 @@ async def wait_for(arrivals, want, what):
         await asyncio.sleep(0.002)
 
 
+def client_config(concord, args, listen):
+    """The settings of every client: mDNS off, the benchmark's catch-up
+    period, and the store's cache if `--store-cache-mib` says so."""
+    config = concord.ClientConfig(
+        mdns=False, sync_interval_ms=SYNC_INTERVAL_MS, listen_addresses=listen
+    )
+    if args.store_cache_mib is not None:
+        config.store_cache_mib = args.store_cache_mib
+    return config
+
+
 async def child_messages(concord, args):
     """The messages part through the bindings, in this (fresh) process."""
-    config = concord.ClientConfig(
-        mdns=False, sync_interval_ms=SYNC_INTERVAL_MS, listen_addresses=[LOOPBACK]
-    )
+    config = client_config(concord, args, [LOOPBACK])
     a = await concord.Client.open(os.path.join(args.dir, "a"), config)
     b = await concord.Client.open(os.path.join(args.dir, "b"), config)
     room_a = await a.create_room("bench")
@@ -215,9 +228,7 @@ async def child_messages(concord, args):
 
 async def child_calls(concord, args):
     """One run of the calls part through the bindings."""
-    config = concord.ClientConfig(
-        mdns=False, sync_interval_ms=SYNC_INTERVAL_MS, listen_addresses=[]
-    )
+    config = client_config(concord, args, [])
     client = await concord.Client.open(os.path.join(args.dir, "calls"), config)
     room = await client.create_room("bench")
     for i in range(min(WARMUP_CALLS, args.calls)):
@@ -299,19 +310,21 @@ class Sides:
 
     def _dir(self):
         self.runs += 1
-        return os.path.join(self.scratch, f"run-{self.runs}")
+        opts = ["--dir", os.path.join(self.scratch, f"run-{self.runs}")]
+        if self.args.store_cache_mib is not None:
+            opts += ["--store-cache-mib", self.args.store_cache_mib]
+        return opts
 
     def messages(self, api):
         a = self.args
-        opts = ["--messages", a.messages, "--every", a.every, "--seed", a.seed,
-                "--dir", self._dir()]
+        opts = ["--messages", a.messages, "--every", a.every, "--seed", a.seed, *self._dir()]
         if api == "python":
             return run_json([*self.python, "--child", "messages", *opts])
         return run_json([self.binary, "messages", *opts])
 
     def calls(self, api):
         a = self.args
-        opts = ["--calls", a.calls, "--seed", a.seed, "--dir", self._dir()]
+        opts = ["--calls", a.calls, "--seed", a.seed, *self._dir()]
         if api == "python":
             return run_json([*self.python, "--child", "calls", *opts])
         return run_json([self.binary, "calls", "--api", api, *opts])
@@ -350,6 +363,10 @@ def show_count(n):
     return f"{n:,.0f}"
 
 
+def show_ratio(r):
+    return f"{r:.2f}"
+
+
 def ratio(a, b):
     return f"{a / b:.2f}x" if b > 0 else "–"
 
@@ -360,61 +377,99 @@ def spread(values, show):
 
 
 def summarise(run, warmup):
-    """One messages run's figures from its samples."""
+    """One messages run's figures from its samples. The span after warm-up
+    is also cut at the sample nearest its middle, for the growth per
+    message in each half."""
     samples = [s for s in run if "sent" in s]
     warm = next((s for s in samples if s["sent"] >= warmup), samples[0])
     end = samples[-1]
-    span = end["sent"] - warm["sent"]
-    return {
+    middle = min(samples, key=lambda s: abs(s["sent"] - (warm["sent"] + end["sent"]) / 2))
+
+    def growth(key, a, b):
+        if key not in a or b["sent"] == a["sent"]:
+            return None
+        return (b[key] - a[key]) * 1024 / (b["sent"] - a["sent"])
+
+    out = {
         "received": end["received"],
         "rate": end["sent"] / end["elapsed_s"],
         "warm_sent": warm["sent"],
+        "middle_sent": middle["sent"],
         "end_sent": end["sent"],
         "rss_warm": warm["rss_kib"],
         "rss_end": end["rss_kib"],
-        "growth": (end["rss_kib"] - warm["rss_kib"]) * 1024 / span if span else 0.0,
         "objects_warm": warm.get("objects"),
         "objects_end": end.get("objects"),
         "series": {s["sent"]: s["rss_kib"] for s in samples},
+        "heap_series": {s["sent"]: s["heap_kib"] for s in samples if "heap_kib" in s},
     }
+    for key, name in (("rss_kib", "growth"), ("heap_kib", "heap_growth")):
+        out[name] = growth(key, warm, end)
+        out[name + "_first"] = growth(key, warm, middle)
+        out[name + "_second"] = growth(key, middle, end)
+        first, second = out[name + "_first"], out[name + "_second"]
+        out[name + "_ratio"] = second / first if first and second is not None else None
+    return out
 
 
 def messages_table(args, py_runs, rust_runs):
     py = [summarise(r, args.warmup) for r in py_runs]
     rs = [summarise(r, args.warmup) for r in rust_runs]
-    warm, end = py[0]["warm_sent"], py[0]["end_sent"]
+    warm, middle, end = py[0]["warm_sent"], py[0]["middle_sent"], py[0]["end_sent"]
     rows = [
         ("messages sent by A and received by B's listener", "received", show_count),
         ("send and receive rate", "rate", show_rate),
         (f"VmRSS after warm-up ({warm:,} messages)", "rss_warm", show_mib),
         (f"VmRSS at the end ({end:,} messages)", "rss_end", show_mib),
         ("VmRSS growth per message after warm-up", "growth", show_bytes),
+        (f"… from {warm:,} to {middle:,} messages", "growth_first", show_bytes),
+        (f"… from {middle:,} to {end:,} messages", "growth_second", show_bytes),
+        ("… second half / first half", "growth_ratio", show_ratio),
     ]
+    cache = (f"store cache {args.store_cache_mib} MiB" if args.store_cache_mib is not None
+             else "store cache: the default")
     lines = [
         f"messages: seed {args.seed}, {args.messages:,} messages, VmRSS every {args.every:,}, "
-        f"warm-up {args.warmup:,}, {args.message_runs} runs",
+        f"warm-up {args.warmup:,}, {cache}, {args.message_runs} runs",
         "",
         "| metric | Python bindings | Python min – max | Rust `concord_node` "
         "| Rust min – max | bindings / Rust |",
         "|---|--:|--:|--:|--:|--:|",
     ]
     for name, key, show in rows:
-        p, r = [x[key] for x in py], [x[key] for x in rs]
-        compare = ratio(statistics.median(p), statistics.median(r)) if key != "received" else "–"
+        p = [x[key] for x in py if x[key] is not None]
+        r = [x[key] for x in rs if x[key] is not None]
+        if not p or not r:
+            continue
+        compare = ("–" if key in ("received", "growth_ratio")
+                   else ratio(statistics.median(p), statistics.median(r)))
         lines.append(f"| {name} | {' | '.join(spread(p, show))} | {' | '.join(spread(r, show))} "
                      f"| {compare} |")
     objects = [x["objects_end"] - x["objects_warm"] for x in py]
     lines.append("| Python objects tracked by gc, growth after warm-up | "
                  + " | ".join(spread(objects, lambda n: f"{n:+,.0f}")) + " | – | – | – |")
+    heap_rows = [
+        ("live heap growth per message after warm-up", "heap_growth", show_bytes),
+        (f"… from {warm:,} to {middle:,} messages", "heap_growth_first", show_bytes),
+        (f"… from {middle:,} to {end:,} messages", "heap_growth_second", show_bytes),
+        ("… second half / first half", "heap_growth_ratio", show_ratio),
+    ]
+    for name, key, show in heap_rows:
+        r = [x[key] for x in rs if x[key] is not None]
+        if r:
+            lines.append(f"| {name} | – | – | {' | '.join(spread(r, show))} | – |")
     lines += [
         "",
-        "| messages | VmRSS, Python bindings (median) | VmRSS, Rust `concord_node` (median) |",
-        "|--:|--:|--:|",
+        "| messages | VmRSS, Python bindings (median) | VmRSS, Rust `concord_node` (median) "
+        "| live heap, Rust `concord_node` (median) |",
+        "|--:|--:|--:|--:|",
     ]
     for sent in sorted(py[0]["series"]):
         p = statistics.median(x["series"][sent] for x in py)
         r = statistics.median(x["series"][sent] for x in rs)
-        lines.append(f"| {sent:,} | {show_mib(p)} | {show_mib(r)} |")
+        heaps = [x["heap_series"][sent] for x in rs if sent in x["heap_series"]]
+        h = show_mib(statistics.median(heaps)) if heaps else "–"
+        lines.append(f"| {sent:,} | {show_mib(p)} | {show_mib(r)} | {h} |")
     return "\n".join(lines)
 
 
@@ -501,6 +556,8 @@ def main():
     parser.add_argument("--message-runs", type=int, default=3, help="runs of the messages part")
     parser.add_argument("--calls", type=int, default=2_000, help="timed calls of each kind per run")
     parser.add_argument("--runs", type=int, default=5, help="runs of the calls part")
+    parser.add_argument("--store-cache-mib", type=int,
+                        help="the store's page cache of every client [default: the library's]")
     parser.add_argument("--bindings", default=os.environ.get("CONCORD_BINDINGS", DEFAULT_BINDINGS),
                         help="the generated module's directory")
     parser.add_argument("--allow-debug", action="store_true",
@@ -511,6 +568,8 @@ def main():
     args.bindings = os.path.abspath(args.bindings)
     if min(args.messages, args.every, args.calls, args.runs, args.message_runs) <= 0:
         parser.error("--messages, --every, --calls, --runs and --message-runs must be positive")
+    if args.store_cache_mib is not None and args.store_cache_mib <= 0:
+        parser.error("--store-cache-mib must be positive")
     if args.warmup is None:
         args.warmup = max(args.every, args.messages // 5 // args.every * args.every)
     if args.child:

@@ -25,25 +25,91 @@
 //!   every `--every` messages the run waits until B has them all and
 //!   samples the process's resident memory (VmRSS).
 //!
+//! `--store-cache-mib` sets the store's page cache of every node (default:
+//! the node's, `DEFAULT_STORE_CACHE_BYTES`).
+//!
 //! Output is one JSON object per line on stdout, for the Python script to
 //! read; `calls` ends with the process's VmRSS after the calls, which shows
 //! what one node alone keeps per message sent (compare `--calls 2000` with
-//! `--calls 20000`). The texts come from the same seeded generator as the script's
-//! (splitmix64; see `Texts`), and each mode prints a digest of the texts it
-//! sent so that the script can check that both sides sent the same bytes.
+//! `--calls 20000`). Every VmRSS comes with the live heap (`heap_kib`),
+//! counted by this program's global allocator: VmRSS above it is memory the
+//! allocator keeps without it being in use (and the heap above VmRSS is
+//! memory allocated but never touched). The texts come from the same seeded
+//! generator as the script's (splitmix64; see `Texts`), and each mode prints
+//! a digest of the texts it sent so that the script can check that both
+//! sides sent the same bytes.
 
+// Counting the live heap takes a global allocator that wraps the system's,
+// and implementing `GlobalAlloc` is unsafe; `Counting` is the only unsafe
+// code here.
+#![allow(unsafe_code)]
+
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::error::Error;
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use concord_ffi::node::{AuthorId, Node, NodeConfig, RoomId, TimelineDiff, TimelineListener};
+use concord_ffi::node::{
+    AuthorId, Node, NodeConfig, RoomId, TimelineDiff, TimelineListener, DEFAULT_STORE_CACHE_BYTES,
+};
 use concord_ffi::{Client, ClientConfig};
 use tokio::runtime::{Builder, Runtime};
 
 type Result<T> = std::result::Result<T, Box<dyn Error>>;
+
+/// The system allocator, counting the bytes allocated and not yet freed.
+struct Counting;
+
+static LIVE_BYTES: AtomicI64 = AtomicI64::new(0);
+
+fn count(delta: usize, sign: i64) {
+    LIVE_BYTES.fetch_add(sign * delta as i64, Ordering::Relaxed);
+}
+
+// SAFETY: every call is forwarded unchanged to `System`; the counter does
+// not touch the memory.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let p = unsafe { System.alloc(layout) };
+        if !p.is_null() {
+            count(layout.size(), 1);
+        }
+        p
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        let p = unsafe { System.alloc_zeroed(layout) };
+        if !p.is_null() {
+            count(layout.size(), 1);
+        }
+        p
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) };
+        count(layout.size(), -1);
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let p = unsafe { System.realloc(ptr, layout, new_size) };
+        if !p.is_null() {
+            count(layout.size(), -1);
+            count(new_size, 1);
+        }
+        p
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// The live heap, in KiB.
+fn heap_kib() -> i64 {
+    LIVE_BYTES.load(Ordering::Relaxed) / 1024
+}
 
 /// Untimed calls of each operation before the timed ones: the first calls
 /// pay for lazily built state (the room's documents, sled's pages, the
@@ -76,7 +142,9 @@ fn main() -> Result<()> {
 }
 
 const USAGE: &str = "usage: call_overhead calls [--api node|ffi] [--calls N] [--seed S] [--dir D]
-       call_overhead messages [--messages M] [--every K] [--seed S] [--dir D]";
+                            [--store-cache-mib C]
+       call_overhead messages [--messages M] [--every K] [--seed S] [--dir D]
+                              [--store-cache-mib C]";
 
 /// Command-line options (the same names as the Python script's).
 struct Options {
@@ -86,6 +154,7 @@ struct Options {
     every: usize,
     seed: u64,
     dir: Option<PathBuf>,
+    store_cache_mib: u32,
 }
 
 impl Options {
@@ -97,6 +166,7 @@ impl Options {
             every: 1_000,
             seed: 42,
             dir: None,
+            store_cache_mib: u32::try_from(DEFAULT_STORE_CACHE_BYTES >> 20)?,
         };
         let mut it = args.iter();
         while let Some(flag) = it.next() {
@@ -108,13 +178,24 @@ impl Options {
                 "--every" => o.every = value.parse()?,
                 "--seed" => o.seed = value.parse()?,
                 "--dir" => o.dir = Some(PathBuf::from(value)),
+                "--store-cache-mib" => o.store_cache_mib = value.parse()?,
                 _ => return Err(format!("unknown option {flag}\n{USAGE}").into()),
             }
         }
-        if o.calls == 0 || o.messages == 0 || o.every == 0 {
-            return Err("--calls, --messages and --every must be more than zero".into());
+        if o.calls == 0 || o.messages == 0 || o.every == 0 || o.store_cache_mib == 0 {
+            return Err(
+                "--calls, --messages, --every and --store-cache-mib must be more than zero".into(),
+            );
         }
         Ok(o)
+    }
+
+    /// The node settings of every run.
+    fn node_config(&self) -> NodeConfig {
+        NodeConfig::default()
+            .mdns(false)
+            .sync_interval(SYNC_INTERVAL)
+            .store_cache_bytes(u64::from(self.store_cache_mib) << 20)
     }
 }
 
@@ -237,7 +318,7 @@ fn runtime() -> Result<Runtime> {
 /// `calls --api node`: `concord_node` directly.
 fn calls_node(opts: &Options, dir: &Path) -> Result<()> {
     let rt = runtime()?;
-    let config = NodeConfig::default().mdns(false).sync_interval(SYNC_INTERVAL);
+    let config = opts.node_config();
     let node = rt.block_on(async { Node::open(dir.join("node"), config) })?;
     let room = rt.block_on(node.create_room("bench"))?;
     let mut digest = Digest::default();
@@ -269,7 +350,12 @@ fn calls_node(opts: &Options, dir: &Path) -> Result<()> {
         summary("node", "send", times);
         Ok::<_, Box<dyn Error>>(())
     })?;
-    println!(r#"{{"api":"node","texts_digest":"{}","rss_kib":{}}}"#, digest.hex(), rss_kib()?);
+    println!(
+        r#"{{"api":"node","texts_digest":"{}","rss_kib":{},"heap_kib":{}}}"#,
+        digest.hex(),
+        rss_kib()?,
+        heap_kib()
+    );
     rt.block_on(node.shutdown())?;
     Ok(())
 }
@@ -283,6 +369,7 @@ fn calls_ffi(opts: &Options, dir: &Path) -> Result<()> {
         mdns: false,
         sync_interval_ms: SYNC_INTERVAL.as_millis() as u64,
         listen_addresses: Vec::new(),
+        store_cache_mib: opts.store_cache_mib,
     };
     let data_dir = dir.join("ffi").to_string_lossy().into_owned();
     let client = rt.block_on(Client::open(data_dir, config))?;
@@ -316,7 +403,12 @@ fn calls_ffi(opts: &Options, dir: &Path) -> Result<()> {
         summary("ffi", "send", times);
         Ok::<_, Box<dyn Error>>(())
     })?;
-    println!(r#"{{"api":"ffi","texts_digest":"{}","rss_kib":{}}}"#, digest.hex(), rss_kib()?);
+    println!(
+        r#"{{"api":"ffi","texts_digest":"{}","rss_kib":{},"heap_kib":{}}}"#,
+        digest.hex(),
+        rss_kib()?,
+        heap_kib()
+    );
     rt.block_on(client.shutdown())?;
     Ok(())
 }
@@ -364,10 +456,9 @@ fn wait_for(count: &AtomicU64, want: u64, what: &str) -> Result<()> {
 /// `messages`: two nodes, A sends, B's listener counts.
 fn messages(opts: &Options, dir: &Path) -> Result<()> {
     let rt = runtime()?;
-    let config = || NodeConfig::default().mdns(false).sync_interval(SYNC_INTERVAL);
     let (a, b) = rt.block_on(async {
-        let a = Node::open(dir.join("a"), config())?;
-        let b = Node::open(dir.join("b"), config())?;
+        let a = Node::open(dir.join("a"), opts.node_config())?;
+        let b = Node::open(dir.join("b"), opts.node_config())?;
         a.listen(LOOPBACK.parse()?).await?;
         b.listen(LOOPBACK.parse()?).await?;
         Ok::<_, Box<dyn Error>>((a, b))
@@ -394,9 +485,10 @@ fn messages(opts: &Options, dir: &Path) -> Result<()> {
         if sent % opts.every == 0 || sent == opts.messages {
             wait_for(&count, base + sent as u64, "B to receive A's messages")?;
             println!(
-                r#"{{"api":"node","sent":{sent},"received":{},"rss_kib":{},"elapsed_s":{:.3}}}"#,
+                r#"{{"api":"node","sent":{sent},"received":{},"rss_kib":{},"heap_kib":{},"elapsed_s":{:.3}}}"#,
                 count.load(Ordering::SeqCst) - base,
                 rss_kib()?,
+                heap_kib(),
                 start.elapsed().as_secs_f64()
             );
         }

@@ -22,7 +22,16 @@ pub struct ClientConfig {
     /// Multiaddrs to listen on once open, like `/ip4/0.0.0.0/tcp/0`.
     #[uniffi(default)]
     pub listen_addresses: Vec<String>,
+    /// The store's page cache, in MiB (more than zero). It bounds what the
+    /// store keeps in memory: with the default, 4 (the node's
+    /// `DEFAULT_STORE_CACHE_BYTES`), about 7 MiB once full. A desktop app
+    /// with big rooms may give it more, for fewer reads from the file.
+    #[uniffi(default = 4)]
+    pub store_cache_mib: u32,
 }
+
+// `store_cache_mib`'s default is the node's default cache.
+const _: () = assert!(concord_node::DEFAULT_STORE_CACHE_BYTES == 4 << 20);
 
 /// A room this device holds.
 #[derive(Clone, Debug, PartialEq, Eq, uniffi::Record)]

@@ -25,8 +25,17 @@ pub(crate) const MAX_GOSSIP_BYTES: usize = 64 * 1024;
 /// gossipsub's heartbeat: mesh upkeep, and gossip (IHAVE) of the message
 /// ids of the last three heartbeats to peers outside the mesh, so 1.5 s
 /// after a node got a message. [`crate::config::MIN_GOSSIP_SEEN_TTL`]
-/// follows from it.
+/// follows from it. Each heartbeat also drops from the message cache what
+/// arrived five heartbeats ago: the cache holds 2.5 s of messages.
 const GOSSIP_HEARTBEAT: Duration = Duration::from_millis(500);
+
+/// Delay of the first heartbeat after the swarm starts, beyond one period.
+/// gossipsub's default, 5 s, leaves the message cache unshifted for 5.5 s
+/// after start, so it holds every message of those seconds until the first
+/// heartbeats drop them 2.5 s later (several MiB per node at 1,000 messages
+/// per second), and leaves peers met in those seconds out of the mesh.
+/// go-libp2p's 100 ms is enough.
+const GOSSIP_FIRST_HEARTBEAT: Duration = Duration::from_millis(100);
 
 /// Protocol name announced by identify.
 const IDENTIFY_PROTOCOL: &str = "/concord/1";
@@ -90,6 +99,7 @@ pub(crate) fn build_swarm(
                 .validate_messages()
                 .max_transmit_size(MAX_GOSSIP_BYTES)
                 .heartbeat_interval(GOSSIP_HEARTBEAT)
+                .heartbeat_initial_delay(GOSSIP_FIRST_HEARTBEAT)
                 // gossipsub keeps the id of every message it saw for this
                 // long (60 s by default), and its peer score keeps a
                 // delivery record of each for 120 s (not configurable):

@@ -10,15 +10,17 @@ use crate::error::NodeError;
 pub const DEFAULT_SYNC_INTERVAL: Duration = Duration::from_secs(30);
 
 /// sled's page cache of the store [`crate::Node::open`] opens, by default.
-/// sled keeps every page it writes or reads in this cache up to the cap
-/// (its in-memory pages take about 1.5 times the cap), so the cap is what
-/// bounds the store's memory. A chat replica writes at the end of each tree
-/// (the newest bucket), so a few pages per tree are hot; 8 MiB holds them
-/// and the newest pages of busy rooms, and a page beyond it is read back
-/// from the file (the OS's cache) and decoded. The core's own default
-/// (`concord_core::DEFAULT_SLED_CACHE_BYTES`, 64 MiB) is for one big store
-/// on a server; a phone pays for every MiB it keeps resident.
-pub const DEFAULT_STORE_CACHE_BYTES: u64 = 8 * 1024 * 1024;
+/// sled keeps the pages it writes and reads in this cache up to the cap, so
+/// the cap is what bounds the store's memory: with 4 MiB, sled holds about
+/// 7 MiB once the cache is full (the pages take more in memory than the cap
+/// counts, and it has its log buffers). A replica writes at the end of each
+/// tree (the newest bucket), so few pages are hot; a page beyond the cache
+/// is read back from the file (usually the OS's cache) and decoded. The
+/// core's default (`concord_core::DEFAULT_SLED_CACHE_BYTES`, 64 MiB, which
+/// grows by about 1.6 KiB per message for some 40,000 messages) suits a
+/// desktop with big rooms; a phone pays for every MiB it keeps resident
+/// (SQLite's default page cache is 2 MiB).
+pub const DEFAULT_STORE_CACHE_BYTES: u64 = 4 * 1024 * 1024;
 
 /// How long gossip remembers the id of a message it has seen (gossipsub's
 /// duplicate cache), by default. A copy that arrives later is taken as new:
