@@ -41,12 +41,16 @@ struct RelayProcess {
 
 impl RelayProcess {
     /// Starts a sled-backed relay on `data_dir` and waits until it is ready.
-    fn start(data_dir: &Path, extra: &[&str]) -> Self {
+    fn start(data_dir: &Path) -> Self {
+        Self::start_with(&["--data-dir".as_ref(), data_dir.as_os_str()])
+    }
+
+    /// Starts a relay with `args` and waits until it is ready.
+    fn start_with(args: &[&std::ffi::OsStr]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_concord"))
-            .args(["relay", "--data-dir"])
-            .arg(data_dir)
+            .arg("relay")
+            .args(args)
             .args(["--listen", "/ip4/127.0.0.1/tcp/0", "--metrics", "127.0.0.1:0"])
-            .args(extra)
             .arg("--log-json")
             .env("RUST_LOG", "concord_node=info")
             .stdout(Stdio::piped())
@@ -54,7 +58,9 @@ impl RelayProcess {
             .spawn()
             .expect("start concord relay");
         let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, lines) = mpsc::channel();
+        // The relay prints a handful of lines; the reader blocks past these.
+        const LINES: usize = 64;
+        let (tx, lines) = mpsc::sync_channel(LINES);
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 eprintln!("relay> {line}");
@@ -185,7 +191,7 @@ async fn until_reached(room: &Room<SledStore>) {
 async fn test_store_and_forward_survives_sigkill_and_erases_deleted_bodies() {
     let relay_dir = tempfile::tempdir().unwrap();
     let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let relay = RelayProcess::start(relay_dir.path(), &[]);
+    let relay = RelayProcess::start(relay_dir.path());
     let (status, body) = relay.get("/health");
     assert!(status.contains("200") && body == "ok\n", "{status} {body}");
 
@@ -211,7 +217,7 @@ async fn test_store_and_forward_survives_sigkill_and_erases_deleted_bodies() {
 
     // SIGKILL, then a restart on the same data directory.
     relay.kill();
-    let relay = RelayProcess::start(relay_dir.path(), &[]);
+    let relay = RelayProcess::start(relay_dir.path());
 
     // B has the ticket (whose addresses are A's, now offline) and meets
     // only the relay.
@@ -246,7 +252,7 @@ async fn test_store_and_forward_survives_sigkill_and_erases_deleted_bodies() {
 async fn test_a_relay_whose_replica_was_lost_rebuilds_it_from_its_store() {
     let relay_dir = tempfile::tempdir().unwrap();
     let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let relay = RelayProcess::start(relay_dir.path(), &[]);
+    let relay = RelayProcess::start(relay_dir.path());
     let a = device(a_dir.path());
     let room = a.create_room("rebuilt").await.unwrap();
     let ticket = room.ticket().await.unwrap();
@@ -261,7 +267,7 @@ async fn test_a_relay_whose_replica_was_lost_rebuilds_it_from_its_store() {
 
     // The relay's replica is gone; its store is not.
     std::fs::remove_dir_all(relay_dir.path().join("replica")).unwrap();
-    let relay = RelayProcess::start(relay_dir.path(), &[]);
+    let relay = RelayProcess::start(relay_dir.path());
     let b = device(b_dir.path());
     let b_room = b.join_ticket(&ticket).await.unwrap();
     b.dial(relay.addr.clone()).await.unwrap();
@@ -287,7 +293,7 @@ async fn test_a_flood_of_invalid_envelopes_is_cut_off_while_honest_devices_sync(
     const FLOOD: usize = 200;
     let relay_dir = tempfile::tempdir().unwrap();
     let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let relay = RelayProcess::start(relay_dir.path(), &[]);
+    let relay = RelayProcess::start(relay_dir.path());
     let a = device(a_dir.path());
     let b = device(b_dir.path());
     let room = a.create_room("flooded").await.unwrap();
@@ -432,5 +438,157 @@ fn test_relay_rejects_a_wrong_config_with_a_clear_error() {
         assert!(!out.status.success(), "{text:?} was accepted");
         assert!(stderr.starts_with("error: ") && stderr.contains(says), "{text:?}: {stderr}");
         assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
+
+/// The relay on the DynamoDB API (DynamoDB Local), through a TCP front the
+/// test can cut: erasure read from the table directly, and "reached" only
+/// once the store holds a message.
+#[cfg(feature = "dynamodb")]
+mod on_dynamodb {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    use aws_sdk_dynamodb::types::AttributeValue;
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::*;
+    use crate::common::dynamodb;
+
+    /// A TCP front for the server that can be switched off: off, it closes
+    /// every open connection and refuses new ones.
+    struct Front {
+        url: String,
+        up: Arc<AtomicBool>,
+        open: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    }
+
+    impl Front {
+        async fn start() -> Self {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let url = format!("http://{}", listener.local_addr().unwrap());
+            let upstream = dynamodb::endpoint().trim_start_matches("http://").to_owned();
+            let up = Arc::new(AtomicBool::new(true));
+            let open = Arc::new(Mutex::new(Vec::new()));
+            let (up2, open2) = (up.clone(), open.clone());
+            tokio::spawn(async move {
+                loop {
+                    let Ok((mut client, _)) = listener.accept().await else { continue };
+                    if !up2.load(Ordering::SeqCst) {
+                        continue; // dropped: closed at once
+                    }
+                    let upstream = upstream.clone();
+                    let task = tokio::spawn(async move {
+                        if let Ok(mut server) = TcpStream::connect(&upstream).await {
+                            let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                        }
+                    });
+                    open2.lock().unwrap().push(task);
+                }
+            });
+            Self { url, up, open }
+        }
+
+        fn set(&self, up: bool) {
+            self.up.store(up, Ordering::SeqCst);
+            if !up {
+                for task in self.open.lock().unwrap().drain(..) {
+                    task.abort();
+                }
+            }
+        }
+    }
+
+    fn config_file(dir: &Path, endpoint: &str, prefix: &str) -> std::path::PathBuf {
+        let path = dir.join("relay.toml");
+        let text = format!(
+            "data_dir = \"data\"\n\n[store]\nbackend = \"dynamodb\"\nendpoint = \"{endpoint}\"\n\
+             region = \"{}\"\ntable_prefix = \"{prefix}\"\n",
+            dynamodb::REGION
+        );
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    /// Every blob item's bytes, scanned from the table directly.
+    async fn blob_items(prefix: &str) -> Vec<Vec<u8>> {
+        let out = dynamodb::raw_client()
+            .scan()
+            .table_name(format!("{prefix}blobs"))
+            .consistent_read(true)
+            .send()
+            .await
+            .unwrap();
+        out.items()
+            .iter()
+            .filter_map(|item| match item.get("d") {
+                Some(AttributeValue::B(b)) => Some(b.as_ref().to_vec()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    async fn envelope_count(prefix: &str) -> usize {
+        let out = dynamodb::raw_client()
+            .scan()
+            .table_name(format!("{prefix}envelopes"))
+            .consistent_read(true)
+            .send()
+            .await
+            .unwrap();
+        out.items().len()
+    }
+
+    async fn states(room: &Room<SledStore>) -> Vec<Option<DeliveryState>> {
+        room.timeline().await.unwrap().into_iter().map(|i| i.delivery).collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn test_relay_on_dynamodb_erases_and_acknowledges_only_what_it_stored() {
+        let front = Front::start().await;
+        let prefix = dynamodb::prefix("relay");
+        let dir = tempfile::tempdir().unwrap();
+        let config = config_file(dir.path(), &front.url, &prefix);
+        let init = Command::new(env!("CARGO_BIN_EXE_concord"))
+            .args(["relay", "init-store", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
+        let relay = RelayProcess::start_with(&["--config".as_ref(), config.as_os_str()]);
+
+        let a_dir = tempfile::tempdir().unwrap();
+        let a = device(a_dir.path());
+        let room = a.create_room("on dynamodb").await.unwrap();
+        a.dial(relay.addr.clone()).await.unwrap();
+        room.send(KEPT).await.unwrap();
+        let secret = room.send(CANARY).await.unwrap();
+        until_reached(&room).await;
+        assert!(blob_items(&prefix).await.iter().any(|b| contains(b, CANARY)));
+        room.delete(secret).await.unwrap();
+        until_reached(&room).await;
+        let blobs = blob_items(&prefix).await;
+        assert!(blobs.iter().any(|b| contains(b, KEPT)), "the kept body is not in the table");
+        assert!(!blobs.iter().any(|b| contains(b, CANARY)), "the canary is still in the table");
+        assert!(relay.metric("concord_relay_blobs_erased_total") >= 1.0);
+
+        // The store goes away: a new message stays saved, and health says so.
+        let stored = envelope_count(&prefix).await;
+        front.set(false);
+        room.send("while the store is down").await.unwrap();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert_eq!(states(&room).await.last().unwrap(), &Some(DeliveryState::Saved));
+        let (status, body) = relay.get("/health");
+        assert!(status.contains("503"), "{status} {body}");
+        assert!(relay.metric("concord_relay_store_errors_total") >= 1.0);
+
+        // Back: the outbox goes out, then the device's catch-up is answered.
+        front.set(true);
+        until_reached(&room).await;
+        assert_eq!(envelope_count(&prefix).await, stored + 1);
+        let (status, _) = relay.get("/health");
+        assert!(status.contains("200"), "{status}");
+        a.shutdown().await.unwrap();
+        relay.stop();
     }
 }

@@ -118,6 +118,14 @@ pub enum StoreConfig {
         /// Replication factor `init-store` creates the keyspace with.
         #[serde(default = "default_replication")]
         replication_factor: u32,
+        /// The relay's datacenter: requests go to its nodes at
+        /// `LOCAL_QUORUM`; without one, `QUORUM` over the cluster.
+        #[serde(default)]
+        datacenter: Option<String>,
+        /// User for password authentication; the password comes from the
+        /// environment variable `CONCORD_CQL_PASSWORD`, never the file.
+        #[serde(default)]
+        user: Option<String>,
     },
 }
 
@@ -246,7 +254,7 @@ impl RelayConfig {
                     return bad("store: region and table_prefix must be set".into());
                 }
             }
-            StoreConfig::Cql { nodes, keyspace, replication_factor } => {
+            StoreConfig::Cql { nodes, keyspace, replication_factor, .. } => {
                 if nodes.is_empty() || keyspace.is_empty() || *replication_factor == 0 {
                     return bad("store: nodes, keyspace and replication_factor must be set".into());
                 }

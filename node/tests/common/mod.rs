@@ -4,6 +4,8 @@
 #![allow(dead_code)]
 
 pub mod chat;
+#[cfg(feature = "dynamodb")]
+pub mod dynamodb;
 pub mod relay_conformance;
 
 use std::sync::Arc;

@@ -127,8 +127,37 @@ async fn serve(config: RelayConfig) -> CliResult<ExitCode> {
             .context("cannot reach the DynamoDB relay store")?;
             run_with(config, store).await
         }
+        #[cfg(feature = "cql")]
+        StoreConfig::Cql { nodes, keyspace, datacenter, user, .. } => {
+            let store = cql_store(&nodes, &keyspace, datacenter, user).await?;
+            run_with(config, store).await
+        }
+        #[allow(unreachable_patterns)]
         other => Err(unsupported(&other)),
     }
+}
+
+/// Connects to the CQL cluster; the password, if any, comes from
+/// `CONCORD_CQL_PASSWORD`.
+#[cfg(feature = "cql")]
+async fn cql_store(
+    nodes: &[String],
+    keyspace: &str,
+    datacenter: Option<String>,
+    user: Option<String>,
+) -> CliResult<concord_node::relay::CqlRelayStore> {
+    let mut options = concord_node::relay::CqlOptions::default();
+    if let Some(dc) = datacenter {
+        options = options.datacenter(dc);
+    }
+    if let Some(user) = user {
+        let password = std::env::var("CONCORD_CQL_PASSWORD")
+            .map_err(|_| CliError::new("store.user is set but CONCORD_CQL_PASSWORD is not"))?;
+        options = options.credentials(user, password);
+    }
+    concord_node::relay::CqlRelayStore::connect(nodes, keyspace, options)
+        .await
+        .context("cannot reach the CQL cluster")
 }
 
 fn unsupported(store: &StoreConfig) -> CliError {
@@ -198,6 +227,13 @@ async fn init_store(config: RelayConfig) -> CliResult<ExitCode> {
             store.create_tables().await.context("cannot create the tables")?;
             say!("DynamoDB tables {table_prefix}{{envelopes,buckets,blobs,rooms}} ready");
         }
+        #[cfg(feature = "cql")]
+        StoreConfig::Cql { nodes, keyspace, replication_factor, datacenter, user } => {
+            let store = cql_store(&nodes, &keyspace, datacenter, user).await?;
+            store.create_schema(replication_factor).await.context("cannot create the schema")?;
+            say!("CQL keyspace {keyspace} and its tables ready");
+        }
+        #[allow(unreachable_patterns)]
         other => return Err(unsupported(&other)),
     }
     Ok(ExitCode::SUCCESS)
