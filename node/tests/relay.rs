@@ -39,6 +39,14 @@ struct RelayProcess {
     lines: mpsc::Receiver<String>,
 }
 
+/// A test that fails must not leave its relay running.
+impl Drop for RelayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl RelayProcess {
     /// Starts a sled-backed relay on `data_dir` and waits until it is ready.
     fn start(data_dir: &Path) -> Self {
@@ -566,6 +574,9 @@ mod on_dynamodb {
         until_reached(&room).await;
         assert!(blob_items(&prefix).await.iter().any(|b| contains(b, CANARY)));
         room.delete(secret).await.unwrap();
+        // The deleted message leaves the timeline; a later message reaching
+        // the relay shows the delete did (the watermark covers both).
+        room.send("after the delete").await.unwrap();
         until_reached(&room).await;
         let blobs = blob_items(&prefix).await;
         assert!(blobs.iter().any(|b| contains(b, KEPT)), "the kept body is not in the table");

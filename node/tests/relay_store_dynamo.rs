@@ -16,6 +16,7 @@ use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_dynamodb::primitives::Blob;
 use aws_sdk_dynamodb::types::{AttributeValue, Select};
 use common::relay_conformance as conformance;
+use concord_core::RoomId;
 use concord_node::relay::{DynamoRelayStore, RelayStore, RelayStoreError, RetryPolicy, Written};
 
 const REGION: &str = "us-east-1";
@@ -85,11 +86,30 @@ fn upstream() -> SocketAddr {
     std::net::ToSocketAddrs::to_socket_addrs(authority).unwrap().next().unwrap()
 }
 
+/// What a faulty front answers on a connection it fails.
+#[derive(Clone, Copy)]
+enum Fault {
+    /// Alternately a 503 and a DynamoDB throttling answer.
+    Transient,
+    /// A `BatchWriteItem` that wrote nothing: every item it carried comes
+    /// back in `UnprocessedItems` (a 503 for any other call).
+    Unprocessed,
+}
+
 /// A TCP front for the server whose first `faults` connections each get a
 /// transient failure, alternately a 503 and a DynamoDB throttling answer,
 /// then closed; later connections are forwarded. Returns its endpoint and
 /// the count of connections it has seen.
 fn faulty_front(faults: usize) -> (String, Arc<AtomicUsize>) {
+    faulty_front_where(Fault::Transient, move |n| n < faults)
+}
+
+/// A TCP front for the server that answers connection `n` (from 0) with
+/// `fault` and closes it where `fails(n)`, and forwards the others.
+fn faulty_front_where(
+    fault: Fault,
+    fails: impl Fn(usize) -> bool + Send + 'static,
+) -> (String, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let address = listener.local_addr().unwrap();
     let seen = Arc::new(AtomicUsize::new(0));
@@ -99,8 +119,8 @@ fn faulty_front(faults: usize) -> (String, Arc<AtomicUsize>) {
         for client in listener.incoming() {
             let Ok(mut client) = client else { continue };
             let n = counter.fetch_add(1, Ordering::SeqCst);
-            if n < faults {
-                std::thread::spawn(move || refuse(&mut client, n % 2 == 0));
+            if fails(n) {
+                std::thread::spawn(move || refuse(&mut client, fault, n % 2 == 0));
                 continue;
             }
             let Ok(server) = TcpStream::connect(to) else { continue };
@@ -119,8 +139,9 @@ fn faulty_front(faults: usize) -> (String, Arc<AtomicUsize>) {
     (format!("http://{address}"), seen)
 }
 
-/// Reads one request, answers it with a transient failure, and closes.
-fn refuse(client: &mut TcpStream, unavailable: bool) {
+/// Reads one request, answers it with `fault` (a `Fault::Transient` with a
+/// 503 if `unavailable`, else a throttle), and closes.
+fn refuse(client: &mut TcpStream, fault: Fault, unavailable: bool) {
     let mut request = Vec::new();
     let mut buf = [0u8; 8192];
     // Read the headers, then the body, so closing does not reset the
@@ -147,7 +168,18 @@ fn refuse(client: &mut TcpStream, unavailable: bool) {
             Ok(n) => request.extend_from_slice(&buf[..n]),
         }
     }
-    let answer = if unavailable {
+    let body = String::from_utf8_lossy(&request[body_start..]);
+    let batch_write = head.contains("x-amz-target: dynamodb_20120810.batchwriteitem");
+    let answer = if let (Fault::Unprocessed, true) = (fault, batch_write) {
+        // The request's items, handed back: `{"RequestItems": {table:
+        // [puts]}}` becomes `{"UnprocessedItems": {table: [puts]}}`.
+        let body = body.replacen("\"RequestItems\"", "\"UnprocessedItems\"", 1);
+        format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/x-amz-json-1.0\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    } else if unavailable || matches!(fault, Fault::Unprocessed) {
         "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
             .to_string()
     } else {
@@ -272,4 +304,85 @@ async fn test_missing_tables_are_a_setup_error_not_retried() {
     let err = store.buckets(conformance::material().rooms[0].room_id()).await.unwrap_err();
     assert!(matches!(err, RelayStoreError::Setup(_)), "{err:?}");
     assert_eq!(seen.load(Ordering::SeqCst), 1, "one connection, one try");
+}
+
+/// Items in every partition of `room` in the `envelopes` table, counted by
+/// the server, over the buckets the store lists.
+async fn count_room<S: RelayStore>(store: &S, prefix: &str, room: RoomId) -> usize {
+    let mut total = 0;
+    for bucket in store.buckets(room).await.unwrap() {
+        let partition = [room.as_bytes().as_slice(), &bucket.to_be_bytes()].concat();
+        total += count_partition(prefix, partition).await as usize;
+    }
+    total
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_a_batch_whose_calls_fail_then_land_on_retry_leaves_one_item_each() {
+    let prefix = prefix("batchretry");
+    store_at(endpoint(), &prefix).await.create_tables().await.unwrap();
+    // The bucket write lands on connection 0; the envelope calls in flight
+    // then open more connections, and 1 to 6 fail (503s and throttles),
+    // so six calls are retried.
+    let (front, seen) = faulty_front_where(Fault::Transient, |n| (1..=6).contains(&n));
+    let store = store_at(&front, &prefix).await.with_retry(quick_retry(8));
+    let m = conformance::batch_material();
+    let twice: Vec<_> = m.envelopes.iter().chain(&m.envelopes).cloned().collect();
+    store.put_envelopes(&twice).await.unwrap();
+    assert!(seen.load(Ordering::SeqCst) > 6, "every fault was met and passed");
+    assert_eq!(count_room(&store, &prefix, m.room).await, m.envelopes.len());
+    conformance::assert_exactly(&store, m.room, &m.envelopes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_a_batch_sent_again_after_a_failure_midway_leaves_one_item_each() {
+    let prefix = prefix("batchresend");
+    store_at(endpoint(), &prefix).await.create_tables().await.unwrap();
+    // Every odd connection fails and there is one try per call: the
+    // bucket write (connection 0) lands, then of the envelope calls in
+    // flight some land and some fail, and the batch fails.
+    let (front, _) = faulty_front_where(Fault::Transient, |n| n % 2 == 1);
+    let store = store_at(&front, &prefix).await.with_retry(quick_retry(1));
+    let m = conformance::batch_material();
+    let err = store.put_envelopes(&m.envelopes).await.unwrap_err();
+    assert!(matches!(err, RelayStoreError::Unavailable(_)), "{err:?}");
+    let healthy = store_at(endpoint(), &prefix).await;
+    let landed = count_room(&healthy, &prefix, m.room).await;
+    eprintln!("{landed} of {} envelopes landed before the failure", m.envelopes.len());
+    assert!(landed < m.envelopes.len(), "the failed calls' envelopes are missing");
+    // The relay sends the whole flight again.
+    healthy.put_envelopes(&m.envelopes).await.unwrap();
+    assert_eq!(count_room(&healthy, &prefix, m.room).await, m.envelopes.len());
+    conformance::assert_exactly(&healthy, m.room, &m.envelopes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_unprocessed_batch_items_are_sent_again_until_written() {
+    let prefix = prefix("unprocessed");
+    store_at(endpoint(), &prefix).await.create_tables().await.unwrap();
+    // The bucket write lands on connection 0; of the envelope calls in
+    // flight, those on connections 1 to 3 write nothing and get every item
+    // handed back, and send them again.
+    let (front, seen) = faulty_front_where(Fault::Unprocessed, |n| (1..=3).contains(&n));
+    let store = store_at(&front, &prefix).await.with_retry(quick_retry(5));
+    let m = conformance::batch_material();
+    store.put_envelopes(&m.envelopes).await.unwrap();
+    assert!(seen.load(Ordering::SeqCst) > 3, "every unprocessed answer was met and passed");
+    assert_eq!(count_room(&store, &prefix, m.room).await, m.envelopes.len());
+    conformance::assert_exactly(&store, m.room, &m.envelopes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_a_batch_left_unprocessed_for_good_is_unavailable_after_the_policy_tries() {
+    let prefix = prefix("unprocessedgiveup");
+    store_at(endpoint(), &prefix).await.create_tables().await.unwrap();
+    // Every call hands its items back, so the first, the buckets', never
+    // lands.
+    let (front, seen) = faulty_front_where(Fault::Unprocessed, |_| true);
+    let store = store_at(&front, &prefix).await.with_retry(quick_retry(4));
+    let m = conformance::material();
+    let err = store.put_envelopes(&m.envelopes[..20]).await.unwrap_err();
+    assert!(matches!(err, RelayStoreError::Unavailable(_)), "{err:?}");
+    assert!(err.to_string().contains("unprocessed"), "{err}");
+    assert_eq!(seen.load(Ordering::SeqCst), 4, "exactly the policy's tries");
 }

@@ -23,6 +23,22 @@
 //! a crash between the two leaves at worst an empty bucket listed, never an
 //! envelope its bucket listing misses.
 //!
+//! A batch of envelopes ([`RelayStore::put_envelopes`], one sync flight) is
+//! written with `BatchWriteItem`, which takes at most 25 puts and cannot be
+//! conditional. For envelope rows that is safe: the sort key ends with
+//! blake3 of the envelope's bytes, so a put over an existing row writes the
+//! identical item, and the table still holds exactly one row for the
+//! envelope. The batch's distinct bucket entries are written first, as for
+//! a single envelope; then its envelopes, without repeats (one request may
+//! not name a key twice), in chunks of 25 with
+//! [`DynamoRelayStore::BATCH_CONCURRENCY`] chunks in flight. Items a
+//! response leaves in `UnprocessedItems` (DynamoDB's partial throttling)
+//! are sent again after the [`RetryPolicy`] backoff, like a failed call;
+//! the tries count only calls in a row that wrote nothing, so a chunk that
+//! keeps progressing is not given up. Single envelopes (`put_envelope`),
+//! rooms and blob manifests stay conditional `PutItem`s, which is what
+//! lets them report [`Written::AlreadyPresent`].
+//!
 //! Throttling, 5xx answers, timeouts and connection failures are
 //! [`RelayStoreError::Unavailable`] and are retried here with bounded,
 //! jittered exponential backoff ([`RetryPolicy`]); the SDK's own retries are
@@ -33,7 +49,7 @@
 //! Every read is strongly consistent (`ConsistentRead`), so a relay reads its
 //! own acknowledged writes.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -46,11 +62,12 @@ use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::primitives::Blob;
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, ReturnValue,
-    ScalarAttributeType, TableStatus,
+    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, PutRequest,
+    ReturnValue, ScalarAttributeType, TableStatus, WriteRequest,
 };
 use aws_sdk_dynamodb::Client;
 use concord_core::{BlobHash, Genesis, RoomId, MAX_BLOB_BYTES};
+use futures::{StreamExt, TryStreamExt};
 
 use super::{EnvelopeKey, RelayStore, RelayStoreError, StoreResult, StoredEnvelope, Written};
 
@@ -96,6 +113,10 @@ const BLOB_CHUNK_BYTES: usize = 350_000;
 /// [`MAX_BLOB_BYTES`] of content; the slack covers that nonce with room to
 /// spare. At three chunks, a blob is at most one `GetItem` and one `Query`.
 const MAX_STORED_BLOB_BYTES: usize = MAX_BLOB_BYTES + 64;
+
+/// Puts in one `BatchWriteItem`: DynamoDB's limit. 25 envelopes of at most
+/// `MAX_ENVELOPE_BYTES` (60 KiB) stay far below its 16 MB per request.
+const BATCH_ITEMS: usize = 25;
 
 /// Rows asked for per `Query` page; DynamoDB also stops a page at 1 MB.
 const QUERY_PAGE: usize = 1000;
@@ -167,6 +188,23 @@ fn blob_partition(room: &RoomId, hash: &BlobHash) -> Vec<u8> {
     [room.as_bytes().as_slice(), hash.as_bytes()].concat()
 }
 
+/// A room's entry for one bucket in the `buckets` table.
+fn bucket_item(room: &RoomId, bucket: u32) -> Item {
+    HashMap::from([
+        (PK.to_owned(), binary(room.as_bytes().as_slice())),
+        (SK.to_owned(), binary(bucket.to_be_bytes())),
+    ])
+}
+
+/// An envelope's row in the `envelopes` table.
+fn envelope_item(envelope: &StoredEnvelope) -> Item {
+    HashMap::from([
+        (PK.to_owned(), binary(partition(&envelope.room, envelope.bucket))),
+        (SK.to_owned(), binary(envelope.key.to_bytes())),
+        (ENVELOPE.to_owned(), binary(envelope.bytes.as_slice())),
+    ])
+}
+
 fn get_binary<'a>(item: &'a Item, name: &str) -> StoreResult<&'a [u8]> {
     match item.get(name) {
         Some(AttributeValue::B(b)) => Ok(b.as_ref()),
@@ -225,6 +263,14 @@ enum Bound {
 }
 
 impl DynamoRelayStore {
+    /// `BatchWriteItem` calls one [`RelayStore::put_envelopes`] keeps in
+    /// flight. A flight of a mebibyte is about 3,500 envelopes, 140 calls;
+    /// one at a time, each would wait out a full round trip. Eight overlap
+    /// the round trips and still bound what one flight asks of the table at
+    /// once (200 items), so that one busy sync session does not crowd out
+    /// the relay's others.
+    pub const BATCH_CONCURRENCY: usize = 8;
+
     /// Connects to DynamoDB in `region`, or to the DynamoDB-API server at
     /// `endpoint` (DynamoDB Local, ScyllaDB Alternator). Tables are named
     /// `<table_prefix>envelopes` and so on; create them once with
@@ -439,6 +485,72 @@ impl DynamoRelayStore {
         .await
     }
 
+    /// Puts `items` into `table` with `BatchWriteItem`, unconditionally,
+    /// [`BATCH_ITEMS`] per call and [`Self::BATCH_CONCURRENCY`] calls in
+    /// flight. `items` must not repeat a key.
+    async fn batch_put(&self, table: &str, items: Vec<Item>) -> StoreResult<()> {
+        let mut chunks = Vec::with_capacity(items.len().div_ceil(BATCH_ITEMS));
+        let mut items = items.into_iter().peekable();
+        while items.peek().is_some() {
+            chunks.push(items.by_ref().take(BATCH_ITEMS).collect::<Vec<_>>());
+        }
+        futures::stream::iter(chunks)
+            .map(|chunk| self.batch_put_chunk(table, chunk))
+            .buffer_unordered(Self::BATCH_CONCURRENCY)
+            .try_collect()
+            .await
+    }
+
+    /// One `BatchWriteItem` of at most [`BATCH_ITEMS`] puts, resending what
+    /// is left unprocessed until everything is written. Tries count the
+    /// calls in a row that wrote nothing (an error, or every item left
+    /// unprocessed), so the loop ends: each reset wrote at least one item.
+    async fn batch_put_chunk(&self, table: &str, chunk: Vec<Item>) -> StoreResult<()> {
+        let mut pending = chunk
+            .into_iter()
+            .map(|item| {
+                let put = PutRequest::builder()
+                    .set_item(Some(item))
+                    .build()
+                    .map_err(|e| RelayStoreError::Setup(e.to_string()))?;
+                Ok(WriteRequest::builder().put_request(put).build())
+            })
+            .collect::<StoreResult<Vec<_>>>()?;
+        let mut stalled = 0;
+        loop {
+            let sent = pending.len();
+            let request = self.client.batch_write_item().request_items(table, pending.clone());
+            let failure = match request.send().await {
+                Ok(out) => {
+                    let left = out
+                        .unprocessed_items
+                        .and_then(|mut left| left.remove(table))
+                        .unwrap_or_default();
+                    if left.is_empty() {
+                        return Ok(());
+                    }
+                    if left.len() < sent {
+                        stalled = 0;
+                    }
+                    let failure = RelayStoreError::Unavailable(format!(
+                        "batch write: {} of {sent} items unprocessed",
+                        left.len()
+                    ));
+                    pending = left;
+                    failure
+                }
+                Err(e) => sdk_error("batch write", &e),
+            };
+            stalled += 1;
+            if !failure.is_retryable() || stalled >= self.retry.attempts {
+                return Err(failure);
+            }
+            let delay = self.backoff(stalled);
+            tracing::debug!(error = %failure, stalled, ?delay, "dynamodb batch write retried");
+            tokio::time::sleep(delay).await;
+        }
+    }
+
     /// `DeleteItem`; whether the item was there.
     async fn delete(&self, table: &str, key: Item) -> StoreResult<bool> {
         self.retry(|| {
@@ -599,17 +711,23 @@ impl RelayStore for DynamoRelayStore {
 
     async fn put_envelope(&self, envelope: &StoredEnvelope) -> StoreResult<Written> {
         // The bucket entry first: see the module docs.
-        let bucket = HashMap::from([
-            (PK.to_owned(), binary(envelope.room.as_bytes().as_slice())),
-            (SK.to_owned(), binary(envelope.bucket.to_be_bytes())),
-        ]);
-        self.put(&self.buckets, bucket).await?;
-        let item = HashMap::from([
-            (PK.to_owned(), binary(partition(&envelope.room, envelope.bucket))),
-            (SK.to_owned(), binary(envelope.key.to_bytes())),
-            (ENVELOPE.to_owned(), binary(envelope.bytes.as_slice())),
-        ]);
-        self.put_new(&self.envelopes, item).await
+        self.put(&self.buckets, bucket_item(&envelope.room, envelope.bucket)).await?;
+        self.put_new(&self.envelopes, envelope_item(envelope)).await
+    }
+
+    /// See the module docs: bucket entries first, then the envelopes in
+    /// unconditional `BatchWriteItem`s.
+    async fn put_envelopes(&self, batch: &[StoredEnvelope]) -> StoreResult<()> {
+        let buckets: BTreeSet<(RoomId, u32)> = batch.iter().map(|e| (e.room, e.bucket)).collect();
+        let buckets = buckets.iter().map(|(room, bucket)| bucket_item(room, *bucket)).collect();
+        self.batch_put(&self.buckets, buckets).await?;
+        let mut seen = HashSet::with_capacity(batch.len());
+        let items = batch
+            .iter()
+            .filter(|e| seen.insert((e.room, e.bucket, e.key)))
+            .map(envelope_item)
+            .collect();
+        self.batch_put(&self.envelopes, items).await
     }
 
     async fn buckets(&self, room: RoomId) -> StoreResult<Vec<u32>> {

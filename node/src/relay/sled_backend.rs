@@ -2,8 +2,11 @@
 //! Keys are the wide-column keys concatenated, big-endian, so byte order is
 //! sort order: `room ‖ bucket ‖ hlc ‖ author ‖ envelope id` for envelopes,
 //! `room ‖ bucket` for buckets, `room ‖ hash` for blobs, `room` for rooms.
-//! Each write is one sled transaction, flushed before it returns.
+//! Each write is one sled transaction, flushed before it returns; a batch of
+//! envelopes ([`RelayStore::put_envelopes`]) is one transaction and one
+//! flush for the whole batch.
 
+use std::collections::BTreeSet;
 use std::ops::Bound;
 use std::path::Path;
 
@@ -125,6 +128,37 @@ impl RelayStore for SledRelayStore {
         let written = result.map_err(|e: TransactionError<()>| io(format!("{e:?}")))?;
         self.flush().await?;
         Ok(written)
+    }
+
+    async fn put_envelopes(&self, batch: &[StoredEnvelope]) -> StoreResult<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let rows: Vec<(Vec<u8>, &[u8])> = batch
+            .iter()
+            .map(|e| (envelope_key(&e.room, e.bucket, &e.key), e.bytes.as_slice()))
+            .collect();
+        let buckets: BTreeSet<Vec<u8>> =
+            batch.iter().map(|e| partition(&e.room, e.bucket)).collect();
+        // One transaction for the batch, as `put_envelope` is for one: the
+        // envelopes and their buckets' entries land together or not at all.
+        // A key already present (from before, or earlier in the batch) is
+        // left as it is.
+        let result = (&self.envelopes, &self.buckets).transaction(|(envelopes, index)| {
+            for bucket in &buckets {
+                if index.get(bucket)?.is_none() {
+                    index.insert(bucket.as_slice(), &[][..])?;
+                }
+            }
+            for (key, bytes) in &rows {
+                if envelopes.get(key)?.is_none() {
+                    envelopes.insert(key.as_slice(), *bytes)?;
+                }
+            }
+            Ok::<_, ConflictableTransactionError<()>>(())
+        });
+        result.map_err(|e: TransactionError<()>| io(format!("{e:?}")))?;
+        self.flush().await
     }
 
     async fn buckets(&self, room: RoomId) -> StoreResult<Vec<u32>> {

@@ -5,8 +5,8 @@
 use std::collections::BTreeSet;
 
 use concord_core::{
-    BlobHash, Draft, Envelope, Genesis, Hlc, ManualClock, MemoryStore, Replica, RoomId,
-    MAX_BLOB_BYTES,
+    BlobHash, Draft, Envelope, Genesis, Hlc, ManualClock, MemoryStore, Op, Replica, RoomId,
+    BUCKET_SPAN_MILLIS, MAX_BLOB_BYTES,
 };
 
 use concord_node::relay::{EnvelopeKey, RelayStore, StoredEnvelope, Written};
@@ -46,6 +46,47 @@ pub fn material() -> Material {
         envelopes,
         foreign: StoredEnvelope::of(&foreign.delivery.envelope),
     }
+}
+
+/// Envelopes written in batches: a room of its own, so the batch checks see
+/// only their own rows.
+pub struct BatchMaterial {
+    /// The room.
+    pub room: RoomId,
+    /// [`BATCH_ENVELOPES`] posts by two authors, oldest first, over four
+    /// buckets: 100 in the first, 200 in the second, 200 in the third and
+    /// 100 in the fourth.
+    pub envelopes: Vec<StoredEnvelope>,
+}
+
+/// Envelopes of [`batch_material`]: enough for 24 `BatchWriteItem` calls of
+/// 25, three times the DynamoDB backend's calls in flight.
+pub const BATCH_ENVELOPES: usize = 600;
+
+/// Builds [`BatchMaterial`], 50 posts per commit.
+pub fn batch_material() -> BatchMaterial {
+    let clock = std::sync::Arc::new(ManualClock::new(1_750_000_000_000));
+    let mut carol =
+        Replica::open_with_seed(MemoryStore::new(), clock.clone(), [3; 32]).expect("replica");
+    let mut dave =
+        Replica::open_with_seed(MemoryStore::new(), clock.clone(), [4; 32]).expect("replica");
+    let room = carol.create_room("relay batches").expect("room");
+    dave.join_room(carol.genesis(&room).expect("genesis").as_bytes()).expect("join");
+    let mut envelopes = Vec::with_capacity(BATCH_ENVELOPES);
+    for start in (0..BATCH_ENVELOPES).step_by(50) {
+        if [100, 300, 500].contains(&start) {
+            clock.advance(BUCKET_SPAN_MILLIS);
+        }
+        let who = if start % 100 == 0 { &mut carol } else { &mut dave };
+        let ops = (start..start + 50)
+            .map(|i| Op::Post { room, draft: Draft::text(format!("batch message {i}")) })
+            .collect();
+        for sent in who.commit(ops).expect("commit") {
+            envelopes.push(StoredEnvelope::of(&sent.expect("post").delivery.envelope));
+        }
+        clock.advance(50);
+    }
+    BatchMaterial { room, envelopes }
 }
 
 fn sorted(mut rows: Vec<StoredEnvelope>) -> Vec<StoredEnvelope> {
@@ -140,6 +181,72 @@ pub async fn run<S: RelayStore>(store: &S) {
         assert_eq!(store.blob(room, hash).await.expect("get"), None, "{name}: erased");
         assert!(!store.erase_blob(room, hash).await.expect("erase"), "{name}: erase twice");
     }
+
+    run_batches(store).await;
+}
+
+/// Reads every row of `room`, partition by partition in bucket order, and
+/// checks that they are exactly `want` (distinct envelopes, in any order),
+/// each once, and that the bucket listing names exactly their buckets.
+pub async fn assert_exactly<S: RelayStore>(store: &S, room: RoomId, want: &[StoredEnvelope]) {
+    let name = store.backend();
+    let want = sorted(want.to_vec());
+    let want_buckets: Vec<u32> =
+        want.iter().map(|e| e.bucket).collect::<BTreeSet<_>>().into_iter().collect();
+    let buckets = store.buckets(room).await.expect("buckets");
+    assert_eq!(buckets, want_buckets, "{name}: the batches' buckets");
+    let mut got = Vec::new();
+    for bucket in buckets {
+        got.extend(store.envelopes(room, bucket, None, 10_000).await.expect("range"));
+    }
+    let keys: BTreeSet<_> = got.iter().map(|e| (e.bucket, e.key)).collect();
+    assert_eq!(keys.len(), got.len(), "{name}: an envelope stored twice");
+    assert_eq!(got.len(), want.len(), "{name}: envelopes after the batches");
+    assert_eq!(got, want, "{name}: the batches' envelopes");
+}
+
+/// The batch write, on a store where [`batch_material`]'s room is empty:
+/// repeats inside a batch, overlaps across batches and between concurrent
+/// batches, a batch sent again, and an empty batch, each leaving every
+/// envelope exactly once with its bucket listed.
+pub async fn run_batches<S: RelayStore>(store: &S) {
+    let m = batch_material();
+    let e = &m.envelopes;
+    let name = store.backend();
+
+    store.put_envelopes(&[]).await.expect("empty batch");
+    assert!(store.buckets(m.room).await.expect("buckets").is_empty(), "{name}: empty batch");
+
+    // Every envelope twice in one batch, in two orders: two buckets.
+    let twice: Vec<_> = e[..200].iter().rev().chain(&e[..200]).cloned().collect();
+    store.put_envelopes(&twice).await.expect("batch with repeats");
+    assert_exactly(store, m.room, &e[..200]).await;
+
+    // A batch overlapping the last one, and a third bucket.
+    store.put_envelopes(&e[150..400]).await.expect("overlapping batch");
+    assert_exactly(store, m.room, &e[..400]).await;
+
+    // A single put, then batches over it: it stays one row.
+    let single = store.put_envelope(&e[420]).await.expect("single put");
+    assert_eq!(single, Written::Inserted, "{name}: single put before a batch");
+
+    // Two overlapping batches at once, and a fourth bucket.
+    let (a, b) = tokio::join!(store.put_envelopes(&e[400..550]), store.put_envelopes(&e[450..]));
+    a.expect("concurrent batch");
+    b.expect("concurrent batch");
+    assert_exactly(store, m.room, e).await;
+
+    // The whole flight again, as a relay does when a device resends it.
+    store.put_envelopes(e).await.expect("batch again");
+    store.put_envelopes(&e[..1]).await.expect("batch of one");
+    assert_exactly(store, m.room, e).await;
+
+    // A single put sees a batch's rows.
+    for i in [0, 299, BATCH_ENVELOPES - 1] {
+        let again = store.put_envelope(&e[i]).await.expect("single put");
+        assert_eq!(again, Written::AlreadyPresent, "{name}: single put after a batch");
+    }
+    assert_exactly(store, m.room, e).await;
 }
 
 /// Runs after [`run`] on a reopened store: everything written is there.
@@ -153,6 +260,8 @@ pub async fn run_reopen<S: RelayStore>(reopened: &S) {
         all.extend(reopened.envelopes(room, bucket, None, 1000).await.expect("range"));
     }
     assert_eq!(all, sorted(m.envelopes.clone()), "{name}: envelopes after reopen");
+    let batches = batch_material();
+    assert_exactly(reopened, batches.room, &batches.envelopes).await;
 }
 
 /// A key that sorts after every real one of its partition.

@@ -9,6 +9,9 @@ mod disk;
 mod memory;
 mod net;
 mod page;
+mod relay;
+#[cfg(feature = "dynamodb")]
+mod relay_dynamo;
 mod report;
 mod stats;
 mod stores;
@@ -44,6 +47,8 @@ pub struct Sizes {
     pub partition_messages: usize,
     /// `catchup-net`: messages in the room.
     pub catchup_room: usize,
+    /// `relay-ingest-*`: envelopes a relay receives.
+    pub relay_envelopes: usize,
 }
 
 impl Sizes {
@@ -61,6 +66,7 @@ impl Sizes {
                 gossip_messages: 20,
                 partition_messages: 20,
                 catchup_room: 2_000,
+                relay_envelopes: 2_000,
             }
         } else {
             Self {
@@ -75,6 +81,7 @@ impl Sizes {
                 gossip_messages: 150,
                 partition_messages: 100,
                 catchup_room: 10_000,
+                relay_envelopes: 20_000,
             }
         }
     }
@@ -89,6 +96,7 @@ pub struct Ctx {
 
 type Bench = fn(&Ctx) -> Result<report::Report>;
 
+/// The benchmarks run when none is named.
 const BENCHES: [(&str, Bench); 8] = [
     ("append", append::run),
     ("page", page::run),
@@ -100,8 +108,24 @@ const BENCHES: [(&str, Bench); 8] = [
     ("catchup-net", net::run_catchup),
 ];
 
+/// The relay's benchmarks, run only when named: they measure the relay
+/// node rather than a device, and the DynamoDB one starts a Java server.
+const RELAY_BENCHES: &[(&str, Bench)] = &[
+    ("relay-ingest-sled", relay::run_sled),
+    #[cfg(feature = "dynamodb")]
+    ("relay-ingest-dynamodb", relay_dynamo::run),
+];
+
+/// The DynamoDB half of `relay-ingest`, which needs the feature.
+const RELAY_DYNAMODB: &str = "relay-ingest-dynamodb";
+
+/// Names that stand for several benchmarks.
+const GROUPS: [(&str, &[&str]); 1] = [("relay-ingest", &["relay-ingest-sled", RELAY_DYNAMODB])];
+
 const USAGE: &str = "usage: concord-bench [NAME...] [--seed N] [--runs R] [--quick] [--large N]
-names: append, page, cold-open, memory, disk, gossip, partition, catchup-net (default: all)";
+names: append, page, cold-open, memory, disk, gossip, partition, catchup-net (default: these eight);
+       relay-ingest-sled, relay-ingest-dynamodb (needs --features dynamodb),
+       relay-ingest (both relay halves), run only when named";
 
 pub fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
@@ -122,7 +146,17 @@ pub fn main() -> Result<()> {
                 println!("{USAGE}");
                 return Ok(());
             }
-            name if BENCHES.iter().any(|(n, _)| *n == name) => names.push(name.to_owned()),
+            name if BENCHES.iter().chain(RELAY_BENCHES).any(|(n, _)| *n == name) => {
+                names.push(name.to_owned());
+            }
+            name if GROUPS.iter().any(|(n, _)| *n == name) => {
+                let (_, members) = GROUPS.iter().find(|(n, _)| *n == name).expect("a group");
+                names.extend(members.iter().map(|m| (*m).to_owned()));
+            }
+            RELAY_DYNAMODB => bail!(
+                "{RELAY_DYNAMODB} needs the dynamodb feature: cargo run --release \
+                 -p concord-tests --features dynamodb --bin concord-bench -- {RELAY_DYNAMODB}"
+            ),
             other => bail!("unknown argument {other:?}\n{USAGE}"),
         }
     }
@@ -140,11 +174,20 @@ pub fn main() -> Result<()> {
         if quick { "quick" } else { "full" },
         machine()
     );
-    for (name, bench) in BENCHES {
-        if names.is_empty() || names.iter().any(|n| n == name) {
-            let report = bench(&ctx)?;
-            println!("{}", report.markdown(seed, runs));
-        }
+    let named = |name: &str| names.iter().any(|n| n == name);
+    if named(RELAY_DYNAMODB) && !RELAY_BENCHES.iter().any(|(n, _)| *n == RELAY_DYNAMODB) {
+        eprintln!(
+            "{RELAY_DYNAMODB} skipped: built without the dynamodb feature \
+             (cargo run --release -p concord-tests --features dynamodb --bin concord-bench)"
+        );
+    }
+    let chosen = BENCHES
+        .iter()
+        .filter(|(name, _)| names.is_empty() || named(name))
+        .chain(RELAY_BENCHES.iter().filter(|(name, _)| named(name)));
+    for (_, bench) in chosen {
+        let report = bench(&ctx)?;
+        println!("{}", report.markdown(seed, runs));
     }
     Ok(())
 }

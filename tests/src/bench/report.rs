@@ -9,6 +9,8 @@ use super::stats::Spread;
 pub enum Unit {
     /// Messages per second.
     PerSecond,
+    /// Envelopes per second.
+    EnvelopesPerSecond,
     /// Microseconds, from seconds.
     Micros,
     /// Milliseconds, from seconds.
@@ -23,6 +25,7 @@ impl Unit {
     fn show(self, v: f64) -> String {
         match self {
             Unit::PerSecond => format!("{} msg/s", thousands(v)),
+            Unit::EnvelopesPerSecond => format!("{} env/s", thousands(v)),
             Unit::Micros => format!("{:.1} µs", v * 1e6),
             Unit::Millis => format!("{:.2} ms", v * 1e3),
             Unit::Bytes if v.abs() < 10.0 * 1024.0 => format!("{} B", thousands(v)),
@@ -86,6 +89,17 @@ impl Metric {
         baseline: &[f64],
     ) -> Self {
         Self { compare: false, ..Self::compared(name, unit, concord, baseline) }
+    }
+
+    /// A quantity measured for Concord only.
+    pub fn alone(name: impl Into<String>, unit: Unit, concord: &[f64]) -> Self {
+        Self {
+            name: name.into(),
+            unit,
+            concord: Spread::of(concord),
+            baseline: None,
+            compare: false,
+        }
     }
 
     /// The median Concord value.

@@ -28,6 +28,8 @@ pub enum Stream {
     Messages = 0,
     /// Choices a benchmark makes over the messages (page cursors).
     Choices = 1,
+    /// Device keys of the authors beyond the workload's own (`relay-ingest`).
+    Authors = 2,
 }
 
 /// A seeded random generator for one stream.

@@ -4,12 +4,17 @@
 //!
 //! ```sh
 //! cargo run --release -p concord-tests --bin concord-bench -- [NAME...] [--seed N] [--runs R] [--quick] [--large N]
+//! cargo run --release -p concord-tests --features dynamodb --bin concord-bench -- relay-ingest
 //! ```
 //!
 //! Names: `append`, `page`, `cold-open`, `memory`, `disk`, and the network
-//! benchmarks `gossip`, `partition`, `catchup-net` (all when none is given). `--quick` shrinks every size for a smoke run; `--large N` sets the
-//! size of the large room of `cold-open`. Results and method are in
-//! `docs/benchmarks.md`.
+//! benchmarks `gossip`, `partition`, `catchup-net` (all eight when none is
+//! given); the relay's `relay-ingest-sled` and `relay-ingest-dynamodb`
+//! (`relay-ingest` for both) run only when named. The DynamoDB half needs
+//! the `dynamodb` feature and starts DynamoDB Local unless
+//! `CONCORD_DYNAMODB_ENDPOINT` is set. `--quick` shrinks every size for a
+//! smoke run; `--large N` sets the size of the large room of `cold-open`.
+//! Results and method are in `docs/benchmarks.md`.
 
 // The memory benchmarks count live heap bytes with a `#[global_allocator]`
 // that wraps the system allocator, and implementing `GlobalAlloc` is unsafe.
