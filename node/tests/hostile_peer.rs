@@ -5,6 +5,8 @@
 //! forged and replayed flights) is struck for each request, then banned and
 //! disconnected, and plants nothing.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,12 +14,10 @@ use concord_core::{
     Draft, Flight, ManualClock, RawDelivery, Replica, SledStore, SyncMessage,
     MAX_SYNC_MESSAGE_BYTES,
 };
-use concord_node::{
-    Node, NodeConfig, NodeEvent, ReplicaHandle, SyncCodec, SyncRequest, SYNC_PROTOCOL,
-};
+use concord_node::{Node, NodeConfig, NodeEvent, ReplicaHandle, SyncRequest};
 use futures::StreamExt;
 use libp2p::gossipsub::{self, IdentTopic, MessageAuthenticity, ValidationMode};
-use libp2p::request_response::{self, ProtocolSupport};
+use libp2p::request_response;
 use libp2p::swarm::SwarmEvent;
 use libp2p::{noise, tcp, yamux};
 
@@ -209,18 +209,7 @@ async fn test_hostile_sync_requests_are_refused_struck_and_banned() {
     let mut events = a.node.events();
 
     // The attacker: a plain request-response swarm speaking the sync protocol.
-    let mut hostile = libp2p::SwarmBuilder::with_new_identity()
-        .with_tokio()
-        .with_tcp(tcp::Config::default(), noise::Config::new, yamux::Config::default)
-        .unwrap()
-        .with_behaviour(|_| {
-            request_response::Behaviour::<SyncCodec>::new(
-                [(SYNC_PROTOCOL, ProtocolSupport::Full)],
-                request_response::Config::default().with_request_timeout(Duration::from_secs(10)),
-            )
-        })
-        .unwrap()
-        .build();
+    let mut hostile = common::sync_attacker();
     let hostile_id = *hostile.local_peer_id();
     hostile.dial(addr.clone()).unwrap();
     tokio::time::timeout(Duration::from_secs(10), async {

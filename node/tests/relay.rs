@@ -22,11 +22,10 @@ use std::time::Duration;
 
 use concord_core::{Delivery, DeliveryState, Flight, RawDelivery, RoomId, SledStore, SyncMessage};
 use concord_node::relay::{RelayStore, SledRelayStore};
-use concord_node::{Multiaddr, Node, NodeEvent, Room, SyncCodec, SyncRequest, SYNC_PROTOCOL};
+use concord_node::{Multiaddr, Node, NodeEvent, Room, SyncRequest};
 use futures::StreamExt;
-use libp2p::request_response::{self, ProtocolSupport};
+use libp2p::request_response;
 use libp2p::swarm::SwarmEvent;
-use libp2p::{noise, tcp, yamux};
 
 const CANARY: &str = "CANARY-relay-5f0c2a9e";
 const KEPT: &str = "kept-by-the-relay-81d4";
@@ -325,18 +324,7 @@ async fn test_a_flood_of_invalid_envelopes_is_cut_off_while_honest_devices_sync(
 
     // The attacker: a plain request-response swarm speaking the sync
     // protocol, sending flights of forged envelopes as fast as it can.
-    let mut hostile = libp2p::SwarmBuilder::with_new_identity()
-        .with_tokio()
-        .with_tcp(tcp::Config::default(), noise::Config::new, yamux::Config::default)
-        .unwrap()
-        .with_behaviour(|_| {
-            request_response::Behaviour::<SyncCodec>::new(
-                [(SYNC_PROTOCOL, ProtocolSupport::Full)],
-                request_response::Config::default().with_request_timeout(Duration::from_secs(10)),
-            )
-        })
-        .unwrap()
-        .build();
+    let mut hostile = common::sync_attacker();
     let relay_id = match relay.addr.iter().last() {
         Some(libp2p::multiaddr::Protocol::P2p(id)) => id,
         _ => panic!("the relay's address names no peer"),

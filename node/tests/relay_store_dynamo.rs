@@ -9,60 +9,19 @@ mod common;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_dynamodb::primitives::Blob;
 use aws_sdk_dynamodb::types::{AttributeValue, Select};
 use common::relay_conformance as conformance;
 use concord_core::RoomId;
 use concord_node::relay::{DynamoRelayStore, RelayStore, RelayStoreError, RetryPolicy, Written};
 
-const REGION: &str = "us-east-1";
-
-/// The server's endpoint, started once per test process if not given.
-fn endpoint() -> &'static str {
-    static ENDPOINT: OnceLock<String> = OnceLock::new();
-    ENDPOINT.get_or_init(|| {
-        if let Ok(endpoint) = std::env::var("CONCORD_DYNAMODB_ENDPOINT") {
-            return endpoint;
-        }
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/dynamodb-local.sh").to_string();
-        let started = Instant::now();
-        let out = std::process::Command::new("bash")
-            .arg(&script)
-            .args(["start", "--watch", &std::process::id().to_string()])
-            .stderr(std::process::Stdio::inherit())
-            .output()
-            .expect("run tests/dynamodb-local.sh");
-        assert!(out.status.success(), "tests/dynamodb-local.sh start failed");
-        let stdout = String::from_utf8(out.stdout).expect("utf-8");
-        let endpoint = stdout.lines().last().expect("an endpoint").trim().to_string();
-        eprintln!("DynamoDB Local at {endpoint}, up in {:?}", started.elapsed());
-        endpoint
-    })
-}
-
-/// A table prefix no other test or run uses.
-fn prefix(test: &str) -> String {
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
-    format!("concord_{test}_{}_{nanos}_", std::process::id())
-}
+use common::dynamodb::{endpoint, prefix, raw_client, REGION};
 
 async fn store_at(endpoint: &str, prefix: &str) -> DynamoRelayStore {
     DynamoRelayStore::connect(Some(endpoint), prefix, REGION).await.unwrap()
-}
-
-/// A plain client, to read the tables directly.
-fn raw_client() -> aws_sdk_dynamodb::Client {
-    let config = aws_sdk_dynamodb::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new(REGION))
-        .endpoint_url(endpoint())
-        .credentials_provider(Credentials::new("concord", "concord", None, None, "test"))
-        .build();
-    aws_sdk_dynamodb::Client::from_conf(config)
 }
 
 /// Items in one envelope partition, counted by the server.

@@ -79,3 +79,26 @@ where
     }
     panic!("timed out waiting for {what}");
 }
+
+/// An attacker's swarm: plain TCP + Noise + Yamux and request-response
+/// speaking Concord's sync protocol, nothing else.
+pub fn sync_attacker() -> libp2p::Swarm<libp2p::request_response::Behaviour<concord_node::SyncCodec>>
+{
+    use libp2p::request_response::{self, ProtocolSupport};
+    libp2p::SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_tcp(
+            libp2p::tcp::Config::default(),
+            libp2p::noise::Config::new,
+            libp2p::yamux::Config::default,
+        )
+        .unwrap()
+        .with_behaviour(|_| {
+            request_response::Behaviour::<concord_node::SyncCodec>::new(
+                [(concord_node::SYNC_PROTOCOL, ProtocolSupport::Full)],
+                request_response::Config::default().with_request_timeout(Duration::from_secs(10)),
+            )
+        })
+        .unwrap()
+        .build()
+}
