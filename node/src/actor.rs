@@ -745,6 +745,8 @@ impl<S: Store + 'static> State<S> {
                 self.sync_peer(peer_id);
             }
             SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
+                // Sessions the peer started and left unfinished end with it.
+                self.inbound.retain(|(peer, _), _| *peer != peer_id);
                 self.emit(NodeEvent::PeerLost(peer_id));
             }
             SwarmEvent::NewListenAddr { listener_id, address } => {
