@@ -118,14 +118,7 @@ async fn serve(config: RelayConfig) -> CliResult<ExitCode> {
         }
         #[cfg(feature = "dynamodb")]
         StoreConfig::Dynamodb { endpoint, region, table_prefix } => {
-            let store = concord_node::relay::DynamoRelayStore::connect(
-                endpoint.as_deref(),
-                &table_prefix,
-                &region,
-            )
-            .await
-            .context("cannot reach the DynamoDB relay store")?;
-            run_with(config, store).await
+            run_with(config, dynamo_store(endpoint, &region, &table_prefix).await?).await
         }
         #[cfg(feature = "cql")]
         StoreConfig::Cql { nodes, keyspace, datacenter, user, .. } => {
@@ -135,6 +128,18 @@ async fn serve(config: RelayConfig) -> CliResult<ExitCode> {
         #[allow(unreachable_patterns)]
         other => Err(unsupported(&other)),
     }
+}
+
+/// Connects to the DynamoDB API.
+#[cfg(feature = "dynamodb")]
+async fn dynamo_store(
+    endpoint: Option<String>,
+    region: &str,
+    table_prefix: &str,
+) -> CliResult<concord_node::relay::DynamoRelayStore> {
+    concord_node::relay::DynamoRelayStore::connect(endpoint.as_deref(), table_prefix, region)
+        .await
+        .context("cannot reach the DynamoDB relay store")
 }
 
 /// Connects to the CQL cluster; the password, if any, comes from
@@ -217,13 +222,7 @@ async fn init_store(config: RelayConfig) -> CliResult<ExitCode> {
         }
         #[cfg(feature = "dynamodb")]
         StoreConfig::Dynamodb { endpoint, region, table_prefix } => {
-            let store = concord_node::relay::DynamoRelayStore::connect(
-                endpoint.as_deref(),
-                &table_prefix,
-                &region,
-            )
-            .await
-            .context("cannot reach DynamoDB")?;
+            let store = dynamo_store(endpoint, &region, &table_prefix).await?;
             store.create_tables().await.context("cannot create the tables")?;
             say!("DynamoDB tables {table_prefix}{{envelopes,buckets,blobs,rooms}} ready");
         }
