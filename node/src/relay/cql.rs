@@ -97,7 +97,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use concord_core::{BlobHash, Genesis, RoomId, MAX_BLOB_BYTES};
+use concord_core::{BlobHash, Genesis, RoomId};
 use futures::{StreamExt, TryStreamExt};
 use scylla::client::execution_profile::ExecutionProfile;
 use scylla::client::session::Session;
@@ -118,18 +118,16 @@ use scylla::statement::{Consistency, SerialConsistency, Statement};
 use scylla::value::{CqlValue, Row};
 use tokio::sync::OnceCell;
 
-use super::{EnvelopeKey, RelayStore, RelayStoreError, StoreResult, StoredEnvelope, Written};
+use super::{
+    check_blob_len, EnvelopeKey, RelayStore, RelayStoreError, StoreResult, StoredEnvelope, Written,
+    MAX_STORED_BLOB_BYTES,
+};
 
 /// The largest chunk of a blob in one row. Both servers advise cells well
 /// under a megabyte (ScyllaDB logs cells over 1 MB as large); a quarter of
 /// that keeps each write, and each Paxos round of a manifest, small. A
 /// blob of [`MAX_STORED_BLOB_BYTES`] is five chunks.
 pub(crate) const BLOB_CHUNK_BYTES: usize = 256 * 1024;
-
-/// The largest blob accepted: a sealed blob is a 16-byte nonce and at most
-/// [`MAX_BLOB_BYTES`] of content; the slack covers that nonce with room to
-/// spare.
-const MAX_STORED_BLOB_BYTES: usize = MAX_BLOB_BYTES + 64;
 
 /// Blob chunks per page when a blob is read: one mebibyte a page, so a
 /// blob is its manifest and then one or two pages.
@@ -1001,13 +999,7 @@ impl RelayStore for CqlRelayStore {
     /// mid-put leaves only chunks no manifest names, which the next put of
     /// the blob overwrites and an erase removes.
     async fn put_blob(&self, room: RoomId, hash: BlobHash, blob: &[u8]) -> StoreResult<Written> {
-        if blob.len() > MAX_STORED_BLOB_BYTES {
-            return Err(RelayStoreError::TooLarge {
-                what: "blob",
-                len: blob.len(),
-                max: MAX_STORED_BLOB_BYTES,
-            });
-        }
+        check_blob_len(blob)?;
         let s = self.statements().await?;
         let room_bytes = room.as_bytes().as_slice();
         let hash_bytes = hash.as_bytes().as_slice();

@@ -66,10 +66,13 @@ use aws_sdk_dynamodb::types::{
     ReturnValue, ScalarAttributeType, TableStatus, WriteRequest,
 };
 use aws_sdk_dynamodb::Client;
-use concord_core::{BlobHash, Genesis, RoomId, MAX_BLOB_BYTES};
+use concord_core::{BlobHash, Genesis, RoomId};
 use futures::{StreamExt, TryStreamExt};
 
-use super::{EnvelopeKey, RelayStore, RelayStoreError, StoreResult, StoredEnvelope, Written};
+use super::{
+    check_blob_len, EnvelopeKey, RelayStore, RelayStoreError, StoreResult, StoredEnvelope, Written,
+    MAX_STORED_BLOB_BYTES,
+};
 
 /// Table name suffixes; the prefix is the caller's.
 const ENVELOPES: &str = "envelopes";
@@ -109,10 +112,8 @@ const RETRYABLE_CODES: &[&str] = &[
 /// leaves ample room for the 64-byte partition key and the manifest numbers.
 const BLOB_CHUNK_BYTES: usize = 350_000;
 
-/// The largest blob accepted: a sealed blob is a 16-byte nonce and at most
-/// [`MAX_BLOB_BYTES`] of content; the slack covers that nonce with room to
-/// spare. At three chunks, a blob is at most one `GetItem` and one `Query`.
-const MAX_STORED_BLOB_BYTES: usize = MAX_BLOB_BYTES + 64;
+// At three chunks, the largest blob (`MAX_STORED_BLOB_BYTES`) is at most
+// one `GetItem` and one `Query`.
 
 /// Puts in one `BatchWriteItem`: DynamoDB's limit. 25 envelopes of at most
 /// `MAX_ENVELOPE_BYTES` (60 KiB) stay far below its 16 MB per request.
@@ -773,13 +774,7 @@ impl RelayStore for DynamoRelayStore {
     /// all written: a crash mid-put leaves only chunks no manifest names,
     /// which the next put of the blob overwrites and an erase removes.
     async fn put_blob(&self, room: RoomId, hash: BlobHash, blob: &[u8]) -> StoreResult<Written> {
-        if blob.len() > MAX_STORED_BLOB_BYTES {
-            return Err(RelayStoreError::TooLarge {
-                what: "blob",
-                len: blob.len(),
-                max: MAX_STORED_BLOB_BYTES,
-            });
-        }
+        check_blob_len(blob)?;
         let partition = blob_partition(&room, &hash);
         let chunks: Vec<&[u8]> =
             if blob.is_empty() { vec![blob] } else { blob.chunks(BLOB_CHUNK_BYTES).collect() };

@@ -85,6 +85,23 @@ impl RelayStoreError {
 /// Result of the relay store API.
 pub type StoreResult<T> = std::result::Result<T, RelayStoreError>;
 
+/// The largest blob any backend accepts: a sealed blob is a 16-byte nonce
+/// and at most [`concord_core::MAX_BLOB_BYTES`] of content; the slack
+/// covers that nonce with room to spare.
+pub const MAX_STORED_BLOB_BYTES: usize = concord_core::MAX_BLOB_BYTES + 64;
+
+/// Refuses a blob larger than [`MAX_STORED_BLOB_BYTES`].
+fn check_blob_len(blob: &[u8]) -> StoreResult<()> {
+    if blob.len() > MAX_STORED_BLOB_BYTES {
+        return Err(RelayStoreError::TooLarge {
+            what: "blob",
+            len: blob.len(),
+            max: MAX_STORED_BLOB_BYTES,
+        });
+    }
+    Ok(())
+}
+
 /// What an idempotent write did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Written {

@@ -412,17 +412,13 @@ impl<R: RelayStore> Mirror<R> {
             let mut envelopes = Vec::new();
             for (seq, record) in records {
                 seqs.push(seq);
-                match record {
-                    OutboxRecord::Envelope(envelope) => {
-                        envelopes.push(StoredEnvelope::of(&envelope));
-                        continue;
-                    }
-                    // Anything else goes after the envelopes before it.
-                    other => {
-                        self.put_envelopes(&mut envelopes).await?;
-                        self.write(other).await?;
-                    }
+                if let OutboxRecord::Envelope(envelope) = &record {
+                    envelopes.push(StoredEnvelope::of(envelope));
+                    continue;
                 }
+                // Anything else goes after the envelopes before it.
+                self.put_envelopes(&mut envelopes).await?;
+                self.write(record).await?;
             }
             self.put_envelopes(&mut envelopes).await?;
             let outbox = self.outbox.clone();
@@ -432,6 +428,7 @@ impl<R: RelayStore> Mirror<R> {
         }
     }
 
+    /// Writes one record other than an envelope (those go in batches).
     async fn write(&self, record: OutboxRecord) -> Result<(), RelayStoreError> {
         match record {
             OutboxRecord::Room(genesis) => {
@@ -447,9 +444,7 @@ impl<R: RelayStore> Mirror<R> {
                     self.metrics.blobs_erased.inc();
                 }
             }
-            OutboxRecord::Envelope(envelope) => {
-                self.put_envelopes(&mut vec![StoredEnvelope::of(&envelope)]).await?;
-            }
+            OutboxRecord::Envelope(_) => {}
         }
         Ok(())
     }

@@ -14,7 +14,9 @@ use concord_core::{BlobHash, Genesis, RoomId};
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
 
-use super::{EnvelopeKey, RelayStore, RelayStoreError, StoreResult, StoredEnvelope, Written};
+use super::{
+    check_blob_len, EnvelopeKey, RelayStore, RelayStoreError, StoreResult, StoredEnvelope, Written,
+};
 
 const ENVELOPES: &str = "relay-envelopes-1";
 const BUCKETS: &str = "relay-buckets-1";
@@ -219,6 +221,7 @@ impl RelayStore for SledRelayStore {
     }
 
     async fn put_blob(&self, room: RoomId, hash: BlobHash, blob: &[u8]) -> StoreResult<Written> {
+        check_blob_len(blob)?;
         self.insert_new(&self.blobs, blob_key(&room, &hash), blob).await
     }
 
