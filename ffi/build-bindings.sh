@@ -9,7 +9,9 @@
 # ffi/target-bindings/lib/, a link to the library the bindings load. The
 # Python module loads the library from its own directory, so a link to it
 # sits next to concord.py too.
-# Set CARGO_PROFILE=release to build optimised.
+# Set CARGO_PROFILE=release to build optimised. CONCORD_FFI_BUILD replaces
+# the arguments of the `cargo build` below; the test suite sets it to the
+# workspace build it has already made, so nothing is compiled twice.
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -28,7 +30,12 @@ esac
 
 # One build for the library and the generator: building them with different
 # features would compile the dependency tree twice.
-cargo build -p concord-ffi --features cli --lib --bin uniffi-bindgen --profile "$profile"
+if [ -n "${CONCORD_FFI_BUILD:-}" ]; then
+  read -r -a build_args <<<"$CONCORD_FFI_BUILD"
+else
+  build_args=(-p concord-ffi --features cli --lib --bin uniffi-bindgen)
+fi
+cargo build "${build_args[@]}" --profile "$profile"
 bindgen="$target_dir/$profile_dir/uniffi-bindgen"
 lib="$target_dir/$profile_dir/$lib_name"
 

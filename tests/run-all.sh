@@ -11,6 +11,12 @@ cd "$(dirname "$0")/.."
 
 step() { printf '\n== %s\n' "$*"; }
 
+# A one-off build gains nothing from incremental caches, which would take
+# several GB of disk beside the build itself.
+export CARGO_INCREMENTAL=0
+disk() { df -h . | awk 'NR==2 { print "disk: " $4 " free of " $2 }'; }
+disk
+
 step "test dependencies"
 sudo_if() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 missing=()
@@ -24,15 +30,11 @@ npm ci --prefix ffi/tests/kotlin --no-audit --no-fund --loglevel=error
 tests/dynamodb-local.sh install
 echo "ok: $(ip -V); JNA; $(ffi/tests/kotlin/node_modules/kotlin-compiler/bin/kotlinc -version 2>&1 | tail -1); DynamoDB Local"
 
-# The relay store on DynamoDB is linted, documented and tested with the
-# rest: one feature set for clippy, docs and tests, so that each of them
-# compiles the workspace once. Turning the feature on for the workspace
-# (rather than a second `cargo test -p concord-node --features dynamodb`)
-# spares compiling libp2p and the node a second time; the bindings' build
-# below compiles its own node either way (it enables other features of
-# clap and serde).
-features=concord-node/dynamodb,concord-tests/dynamodb
-
+# One feature set for clippy, docs, tests and the bindings, so that the
+# workspace (libp2p, the node, the AWS SDK) is compiled once for all of them:
+# the relay store on DynamoDB is linted, documented and tested with the rest,
+# and the bindings' generator (concord-ffi/cli) is built with the tests.
+features=concord-node/dynamodb,concord-tests/dynamodb,concord-ffi/cli
 step "concord-core stays sans-IO: no tokio, no libp2p in its dependency tree"
 tree=$(cargo tree -p concord-core -e normal --prefix none)
 if grep -E '^(tokio|libp2p[a-z0-9-]*) v' <<<"$tree"; then
@@ -64,9 +66,17 @@ step "example: two replicas reconciled without a network"
 cargo run --locked -p concord-examples --bin two-replicas
 
 step "tests (with the relay store's DynamoDB suite against DynamoDB Local)"
+# Building every target first, then testing, leaves the library and the
+# bindings' generator built with the tests' features; the bindings' scripts
+# below ask cargo for the same build, which then has nothing to do.
+build_all=(--workspace --all-targets --locked --features "$features")
+cargo build "${build_all[@]}"
 cargo test --workspace --locked --features "$features"
+disk
 
 step "bindings: Python suite, Swift API check, Kotlin on the JVM"
+export CONCORD_FFI_BUILD="${build_all[*]}"
 ffi/test-python.sh
 ffi/check-swift.sh
 ffi/test-kotlin.sh
+disk; du -sh target
