@@ -41,6 +41,7 @@ mod codec;
 mod doc;
 mod envelope;
 mod error;
+mod governance;
 mod ids;
 mod keys;
 mod replica;
@@ -57,6 +58,12 @@ pub use envelope::{
     MAX_ENVELOPE_BYTES, MAX_ROOM_NAME_BYTES, MAX_UPDATE_BYTES,
 };
 pub use error::{DecodeError, EnvelopeError, Error, Result, StoreError, SyncError};
+pub use governance::{
+    Action, AuditEntry, Denied, GovApplied, GovChange, GovError, GovHead, GovState, Governance,
+    Invite, InviteId, Member, Role, INVITE_BYTES, MAX_GOV_CHANGE_BYTES, MAX_GOV_DEPS,
+    MAX_INITIAL_MEMBERS, MAX_PENDING_GOV_CHANGES, MAX_SETTING_KEY_BYTES, MAX_SETTING_VALUE_BYTES,
+    MAX_TOPIC_BYTES,
+};
 pub use ids::{AuthorId, BlobHash, Cursor, Hlc, MessageId, RoomId, SortKey};
 pub use keys::{client_id, DeviceKey};
 pub use replica::{

@@ -1,0 +1,482 @@
+//! Room governance: members and roles, invites, bans, and the room's name,
+//! topic and settings, kept in one automerge document per room.
+//!
+//! Every change to the document carries exactly one [`Action`] (in the
+//! automerge change's message) and travels signed by its author in a
+//! [`GovChange`]. A replica accepts a change only if
+//! - it is signed by its author, whose key is the change's automerge actor;
+//! - every change it depends on is already accepted (else it waits);
+//! - the author held the right to the action in the governance state at
+//!   the change's causal past (its dependencies), see [`Denied`];
+//! - its operations are exactly the ones the action writes on that state:
+//!   the replica writes the action itself, on a fork of the document at the
+//!   change's dependencies, and the change must hash to the same value.
+//!
+//! So every replica reaches the same verdict on every change, whatever the
+//! order of arrival, and the accepted changes merge as automerge merges
+//! them. The change history is the room's audit trail ([`Governance::history`]).
+
+mod action;
+mod invite;
+mod state;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, HashMap};
+
+use automerge::transaction::CommitOptions;
+use automerge::{ActorId, AutoCommit, Change, ChangeHash};
+
+use crate::codec::{Reader, Writer};
+use crate::envelope::{check_header, FORMAT_VERSION};
+use crate::error::{DecodeError, EnvelopeError};
+use crate::ids::{AuthorId, RoomId};
+use crate::keys::{self, DeviceKey};
+
+pub use action::{
+    Action, Denied, Role, MAX_INITIAL_MEMBERS, MAX_SETTING_KEY_BYTES, MAX_SETTING_VALUE_BYTES,
+    MAX_TOPIC_BYTES,
+};
+pub use invite::{Invite, InviteId, INVITE_BYTES};
+pub use state::{GovState, Member};
+
+const GOV_MAGIC: &[u8; 4] = b"CNCV";
+
+/// Largest encoded governance change.
+pub const MAX_GOV_CHANGE_BYTES: usize = 32 * 1024;
+
+/// Most changes a room keeps waiting for their dependencies.
+pub const MAX_PENDING_GOV_CHANGES: usize = 1024;
+
+/// Most dependencies one change may name.
+pub const MAX_GOV_DEPS: usize = 64;
+
+/// A governance head: the hash of an automerge change.
+pub type GovHead = [u8; 32];
+
+/// One signed governance change: a room, its author, and one automerge
+/// change by that author carrying one action.
+#[derive(Clone, Debug)]
+pub struct GovChange {
+    room: RoomId,
+    author: AuthorId,
+    change: Change,
+    action: Action,
+    bytes: Vec<u8>,
+}
+
+impl PartialEq for GovChange {
+    fn eq(&self, other: &Self) -> bool {
+        self.bytes == other.bytes
+    }
+}
+impl Eq for GovChange {}
+
+impl GovChange {
+    fn sign(key: &DeviceKey, room: RoomId, change: Change, action: Action) -> Self {
+        let raw = change.raw_bytes();
+        let mut bytes = Vec::with_capacity(4 + 1 + 64 + 4 + raw.len() + 64);
+        bytes.extend_from_slice(GOV_MAGIC);
+        bytes.put_u8(FORMAT_VERSION);
+        bytes.extend_from_slice(room.as_bytes());
+        bytes.extend_from_slice(key.author().as_bytes());
+        bytes.put_bytes_u32(raw);
+        let signature = key.sign(&bytes);
+        bytes.extend_from_slice(&signature);
+        Self { room, author: key.author(), change, action, bytes }
+    }
+
+    /// Decodes and verifies a governance change from untrusted bytes: size,
+    /// structure, signature, then the automerge change (its actor must be the
+    /// author) and the action it carries. Whether the author may perform the
+    /// action is judged when a [`Governance`] receives it.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, EnvelopeError> {
+        if bytes.len() > MAX_GOV_CHANGE_BYTES {
+            return Err(DecodeError::TooLarge {
+                what: "governance change",
+                len: bytes.len(),
+                max: MAX_GOV_CHANGE_BYTES,
+            }
+            .into());
+        }
+        let mut r = Reader::new(bytes);
+        check_header(&mut r, GOV_MAGIC, "governance change")?;
+        let room = RoomId(r.array("room")?);
+        let author = AuthorId(r.array("author")?);
+        let raw = r.bytes_u32(MAX_GOV_CHANGE_BYTES, "automerge change")?;
+        let signed_len = r.position();
+        let signature: [u8; 64] = r.array("signature")?;
+        r.finish()?;
+        keys::verify(&author, &bytes[..signed_len], &signature)?;
+        let change = Change::from_bytes(raw.to_vec())
+            .map_err(|_| DecodeError::InvalidValue("automerge change"))?;
+        let actor = change.actor_id().to_bytes();
+        if actor.len() != 32 + ACTOR_SUFFIX_BYTES || actor[..32] != author.as_bytes()[..] {
+            return Err(DecodeError::InvalidValue("change actor is not the author").into());
+        }
+        if change.deps().len() > MAX_GOV_DEPS {
+            return Err(DecodeError::TooLarge {
+                what: "change dependencies",
+                len: change.deps().len(),
+                max: MAX_GOV_DEPS,
+            }
+            .into());
+        }
+        let action = Action::from_message(change.message())?;
+        Ok(Self { room, author, change, action, bytes: bytes.to_vec() })
+    }
+
+    /// The room.
+    pub fn room(&self) -> RoomId {
+        self.room
+    }
+    /// Who signed it.
+    pub fn author(&self) -> AuthorId {
+        self.author
+    }
+    /// The action it carries.
+    pub fn action(&self) -> &Action {
+        &self.action
+    }
+    /// The time its author stamped on it (Unix milliseconds).
+    pub fn time_millis(&self) -> i64 {
+        self.change.timestamp()
+    }
+    /// Its head: the automerge change hash.
+    pub fn head(&self) -> GovHead {
+        self.change.hash().0
+    }
+    /// The heads it depends on.
+    pub fn deps(&self) -> Vec<GovHead> {
+        self.change.deps().iter().map(|h| h.0).collect()
+    }
+    /// The signed encoding.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+/// What receiving a governance change did.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum GovApplied {
+    /// Accepted, with the number of waiting changes it let in too.
+    Applied {
+        /// Waiting changes accepted after it.
+        unblocked: usize,
+    },
+    /// Already accepted.
+    Duplicate,
+    /// Waiting for changes it depends on.
+    Pending {
+        /// The missing heads.
+        missing: Vec<GovHead>,
+    },
+}
+
+/// Why a governance change was refused. A refused change leaves the
+/// governance unchanged.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum GovError {
+    /// The change is malformed or its signature does not verify.
+    #[error(transparent)]
+    Envelope(#[from] EnvelopeError),
+    /// The change belongs to another room.
+    #[error("governance change for room {found}, not {expected}")]
+    WrongRoom {
+        /// This room.
+        expected: RoomId,
+        /// The change's room.
+        found: RoomId,
+    },
+    /// The author may not perform the action at the change's causal past.
+    #[error("governance change refused: {0}")]
+    Denied(#[from] Denied),
+    /// The change's operations are not exactly what its action writes.
+    #[error("governance change does not match its action")]
+    Forged,
+    /// Too many changes wait for dependencies.
+    #[error("too many governance changes wait for their dependencies")]
+    TooManyPending,
+    /// Named heads are not in this room's governance.
+    #[error("unknown governance heads")]
+    UnknownHeads,
+    /// The action is too large or malformed.
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    /// The document could not be changed or read (a bug, not bad input).
+    #[error("governance document: {0}")]
+    Document(String),
+}
+
+fn doc_error(e: automerge::AutomergeError) -> GovError {
+    GovError::Document(e.to_string())
+}
+
+/// One entry of a room's audit trail.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct AuditEntry {
+    /// The change.
+    pub head: GovHead,
+    /// Who made it.
+    pub author: AuthorId,
+    /// When, as its author stamped it (Unix milliseconds).
+    pub time_millis: i64,
+    /// What it did.
+    pub action: Action,
+}
+
+/// One room's governance: the automerge document of accepted changes, the
+/// signed changes themselves (to serve to peers), changes waiting for their
+/// dependencies, and the current state.
+pub struct Governance {
+    room: RoomId,
+    creator: AuthorId,
+    doc: AutoCommit,
+    changes: HashMap<GovHead, GovChange>,
+    pending: BTreeMap<GovHead, GovChange>,
+    state: GovState,
+}
+
+impl std::fmt::Debug for Governance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Governance")
+            .field("room", &self.room)
+            .field("changes", &self.changes.len())
+            .field("pending", &self.pending.len())
+            .finish()
+    }
+}
+
+impl Governance {
+    /// An empty governance for a room: nothing is allowed until the creator's
+    /// founding change ([`Action::Init`]) is in.
+    pub fn new(room: RoomId, creator: AuthorId) -> Self {
+        Self {
+            room,
+            creator,
+            doc: AutoCommit::new(),
+            changes: HashMap::new(),
+            pending: BTreeMap::new(),
+            state: GovState::unfounded(room, creator),
+        }
+    }
+
+    /// The room.
+    pub fn room(&self) -> RoomId {
+        self.room
+    }
+
+    /// The current state: every accepted change merged.
+    pub fn state(&self) -> &GovState {
+        &self.state
+    }
+
+    /// The current heads, which a message envelope cites.
+    pub fn heads(&mut self) -> Vec<GovHead> {
+        self.doc.get_heads().iter().map(|h| h.0).collect()
+    }
+
+    /// Whether every one of `heads` is an accepted change.
+    pub fn knows(&self, heads: &[GovHead]) -> bool {
+        heads.iter().all(|h| self.changes.contains_key(h))
+    }
+
+    /// The state as of `heads`: what an envelope citing them is judged by.
+    pub fn state_at(&self, heads: &[GovHead]) -> Result<GovState, GovError> {
+        if !self.knows(heads) {
+            return Err(GovError::UnknownHeads);
+        }
+        let heads: Vec<ChangeHash> = heads.iter().map(|h| ChangeHash(*h)).collect();
+        GovState::read(self.room, self.creator, &self.doc, Some(&heads)).map_err(doc_error)
+    }
+
+    /// Performs `action` as `key`'s author at `time_millis`: checks the right
+    /// against the current state, writes it, and returns the signed change
+    /// to send to peers.
+    pub fn act(
+        &mut self,
+        key: &DeviceKey,
+        action: Action,
+        time_millis: i64,
+    ) -> Result<GovChange, GovError> {
+        action.check()?;
+        let author = key.author();
+        action::authorize(&self.state, &author, &action, time_millis)?;
+        let change = commit(&mut self.doc, &author, &action, time_millis)?;
+        let signed = GovChange::sign(key, self.room, change, action);
+        self.changes.insert(signed.head(), signed.clone());
+        self.refresh()?;
+        Ok(signed)
+    }
+
+    /// Receives a change from a peer or the store: judges it against the
+    /// state at its causal past and applies it, or keeps it until its
+    /// dependencies arrive. Changes it unblocks are judged and applied too;
+    /// those refused are dropped.
+    pub fn receive(&mut self, change: GovChange) -> Result<GovApplied, GovError> {
+        if change.room != self.room {
+            return Err(GovError::WrongRoom { expected: self.room, found: change.room });
+        }
+        let head = change.head();
+        if self.changes.contains_key(&head) {
+            return Ok(GovApplied::Duplicate);
+        }
+        let missing: Vec<GovHead> =
+            change.deps().into_iter().filter(|d| !self.changes.contains_key(d)).collect();
+        if !missing.is_empty() {
+            if !self.pending.contains_key(&head) && self.pending.len() >= MAX_PENDING_GOV_CHANGES {
+                return Err(GovError::TooManyPending);
+            }
+            self.pending.insert(head, change);
+            return Ok(GovApplied::Pending { missing });
+        }
+        self.judge_and_apply(change)?;
+        let mut unblocked = 0;
+        loop {
+            let ready: Vec<GovHead> = self
+                .pending
+                .iter()
+                .filter(|(_, c)| c.deps().iter().all(|d| self.changes.contains_key(d)))
+                .map(|(h, _)| *h)
+                .collect();
+            if ready.is_empty() {
+                break;
+            }
+            for head in ready {
+                if let Some(change) = self.pending.remove(&head) {
+                    if self.judge_and_apply(change).is_ok() {
+                        unblocked += 1;
+                    }
+                }
+            }
+        }
+        Ok(GovApplied::Applied { unblocked })
+    }
+
+    fn judge_and_apply(&mut self, change: GovChange) -> Result<(), GovError> {
+        let deps: Vec<ChangeHash> = change.change.deps().to_vec();
+        // Most changes build on the current heads, whose state is at hand.
+        let mut sorted = deps.clone();
+        sorted.sort();
+        let mut current = self.doc.get_heads();
+        current.sort();
+        let past = if sorted == current {
+            self.state.clone()
+        } else {
+            GovState::read(self.room, self.creator, &self.doc, Some(&deps)).map_err(doc_error)?
+        };
+        let time = change.time_millis();
+        change.action.check()?;
+        action::authorize(&past, &change.author, &change.action, time)?;
+        // Write the action ourselves on the change's causal past: an honest
+        // author's change is exactly that, byte for byte.
+        let mut fork = self.doc.fork_at(&deps).map_err(doc_error)?;
+        let expected = commit(&mut fork, &change.author, &change.action, time)?;
+        if expected.hash() != change.change.hash() {
+            return Err(GovError::Forged);
+        }
+        self.doc.apply_changes([change.change.clone()]).map_err(doc_error)?;
+        self.changes.insert(change.head(), change);
+        self.refresh()
+    }
+
+    fn refresh(&mut self) -> Result<(), GovError> {
+        self.state = GovState::read(self.room, self.creator, &self.doc, None).map_err(doc_error)?;
+        Ok(())
+    }
+
+    /// Every accepted change, dependencies first: what a peer or the store
+    /// is given.
+    pub fn changes(&mut self) -> Vec<GovChange> {
+        self.doc
+            .get_changes(&[])
+            .iter()
+            .filter_map(|c| self.changes.get(&c.hash().0).cloned())
+            .collect()
+    }
+
+    /// Accepted changes a peer with `have` lacks, dependencies first.
+    pub fn changes_since(&mut self, have: &[GovHead]) -> Vec<GovChange> {
+        let have: Vec<ChangeHash> =
+            have.iter().filter(|h| self.changes.contains_key(*h)).map(|h| ChangeHash(*h)).collect();
+        self.doc
+            .get_changes(&have)
+            .iter()
+            .filter_map(|c| self.changes.get(&c.hash().0).cloned())
+            .collect()
+    }
+
+    /// Changes waiting for their dependencies.
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// The audit trail: who changed what, when, in causal order.
+    pub fn history(&mut self) -> Vec<AuditEntry> {
+        self.changes()
+            .into_iter()
+            .map(|c| AuditEntry {
+                head: c.head(),
+                author: c.author,
+                time_millis: c.time_millis(),
+                action: c.action,
+            })
+            .collect()
+    }
+}
+
+/// The automerge actor of a change: the author's key, then 16 bytes of a
+/// hash of what the change is made of (its dependencies, time and action).
+/// Every change is its actor's only one, so two changes by one author that
+/// share a causal past (the same key on two devices, or an author signing
+/// two versions) never collide in automerge's per-actor sequence; and two
+/// different valid changes never share an actor, as the operations of a
+/// valid change follow from its dependencies, time and action.
+fn actor_for(author: &AuthorId, deps: &[ChangeHash], time: i64, message: &str) -> ActorId {
+    let mut deps = deps.to_vec();
+    deps.sort();
+    let mut hasher = blake3::Hasher::new_derive_key("concord governance actor v1");
+    for dep in &deps {
+        hasher.update(&dep.0);
+    }
+    hasher.update(&time.to_be_bytes());
+    hasher.update(message.as_bytes());
+    let mut actor = author.as_bytes().to_vec();
+    actor.extend_from_slice(&hasher.finalize().as_bytes()[..ACTOR_SUFFIX_BYTES]);
+    ActorId::from(actor)
+}
+
+const ACTOR_SUFFIX_BYTES: usize = 16;
+
+/// Writes `action` into `doc` as `author` and commits it as one change
+/// stamped `time`, on the document's current heads.
+fn commit(
+    doc: &mut AutoCommit,
+    author: &AuthorId,
+    action: &Action,
+    time: i64,
+) -> Result<Change, GovError> {
+    commit_as(doc, author, action, action, time)
+}
+
+/// [`commit`], with the operations of `ops_of` under the message of
+/// `action` (they differ only in tests, which forge such changes).
+fn commit_as(
+    doc: &mut AutoCommit,
+    author: &AuthorId,
+    action: &Action,
+    ops_of: &Action,
+    time: i64,
+) -> Result<Change, GovError> {
+    let message = action.to_message();
+    let heads = doc.get_heads();
+    doc.set_actor(actor_for(author, &heads, time, &message));
+    if let Err(e) = state::write(doc, author, ops_of, time) {
+        doc.rollback();
+        return Err(doc_error(e));
+    }
+    doc.commit_with(CommitOptions::default().with_message(message).with_time(time))
+        .ok_or_else(|| GovError::Document("the action wrote nothing".into()))?;
+    doc.get_last_local_change().ok_or_else(|| GovError::Document("no change committed".into()))
+}
