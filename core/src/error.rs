@@ -144,6 +144,9 @@ pub enum Error {
     /// An argument was out of range (too long, empty, malformed).
     #[error("invalid input: {0}")]
     InvalidInput(String),
+    /// A governance action was refused or a governance change rejected.
+    #[error(transparent)]
+    Governance(#[from] crate::governance::GovError),
     /// The operating system could not provide randomness for a new device key.
     #[error("no randomness available for a new device key: {0}")]
     Randomness(String),

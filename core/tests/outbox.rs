@@ -70,8 +70,11 @@ fn test_commits_record_rooms_envelopes_blobs_and_erasures_until_acked() {
     replica.edit(&room, &kept.id, "kept body, edited").unwrap();
     let after = outbox.pending(100).unwrap();
     assert!(after.iter().all(|(s, _)| *s > *seqs.last().unwrap()), "numbering continues");
-    // The edit stores an envelope and a new body, and drops the old body.
-    assert_eq!(kinds(&after), ["envelope", "blob", "erased"]);
+    // The edit stores an envelope and a new body, and drops the old body
+    // (blobs and erasures come in key order, that is by hash).
+    let mut after = kinds(&after);
+    after[1..].sort();
+    assert_eq!(after, ["envelope", "blob", "erased"]);
 }
 
 #[test]

@@ -159,10 +159,10 @@ impl GovChange {
 /// What receiving a governance change did.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub enum GovApplied {
-    /// Accepted, with the number of waiting changes it let in too.
+    /// Accepted, with the waiting changes it let in.
     Applied {
-        /// Waiting changes accepted after it.
-        unblocked: usize,
+        /// The heads accepted: this change's first, then those it unblocked.
+        accepted: Vec<GovHead>,
     },
     /// Already accepted.
     Duplicate,
@@ -236,6 +236,7 @@ pub struct Governance {
     changes: HashMap<GovHead, GovChange>,
     pending: BTreeMap<GovHead, GovChange>,
     state: GovState,
+    heads: Vec<GovHead>,
 }
 
 impl std::fmt::Debug for Governance {
@@ -259,7 +260,30 @@ impl Governance {
             changes: HashMap::new(),
             pending: BTreeMap::new(),
             state: GovState::unfounded(room, creator),
+            heads: Vec::new(),
         }
+    }
+
+    /// Rebuilds a room's governance from changes this replica accepted
+    /// before (its store): they are applied without being judged again.
+    /// Fails if they do not form a complete history.
+    pub fn restore(
+        room: RoomId,
+        creator: AuthorId,
+        changes: Vec<GovChange>,
+    ) -> Result<Self, GovError> {
+        let mut gov = Self::new(room, creator);
+        if changes.iter().any(|c| c.room != room) {
+            return Err(GovError::Document("a stored change belongs to another room".into()));
+        }
+        gov.doc.apply_changes(changes.iter().map(|c| c.change.clone())).map_err(doc_error)?;
+        let heads: Vec<ChangeHash> = changes.iter().map(|c| c.change.hash()).collect();
+        if !gov.doc.get_missing_deps(&heads).is_empty() {
+            return Err(GovError::Document("stored changes miss part of their history".into()));
+        }
+        gov.changes = changes.into_iter().map(|c| (c.head(), c)).collect();
+        gov.refresh()?;
+        Ok(gov)
     }
 
     /// The room.
@@ -273,8 +297,8 @@ impl Governance {
     }
 
     /// The current heads, which a message envelope cites.
-    pub fn heads(&mut self) -> Vec<GovHead> {
-        self.doc.get_heads().iter().map(|h| h.0).collect()
+    pub fn heads(&self) -> Vec<GovHead> {
+        self.heads.clone()
     }
 
     /// Whether every one of `heads` is an accepted change.
@@ -332,7 +356,7 @@ impl Governance {
             return Ok(GovApplied::Pending { missing });
         }
         self.judge_and_apply(change)?;
-        let mut unblocked = 0;
+        let mut accepted = vec![head];
         loop {
             let ready: Vec<GovHead> = self
                 .pending
@@ -346,12 +370,12 @@ impl Governance {
             for head in ready {
                 if let Some(change) = self.pending.remove(&head) {
                     if self.judge_and_apply(change).is_ok() {
-                        unblocked += 1;
+                        accepted.push(head);
                     }
                 }
             }
         }
-        Ok(GovApplied::Applied { unblocked })
+        Ok(GovApplied::Applied { accepted })
     }
 
     fn judge_and_apply(&mut self, change: GovChange) -> Result<(), GovError> {
@@ -383,6 +407,7 @@ impl Governance {
 
     fn refresh(&mut self) -> Result<(), GovError> {
         self.state = GovState::read(self.room, self.creator, &self.doc, None).map_err(doc_error)?;
+        self.heads = self.doc.get_heads().iter().map(|h| h.0).collect();
         Ok(())
     }
 
@@ -405,6 +430,11 @@ impl Governance {
             .iter()
             .filter_map(|c| self.changes.get(&c.hash().0).cloned())
             .collect()
+    }
+
+    /// An accepted change.
+    pub fn change(&self, head: &GovHead) -> Option<GovChange> {
+        self.changes.get(head).cloned()
     }
 
     /// Changes waiting for their dependencies.

@@ -313,7 +313,10 @@ fn test_a_change_waits_for_its_causal_past_and_replays_are_harmless() {
     let mut late = Governance::new(ROOM, c.admin.author());
     assert_eq!(late.receive(topic.clone()), Ok(GovApplied::Pending { missing: vec![init.head()] }));
     assert_eq!(late.state().topic(), "");
-    assert_eq!(late.receive(init.clone()), Ok(GovApplied::Applied { unblocked: 1 }));
+    assert_eq!(
+        late.receive(init.clone()),
+        Ok(GovApplied::Applied { accepted: vec![init.head(), topic.head()] })
+    );
     assert_eq!(late.state().topic(), "a");
     assert_eq!(late.receive(topic.clone()), Ok(GovApplied::Duplicate));
     assert!(late.knows(&[init.head(), topic.head()]));
@@ -326,7 +329,12 @@ fn test_a_change_waits_for_its_causal_past_and_replays_are_harmless() {
     let decoded = GovChange::from_bytes(topic.as_bytes()).unwrap();
     assert_eq!(decoded, topic);
     assert_eq!(decoded.action(), &Action::SetTopic("a".into()));
-    assert_eq!(late.changes_since(&[init.head()]), vec![topic]);
+    assert_eq!(late.changes_since(&[init.head()]), vec![topic.clone()]);
+    // A restored governance equals the one it was stored from.
+    let restored = Governance::restore(ROOM, c.admin.author(), vec![topic, init]).unwrap();
+    assert_eq!(restored.state(), late.state());
+    let partial = Governance::restore(ROOM, c.admin.author(), gov.changes()[1..].to_vec());
+    assert!(matches!(partial, Err(GovError::Document(_))));
 }
 
 /// The categories of forged and escalating changes the big run draws from.

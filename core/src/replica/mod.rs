@@ -19,6 +19,7 @@ use crate::doc::{
 };
 use crate::envelope::{Delivery, Envelope, EnvelopeFields, Genesis, MAX_ROOM_NAME_BYTES};
 use crate::error::{EnvelopeError, Error, Result, StoreError};
+use crate::governance::Governance;
 use crate::ids::{AuthorId, BlobHash, Cursor, Hlc, MessageId, RoomId, SortKey};
 use crate::keys::{self, DeviceKey};
 use crate::store::migrations;
@@ -27,6 +28,7 @@ use crate::store::{KeyRange, Order, Store, Tree, WriteBatch};
 use crate::view::{self, bucket_of, Message, MessageRender, Row, TimelineDiff, Tombstone};
 
 mod delivery;
+mod governance;
 mod history;
 
 pub use delivery::DeliveryState;
@@ -294,6 +296,8 @@ pub struct Replica<S: Store> {
     doc_cache: usize,
     listeners: Arc<Listeners>,
     next_listener: u64,
+    /// Each room's governance.
+    govs: HashMap<RoomId, Governance>,
 }
 
 impl<S: Store> std::fmt::Debug for Replica<S> {
@@ -376,7 +380,9 @@ impl<S: Store> Replica<S> {
                 v.as_slice().try_into().map_err(|_| corrupt(Tree::Windows, "value length"))?;
             windows.insert(RoomId::from_bytes(room), u32::from_be_bytes(bucket));
         }
+        let govs = governance::load(&store, &rooms)?;
         Ok(Self {
+            govs,
             store,
             clock,
             key,
@@ -412,8 +418,12 @@ impl<S: Store> Replica<S> {
 
     // ----- rooms -------------------------------------------------------------
 
-    /// Creates a room and returns its id.
+    /// Creates a room, with this device as its admin, and returns its id.
     pub fn create_room(&mut self, name: &str) -> Result<RoomId> {
+        self.create_room_with(name, &[])
+    }
+
+    fn sign_genesis(&mut self, name: &str) -> Result<Genesis> {
         if name.len() > MAX_ROOM_NAME_BYTES {
             return Err(Error::InvalidInput(format!(
                 "room name longer than {MAX_ROOM_NAME_BYTES} bytes"
@@ -424,23 +434,23 @@ impl<S: Store> Replica<S> {
         nonce.copy_from_slice(
             &self.key.derive(CONTEXT_ROOM_NONCE, &hlc.as_u64().to_be_bytes())[..16],
         );
-        let genesis = Genesis::sign(&self.key, hlc, name, nonce)?;
-        self.add_room(genesis)
+        Ok(Genesis::sign(&self.key, hlc, name, nonce)?)
     }
 
     /// Joins a room from its genesis bytes (as a ticket carries them).
     pub fn join_room(&mut self, genesis: &[u8]) -> Result<RoomId> {
         let genesis = Genesis::from_bytes(genesis)?;
-        self.add_room(genesis)
+        self.add_room_with(genesis, WriteBatch::new())
     }
 
-    fn add_room(&mut self, genesis: Genesis) -> Result<RoomId> {
+    /// Adds a room, committing `batch` with it.
+    fn add_room_with(&mut self, genesis: Genesis, mut batch: WriteBatch) -> Result<RoomId> {
         let id = genesis.room_id();
         if !self.rooms.contains_key(&id) {
-            let mut batch = WriteBatch::new();
             batch.put(Tree::Rooms, id.as_bytes().to_vec(), genesis.as_bytes().to_vec());
             batch.put(Tree::Meta, META_HLC, self.hlc.last().as_u64().to_be_bytes());
             self.store.commit(batch)?;
+            self.govs.entry(id).or_insert_with(|| Governance::new(id, genesis.creator()));
             self.rooms.insert(id, genesis);
         }
         Ok(id)

@@ -20,6 +20,7 @@
 //! | `wanted-blobs-1` | room ‖ bucket ‖ blob hash | sortkey of the live message missing it ‖ kind u8 (0 body, 1 attachment) |
 //! | `windows-1` | room | oldest bucket u32 the replica holds (absent: all of them) |
 //! | `reached-1` | room | HLC u64: every own envelope stamped at or before it reached a peer or relay |
+//! | `governance-1` | room ‖ change hash | accepted signed governance change |
 //! | `outbox-1` | sequence u64 | record for a mirror: kind u8 (0 room, 1 envelope, 2 blob, 3 erased) ‖ genesis / envelope / room ‖ hash ‖ blob / room ‖ hash; written only under an `OutboxStore` |
 
 use crate::ids::{AuthorId, BlobHash, MessageId, RoomId, SortKey};
@@ -60,11 +61,13 @@ pub enum Tree {
     /// Records for a mirror of the store (a relay's wide-column store),
     /// written only when the store is wrapped in an `OutboxStore`.
     Outbox,
+    /// Accepted governance changes of each room.
+    Governance,
 }
 
 impl Tree {
     /// Every tree.
-    pub const ALL: [Tree; 15] = [
+    pub const ALL: [Tree; 16] = [
         Tree::Meta,
         Tree::Rooms,
         Tree::Docs,
@@ -80,6 +83,7 @@ impl Tree {
         Tree::Bodies,
         Tree::Reached,
         Tree::Outbox,
+        Tree::Governance,
     ];
 
     /// The tree's name on disk, with its layout version.
@@ -100,6 +104,7 @@ impl Tree {
             Tree::Bodies => "bodies-1",
             Tree::Reached => "reached-1",
             Tree::Outbox => "outbox-1",
+            Tree::Governance => "governance-1",
         }
     }
 
@@ -142,6 +147,10 @@ pub(crate) fn doc_key_author(key: &[u8]) -> Option<AuthorId> {
 }
 
 /// Key of `blobs-1`.
+pub(crate) fn governance_key(room: &RoomId, head: &[u8; 32]) -> Vec<u8> {
+    cat(&[room.as_bytes(), head])
+}
+
 pub(crate) fn blob_key(room: &RoomId, hash: &BlobHash) -> Vec<u8> {
     cat(&[room.as_bytes(), hash.as_bytes()])
 }

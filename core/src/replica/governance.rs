@@ -1,0 +1,200 @@
+//! Room governance in the replica: each room's [`Governance`], founded when
+//! the room is created, kept in the `governance-1` tree (every accepted
+//! signed change) and rebuilt from it on open.
+
+use std::collections::HashMap;
+
+use crate::envelope::Genesis;
+use crate::error::{Error, Result, StoreError};
+use crate::governance::{
+    Action, AuditEntry, GovApplied, GovChange, GovError, GovHead, GovState, Governance, Invite,
+    InviteId, Role,
+};
+use crate::ids::{AuthorId, RoomId};
+use crate::store::tables;
+use crate::store::{KeyRange, Order, Store, Tree, WriteBatch};
+
+use super::Replica;
+
+const CONTEXT_INVITE_ID: &str = "concord 2026 invite id v1";
+
+/// Loads every room's governance from the store.
+pub(super) fn load<S: Store>(
+    store: &S,
+    rooms: &HashMap<RoomId, Genesis>,
+) -> Result<HashMap<RoomId, Governance>> {
+    let corrupt = |reason: String| {
+        Error::Store(StoreError::Corrupt { tree: Tree::Governance.name(), reason })
+    };
+    let mut govs = HashMap::new();
+    for (room, genesis) in rooms {
+        let records = store.scan(
+            Tree::Governance,
+            &KeyRange::prefix(room.as_bytes()),
+            Order::Ascending,
+            usize::MAX,
+        )?;
+        let mut changes = Vec::with_capacity(records.len());
+        for (_, value) in records {
+            changes.push(GovChange::from_bytes(&value).map_err(|e| corrupt(e.to_string()))?);
+        }
+        let gov = Governance::restore(*room, genesis.creator(), changes)
+            .map_err(|e| corrupt(e.to_string()))?;
+        govs.insert(*room, gov);
+    }
+    Ok(govs)
+}
+
+fn stage(batch: &mut WriteBatch, change: &GovChange) {
+    batch.put(
+        Tree::Governance,
+        tables::governance_key(&change.room(), &change.head()),
+        change.as_bytes().to_vec(),
+    );
+}
+
+impl<S: Store> Replica<S> {
+    /// Creates a room whose governance makes this device its admin and gives
+    /// `members` their roles; returns its id.
+    pub fn create_room_with(&mut self, name: &str, members: &[(AuthorId, Role)]) -> Result<RoomId> {
+        let genesis = self.sign_genesis(name)?;
+        let room = genesis.room_id();
+        let mut gov = Governance::new(room, self.key.author());
+        let init = Action::Init { name: name.to_owned(), members: members.to_vec() };
+        let time = self.gov_time();
+        let change = gov.act(&self.key, init, time).map_err(Error::Governance)?;
+        let mut batch = WriteBatch::new();
+        stage(&mut batch, &change);
+        self.add_room_with(genesis, batch)?;
+        self.govs.insert(room, gov);
+        Ok(room)
+    }
+
+    fn gov_time(&mut self) -> i64 {
+        let hlc = self.hlc.tick(self.clock.now_millis());
+        i64::try_from(hlc.millis()).unwrap_or(i64::MAX)
+    }
+
+    fn gov(&self, room: &RoomId) -> Result<&Governance> {
+        self.govs.get(room).ok_or(Error::UnknownRoom(*room))
+    }
+
+    fn gov_mut(&mut self, room: &RoomId) -> Result<&mut Governance> {
+        self.govs.get_mut(room).ok_or(Error::UnknownRoom(*room))
+    }
+
+    /// The room's governance now: members, roles, bans, invites, name, topic
+    /// and settings. A room joined by its genesis alone has an unfounded one
+    /// until the founding change arrives.
+    pub fn governance(&self, room: &RoomId) -> Result<&GovState> {
+        Ok(self.gov(room)?.state())
+    }
+
+    /// The room's governance as of `heads`.
+    pub fn governance_at(&self, room: &RoomId, heads: &[GovHead]) -> Result<GovState> {
+        self.gov(room)?.state_at(heads).map_err(Error::Governance)
+    }
+
+    /// The heads of the room's governance, which this device's messages cite.
+    pub fn governance_heads(&self, room: &RoomId) -> Result<Vec<GovHead>> {
+        Ok(self.gov(room)?.heads())
+    }
+
+    /// The room's audit trail: every governance change, who made it and
+    /// when, in causal order.
+    pub fn governance_history(&mut self, room: &RoomId) -> Result<Vec<AuditEntry>> {
+        Ok(self.gov_mut(room)?.history())
+    }
+
+    /// Governance changes a peer holding `have` lacks, dependencies first.
+    pub fn governance_since(&mut self, room: &RoomId, have: &[GovHead]) -> Result<Vec<GovChange>> {
+        Ok(self.gov_mut(room)?.changes_since(have))
+    }
+
+    /// Performs a governance action as this device, if its role allows it;
+    /// returns the signed change once it is durable, for peers.
+    pub fn govern(&mut self, room: &RoomId, action: Action) -> Result<GovChange> {
+        let time = self.gov_time();
+        let Some(gov) = self.govs.get_mut(room) else { return Err(Error::UnknownRoom(*room)) };
+        let change = gov.act(&self.key, action, time).map_err(Error::Governance)?;
+        let mut batch = WriteBatch::new();
+        stage(&mut batch, &change);
+        self.commit_governance(room, batch)?;
+        Ok(change)
+    }
+
+    /// Commits staged governance changes; if the store fails, the room's
+    /// governance is rebuilt from what the store holds, so memory never runs
+    /// ahead of the disk.
+    fn commit_governance(&mut self, room: &RoomId, batch: WriteBatch) -> Result<()> {
+        if let Err(e) = self.store.commit(batch) {
+            let rooms: HashMap<RoomId, Genesis> =
+                self.rooms.get(room).map(|g| (*room, g.clone())).into_iter().collect();
+            match load(&self.store, &rooms) {
+                Ok(mut reloaded) => {
+                    if let Some(gov) = reloaded.remove(room) {
+                        self.govs.insert(*room, gov);
+                    }
+                }
+                Err(_) => {
+                    self.govs.remove(room);
+                }
+            }
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    /// Issues an invite to the room and registers it; hand it to the invitee
+    /// (a ticket carries it).
+    pub fn invite(
+        &mut self,
+        room: &RoomId,
+        role: Role,
+        invitee: Option<AuthorId>,
+        expires_millis: Option<u64>,
+    ) -> Result<Invite> {
+        let now = self.clock.now_millis();
+        let seed = self.key.derive(CONTEXT_INVITE_ID, &self.hlc.tick(now).as_u64().to_be_bytes());
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&seed[..16]);
+        let invite = Invite::issue(
+            &self.key,
+            *room,
+            InviteId::from_bytes(id),
+            role,
+            invitee,
+            expires_millis,
+        );
+        self.govern(room, Action::Invite(invite.clone()))?;
+        Ok(invite)
+    }
+
+    /// Receives governance changes from peers or a relay, in any order. Each
+    /// has its own outcome; the outer error means the store failed, and then
+    /// none of them was kept.
+    pub fn apply_governance(
+        &mut self,
+        room: &RoomId,
+        changes: Vec<GovChange>,
+    ) -> Result<Vec<Result<GovApplied, GovError>>> {
+        let gov = self.gov_mut(room)?;
+        let mut batch = WriteBatch::new();
+        let mut outcomes = Vec::with_capacity(changes.len());
+        let mut accepted = 0;
+        for change in changes {
+            let outcome = gov.receive(change);
+            if let Ok(GovApplied::Applied { accepted: heads }) = &outcome {
+                for change in heads.iter().filter_map(|h| gov.change(h)) {
+                    stage(&mut batch, &change);
+                    accepted += 1;
+                }
+            }
+            outcomes.push(outcome);
+        }
+        if accepted > 0 {
+            self.commit_governance(room, batch)?;
+        }
+        Ok(outcomes)
+    }
+}
