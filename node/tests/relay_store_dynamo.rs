@@ -79,7 +79,7 @@ fn faulty_front_where(
             let Ok(mut client) = client else { continue };
             let n = counter.fetch_add(1, Ordering::SeqCst);
             if fails(n) {
-                std::thread::spawn(move || refuse(&mut client, fault, n % 2 == 0));
+                std::thread::spawn(move || refuse(&mut client, fault, n.is_multiple_of(2)));
                 continue;
             }
             let Ok(server) = TcpStream::connect(to) else { continue };

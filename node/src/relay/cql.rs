@@ -70,7 +70,7 @@
 //! bootstrapping coordinator, a server error, rate limiting, a broken or
 //! refused connection and a client-side timeout are
 //! [`RelayStoreError::Unavailable`] and are retried here with bounded,
-//! jittered exponential backoff ([`CqlRetryPolicy`]); the driver's own
+//! jittered exponential backoff ([`RetryPolicy`]); the driver's own
 //! retry policy is off ([`FallthroughRetryPolicy`]) so that there is one
 //! retry loop to reason about. A transaction whose outcome was lost (a
 //! write timeout of type `CAS`) and that is then retried finds its own row
@@ -91,9 +91,7 @@
 //! it is.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::future::Future;
 use std::ops::ControlFlow;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -118,6 +116,7 @@ use scylla::statement::{Consistency, SerialConsistency, Statement};
 use scylla::value::{CqlValue, Row};
 use tokio::sync::OnceCell;
 
+use super::retry::{Retrier, RetryPolicy};
 use super::{
     check_blob_len, EnvelopeKey, RelayStore, RelayStoreError, StoreResult, StoredEnvelope, Written,
     MAX_STORED_BLOB_BYTES,
@@ -173,31 +172,9 @@ const MAX_KEYSPACE_LEN: usize = 48;
 /// The column a conditional statement's result reports its outcome in.
 const APPLIED: &str = "[applied]";
 
-/// How a [`CqlRelayStore`] retries a call that failed with
-/// [`RelayStoreError::Unavailable`].
-///
-/// Try `n` (from 1) that fails sleeps a random duration in `[d/2, d]` with
-/// `d = base · 2^(n-1)` before the next. The randomness is a splitmix64
-/// stream from `seed`, not the OS, so a test that fixes the seed replays
-/// the same delays. (The same policy as the DynamoDB backend's
-/// `RetryPolicy`, which is behind another feature.)
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct CqlRetryPolicy {
-    /// Tries in all, the first included; at least 1.
-    pub attempts: u32,
-    /// The backoff ceiling after the first failed try.
-    pub base: Duration,
-    /// Seeds the jitter.
-    pub seed: u64,
-}
-
-impl Default for CqlRetryPolicy {
-    /// Five tries, 20 ms doubling: at most about 0.3 s of sleep, within a
-    /// device's sync timeout.
-    fn default() -> Self {
-        Self { attempts: 5, base: Duration::from_millis(20), seed: 0x636f_6e63_6f72_6421 }
-    }
-}
+/// The name the CQL store's [`RetryPolicy`] had when each backend kept
+/// its own copy; callers outside the relay module still use it.
+pub type CqlRetryPolicy = RetryPolicy;
 
 /// How a [`CqlRelayStore`] reaches its cluster, beyond the contact nodes
 /// and the keyspace.
@@ -246,9 +223,7 @@ pub struct CqlRelayStore {
     datacenter: Option<String>,
     /// Prepared on first use: see the module docs.
     statements: Arc<OnceCell<Statements>>,
-    retry: CqlRetryPolicy,
-    /// Draws of the jitter stream so far.
-    draws: Arc<AtomicU64>,
+    retry: Retrier,
 }
 
 /// Every statement the store runs, prepared once per store.
@@ -394,14 +369,6 @@ fn corrupt(what: &str, error: impl std::fmt::Display) -> RelayStoreError {
     RelayStoreError::Corrupt(format!("{what}: {error}"))
 }
 
-/// splitmix64: a tiny, well-mixed stream for jitter; not for secrets.
-fn splitmix64(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
 /// The outcome of a conditional statement: its `[applied]` column. ScyllaDB
 /// answers with `[applied]` and the row's old values, Cassandra with
 /// `[applied]` alone when applied; the column is found by name either way.
@@ -531,14 +498,13 @@ impl CqlRelayStore {
             keyspace: keyspace.to_owned(),
             datacenter: options.datacenter,
             statements: Arc::new(OnceCell::new()),
-            retry: CqlRetryPolicy::default(),
-            draws: Arc::new(AtomicU64::new(0)),
+            retry: Retrier::new("cql"),
         })
     }
 
     /// The same store with another retry policy.
-    pub fn with_retry(mut self, policy: CqlRetryPolicy) -> Self {
-        self.retry = CqlRetryPolicy { attempts: policy.attempts.max(1), ..policy };
+    pub fn with_retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry.set_policy(policy);
         self
     }
 
@@ -586,17 +552,18 @@ impl CqlRelayStore {
         for text in statements {
             let mut statement = Statement::new(text);
             statement.set_request_timeout(Some(DDL_TIMEOUT));
-            self.retry("create schema", || {
-                let statement = statement.clone();
-                async move {
-                    self.session
-                        .query_unpaged(statement, ())
-                        .await
-                        .map(drop)
-                        .map_err(|e| execution_error("create schema", &e))
-                }
-            })
-            .await?;
+            self.retry
+                .run("create schema", || {
+                    let statement = statement.clone();
+                    async move {
+                        self.session
+                            .query_unpaged(statement, ())
+                            .await
+                            .map(drop)
+                            .map_err(|e| execution_error("create schema", &e))
+                    }
+                })
+                .await?;
         }
         Ok(())
     }
@@ -697,7 +664,8 @@ impl CqlRelayStore {
 
     async fn prepare(&self, text: String, page: Option<i32>) -> StoreResult<PreparedStatement> {
         let mut prepared = self
-            .retry("prepare", || {
+            .retry
+            .run("prepare", || {
                 let text = text.clone();
                 async move {
                     self.session.prepare(text).await.map_err(|e| {
@@ -712,37 +680,6 @@ impl CqlRelayStore {
         Ok(prepared)
     }
 
-    /// Runs `attempt` until it succeeds, fails for good, or the policy's
-    /// tries are spent.
-    async fn retry<T, F, Fut>(&self, what: &str, mut attempt: F) -> StoreResult<T>
-    where
-        F: FnMut() -> Fut + Send,
-        Fut: Future<Output = StoreResult<T>> + Send,
-        T: Send,
-    {
-        let mut tries = 0;
-        loop {
-            tries += 1;
-            match attempt().await {
-                Err(e) if e.is_retryable() && tries < self.retry.attempts => {
-                    let delay = self.backoff(tries);
-                    tracing::debug!(error = %e, what, tries, ?delay, "cql call retried");
-                    tokio::time::sleep(delay).await;
-                }
-                other => return other,
-            }
-        }
-    }
-
-    /// The sleep after failed try `tries` (from 1): uniform in `[d/2, d]`.
-    fn backoff(&self, tries: u32) -> Duration {
-        let ceiling = self.retry.base.saturating_mul(1u32 << (tries - 1).min(16));
-        let half = ceiling / 2;
-        let draw = self.draws.fetch_add(1, Ordering::Relaxed);
-        let span = u64::try_from(half.as_nanos()).unwrap_or(u64::MAX).saturating_add(1);
-        half + Duration::from_nanos(splitmix64(self.retry.seed ^ draw) % span)
-    }
-
     /// Executes a statement that returns no rows, or a conditional one
     /// whose outcome the caller reads with [`applied`].
     async fn execute(
@@ -751,13 +688,14 @@ impl CqlRelayStore {
         statement: &PreparedStatement,
         values: impl SerializeRow + Sync,
     ) -> StoreResult<QueryResult> {
-        self.retry(what, || async {
-            self.session
-                .execute_unpaged(statement, &values)
-                .await
-                .map_err(|e| execution_error(what, &e))
-        })
-        .await
+        self.retry
+            .run(what, || async {
+                self.session
+                    .execute_unpaged(statement, &values)
+                    .await
+                    .map_err(|e| execution_error(what, &e))
+            })
+            .await
     }
 
     /// Up to `limit` rows of a `SELECT`, page by page (each page retried on
@@ -776,7 +714,8 @@ impl CqlRelayStore {
         let mut paging = PagingState::start();
         while out.len() < limit {
             let (result, next) = self
-                .retry(what, || {
+                .retry
+                .run(what, || {
                     let paging = paging.clone();
                     let values = &values;
                     async move {
@@ -836,14 +775,15 @@ impl CqlRelayStore {
                 )
             })
             .collect();
-        self.retry("write envelopes", || async {
-            self.session
-                .batch(&batch, &values)
-                .await
-                .map(drop)
-                .map_err(|e| execution_error("write envelopes", &e))
-        })
-        .await
+        self.retry
+            .run("write envelopes", || async {
+                self.session
+                    .batch(&batch, &values)
+                    .await
+                    .map(drop)
+                    .map_err(|e| execution_error("write envelopes", &e))
+            })
+            .await
     }
 
     async fn range(

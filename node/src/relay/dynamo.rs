@@ -50,9 +50,6 @@
 //! own acknowledged writes.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aws_sdk_dynamodb::config::http::HttpResponse;
@@ -69,6 +66,7 @@ use aws_sdk_dynamodb::Client;
 use concord_core::{BlobHash, Genesis, RoomId};
 use futures::{StreamExt, TryStreamExt};
 
+use super::retry::{Retrier, RetryPolicy};
 use super::{
     check_blob_len, EnvelopeKey, RelayStore, RelayStoreError, StoreResult, StoredEnvelope, Written,
     MAX_STORED_BLOB_BYTES,
@@ -132,31 +130,6 @@ const TABLE_ACTIVE_TIMEOUT: Duration = Duration::from_secs(120);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How a [`DynamoRelayStore`] retries a call that failed with
-/// [`RelayStoreError::Unavailable`].
-///
-/// Try `n` (from 1) that fails sleeps a random duration in
-/// `[d/2, d]` with `d = base · 2^(n-1)` before the next. The randomness is
-/// a splitmix64 stream from `seed`, not the OS, so a test that fixes the
-/// seed replays the same delays.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RetryPolicy {
-    /// Tries in all, the first included; at least 1.
-    pub attempts: u32,
-    /// The backoff ceiling after the first failed try.
-    pub base: Duration,
-    /// Seeds the jitter.
-    pub seed: u64,
-}
-
-impl Default for RetryPolicy {
-    /// Five tries, 20 ms doubling: at most about 0.3 s of sleep, within a
-    /// device's sync timeout.
-    fn default() -> Self {
-        Self { attempts: 5, base: Duration::from_millis(20), seed: 0x636f_6e63_6f72_6421 }
-    }
-}
-
 /// The relay store on the DynamoDB API. Cloning shares the client.
 #[derive(Clone, Debug)]
 pub struct DynamoRelayStore {
@@ -165,9 +138,7 @@ pub struct DynamoRelayStore {
     buckets: String,
     blobs: String,
     rooms: String,
-    retry: RetryPolicy,
-    /// Draws of the jitter stream so far.
-    draws: Arc<AtomicU64>,
+    retry: Retrier,
 }
 
 /// An item: attribute name to value.
@@ -247,14 +218,6 @@ where
     }
 }
 
-/// splitmix64: a tiny, well-mixed stream for jitter; not for secrets.
-fn splitmix64(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
 /// Which side of a sort key a range read starts from.
 #[derive(Clone, Copy)]
 enum Bound {
@@ -327,14 +290,13 @@ impl DynamoRelayStore {
             buckets: format!("{table_prefix}{BUCKETS}"),
             blobs: format!("{table_prefix}{BLOBS}"),
             rooms: format!("{table_prefix}{ROOMS}"),
-            retry: RetryPolicy::default(),
-            draws: Arc::new(AtomicU64::new(0)),
+            retry: Retrier::new("dynamodb"),
         })
     }
 
     /// The same store with another retry policy.
     pub fn with_retry(mut self, policy: RetryPolicy) -> Self {
-        self.retry = RetryPolicy { attempts: policy.attempts.max(1), ..policy };
+        self.retry.set_policy(policy);
         self
     }
 
@@ -385,30 +347,32 @@ impl DynamoRelayStore {
                     .map_err(setup)?,
             );
         }
-        self.retry(|| {
-            let request = self
-                .client
-                .create_table()
-                .table_name(name)
-                .set_key_schema(Some(keys.clone()))
-                .set_attribute_definitions(Some(attributes.clone()))
-                .billing_mode(BillingMode::PayPerRequest);
-            async move {
-                match request.send().await {
-                    Ok(_) => Ok(()),
-                    Err(e) if e.code() == Some("ResourceInUseException") => Ok(()),
-                    Err(e) => Err(sdk_error("create table", &e)),
+        self.retry
+            .run("create table", || {
+                let request = self
+                    .client
+                    .create_table()
+                    .table_name(name)
+                    .set_key_schema(Some(keys.clone()))
+                    .set_attribute_definitions(Some(attributes.clone()))
+                    .billing_mode(BillingMode::PayPerRequest);
+                async move {
+                    match request.send().await {
+                        Ok(_) => Ok(()),
+                        Err(e) if e.code() == Some("ResourceInUseException") => Ok(()),
+                        Err(e) => Err(sdk_error("create table", &e)),
+                    }
                 }
-            }
-        })
-        .await
+            })
+            .await
     }
 
     async fn wait_active(&self, name: &str) -> StoreResult<()> {
         let deadline = Instant::now() + TABLE_ACTIVE_TIMEOUT;
         loop {
             let described = self
-                .retry(|| {
+                .retry
+                .run("describe table", || {
                     let request = self.client.describe_table().table_name(name);
                     async move { request.send().await.map_err(|e| sdk_error("describe table", &e)) }
                 })
@@ -426,64 +390,35 @@ impl DynamoRelayStore {
         }
     }
 
-    /// Runs `attempt` until it succeeds, fails for good, or the policy's
-    /// tries are spent.
-    async fn retry<T, F, Fut>(&self, mut attempt: F) -> StoreResult<T>
-    where
-        F: FnMut() -> Fut + Send,
-        Fut: Future<Output = StoreResult<T>> + Send,
-        T: Send,
-    {
-        let mut tries = 0;
-        loop {
-            tries += 1;
-            match attempt().await {
-                Err(e) if e.is_retryable() && tries < self.retry.attempts => {
-                    let delay = self.backoff(tries);
-                    tracing::debug!(error = %e, tries, ?delay, "dynamodb call retried");
-                    tokio::time::sleep(delay).await;
-                }
-                other => return other,
-            }
-        }
-    }
-
-    /// The sleep after failed try `tries` (from 1): uniform in `[d/2, d]`.
-    fn backoff(&self, tries: u32) -> Duration {
-        let ceiling = self.retry.base.saturating_mul(1u32 << (tries - 1).min(16));
-        let half = ceiling / 2;
-        let draw = self.draws.fetch_add(1, Ordering::Relaxed);
-        let span = u64::try_from(half.as_nanos()).unwrap_or(u64::MAX).saturating_add(1);
-        half + Duration::from_nanos(splitmix64(self.retry.seed ^ draw) % span)
-    }
-
     /// `PutItem` if absent.
     async fn put_new(&self, table: &str, item: Item) -> StoreResult<Written> {
-        self.retry(|| {
-            let request = self
-                .client
-                .put_item()
-                .table_name(table)
-                .set_item(Some(item.clone()))
-                .condition_expression(IF_ABSENT);
-            async move {
-                match request.send().await {
-                    Ok(_) => Ok(Written::Inserted),
-                    Err(e) if e.code() == Some(CONDITION_FAILED) => Ok(Written::AlreadyPresent),
-                    Err(e) => Err(sdk_error("put item", &e)),
+        self.retry
+            .run("put item", || {
+                let request = self
+                    .client
+                    .put_item()
+                    .table_name(table)
+                    .set_item(Some(item.clone()))
+                    .condition_expression(IF_ABSENT);
+                async move {
+                    match request.send().await {
+                        Ok(_) => Ok(Written::Inserted),
+                        Err(e) if e.code() == Some(CONDITION_FAILED) => Ok(Written::AlreadyPresent),
+                        Err(e) => Err(sdk_error("put item", &e)),
+                    }
                 }
-            }
-        })
-        .await
+            })
+            .await
     }
 
     /// `PutItem`, unconditionally: for items that are the same every time.
     async fn put(&self, table: &str, item: Item) -> StoreResult<()> {
-        self.retry(|| {
-            let request = self.client.put_item().table_name(table).set_item(Some(item.clone()));
-            async move { request.send().await.map(drop).map_err(|e| sdk_error("put item", &e)) }
-        })
-        .await
+        self.retry
+            .run("put item", || {
+                let request = self.client.put_item().table_name(table).set_item(Some(item.clone()));
+                async move { request.send().await.map(drop).map_err(|e| sdk_error("put item", &e)) }
+            })
+            .await
     }
 
     /// Puts `items` into `table` with `BatchWriteItem`, unconditionally,
@@ -543,10 +478,9 @@ impl DynamoRelayStore {
                 Err(e) => sdk_error("batch write", &e),
             };
             stalled += 1;
-            if !failure.is_retryable() || stalled >= self.retry.attempts {
+            let Some(delay) = self.retry.retry_after(stalled, &failure) else {
                 return Err(failure);
-            }
-            let delay = self.backoff(stalled);
+            };
             tracing::debug!(error = %failure, stalled, ?delay, "dynamodb batch write retried");
             tokio::time::sleep(delay).await;
         }
@@ -554,19 +488,20 @@ impl DynamoRelayStore {
 
     /// `DeleteItem`; whether the item was there.
     async fn delete(&self, table: &str, key: Item) -> StoreResult<bool> {
-        self.retry(|| {
-            let request = self
-                .client
-                .delete_item()
-                .table_name(table)
-                .set_key(Some(key.clone()))
-                .return_values(ReturnValue::AllOld);
-            async move {
-                let out = request.send().await.map_err(|e| sdk_error("delete item", &e))?;
-                Ok(out.attributes().is_some_and(|a| !a.is_empty()))
-            }
-        })
-        .await
+        self.retry
+            .run("delete item", || {
+                let request = self
+                    .client
+                    .delete_item()
+                    .table_name(table)
+                    .set_key(Some(key.clone()))
+                    .return_values(ReturnValue::AllOld);
+                async move {
+                    let out = request.send().await.map_err(|e| sdk_error("delete item", &e))?;
+                    Ok(out.attributes().is_some_and(|a| !a.is_empty()))
+                }
+            })
+            .await
     }
 
     /// Up to `limit` items of one partition of `table`, following
@@ -592,7 +527,8 @@ impl DynamoRelayStore {
         while out.len() < limit {
             let page = i32::try_from((limit - out.len()).min(QUERY_PAGE)).unwrap_or(1);
             let response = self
-                .retry(|| {
+                .retry
+                .run("query", || {
                     let request = self
                         .client
                         .query()
@@ -653,19 +589,20 @@ impl DynamoRelayStore {
 
     async fn blob_manifest(&self, partition: &[u8]) -> StoreResult<Option<Item>> {
         let key = Self::chunk_key(partition, 0);
-        self.retry(|| {
-            let request = self
-                .client
-                .get_item()
-                .table_name(&self.blobs)
-                .set_key(Some(key.clone()))
-                .consistent_read(true);
-            async move {
-                let out = request.send().await.map_err(|e| sdk_error("get blob", &e))?;
-                Ok(out.item().cloned())
-            }
-        })
-        .await
+        self.retry
+            .run("get blob", || {
+                let request = self
+                    .client
+                    .get_item()
+                    .table_name(&self.blobs)
+                    .set_key(Some(key.clone()))
+                    .consistent_read(true);
+                async move {
+                    let out = request.send().await.map_err(|e| sdk_error("get blob", &e))?;
+                    Ok(out.item().cloned())
+                }
+            })
+            .await
     }
 }
 
@@ -687,7 +624,8 @@ impl RelayStore for DynamoRelayStore {
         let mut start: Option<Item> = None;
         loop {
             let response = self
-                .retry(|| {
+                .retry
+                .run("scan rooms", || {
                     let request = self
                         .client
                         .scan()

@@ -34,6 +34,7 @@
 mod cql;
 #[cfg(feature = "dynamodb")]
 mod dynamo;
+mod retry;
 mod server;
 mod sled_backend;
 
@@ -44,7 +45,8 @@ use concord_core::{AuthorId, BlobHash, Envelope, Genesis, Hlc, RoomId};
 #[cfg(feature = "cql")]
 pub use cql::{CqlOptions, CqlRelayStore, CqlRetryPolicy};
 #[cfg(feature = "dynamodb")]
-pub use dynamo::{DynamoRelayStore, RetryPolicy};
+pub use dynamo::DynamoRelayStore;
+pub use retry::RetryPolicy;
 pub use server::{Relay, RelayConfig, RelayError, RelayReplicaStore, StoreConfig};
 pub use sled_backend::SledRelayStore;
 
