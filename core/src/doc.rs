@@ -8,6 +8,7 @@
 //! |---|---|---|
 //! | `m` | message id (32 hex digits) | [`PostRecord`]: the author's live posts |
 //! | `d` | message id | [`TombstoneRecord`]: the author's deletes |
+//! | `k` | message id | [`TombstoneRecord`]: a moderator's deletes of others' messages |
 //! | `x` | message id ‖ emoji | reaction stamp (8 bytes), or empty once withdrawn |
 //! | `r` | `read` | the read marker: sort key (56 bytes) ‖ stamp (8 bytes) |
 //!
@@ -29,6 +30,7 @@ use crate::keys;
 
 const MESSAGES: &str = "m";
 const TOMBSTONES: &str = "d";
+const MODERATED: &str = "k";
 const REACTIONS: &str = "x";
 const READ: &str = "r";
 const READ_KEY: &str = "read";
@@ -128,10 +130,29 @@ impl TombstoneRecord {
 /// One local change to the author's own document.
 #[derive(Clone, Debug)]
 pub(crate) enum DocChange {
-    Post { id: MessageId, record: PostRecord },
-    Delete { id: MessageId, tombstone: TombstoneRecord },
-    React { id: MessageId, emoji: String, hlc: Hlc, on: bool },
-    MarkRead { key: SortKey, hlc: Hlc },
+    Post {
+        id: MessageId,
+        record: PostRecord,
+    },
+    Delete {
+        id: MessageId,
+        tombstone: TombstoneRecord,
+    },
+    /// A moderator's delete of someone else's message.
+    Moderate {
+        id: MessageId,
+        tombstone: TombstoneRecord,
+    },
+    React {
+        id: MessageId,
+        emoji: String,
+        hlc: Hlc,
+        on: bool,
+    },
+    MarkRead {
+        key: SortKey,
+        hlc: Hlc,
+    },
 }
 
 /// What a local change produced: the update and the clock range it inserted.
@@ -148,6 +169,10 @@ pub(crate) struct LocalUpdate {
 pub(crate) struct Changes {
     pub ids: BTreeSet<MessageId>,
     pub read: bool,
+    /// Posts, edits, own deletes or reactions were written.
+    pub posting: bool,
+    /// A moderator's delete was written.
+    pub moderated: bool,
 }
 
 /// Root-map keys touched by transactions since the last [`AuthorDoc::take_changes`],
@@ -158,6 +183,7 @@ type Touched = Arc<Mutex<Vec<(Root, Arc<str>)>>>;
 enum Root {
     Messages,
     Tombstones,
+    Moderated,
     Reactions,
     Read,
 }
@@ -174,6 +200,7 @@ pub(crate) struct AuthorDoc {
     client: ClientID,
     messages: MapRef,
     tombstones: MapRef,
+    moderated: MapRef,
     reactions: MapRef,
     read: MapRef,
     touched: Touched,
@@ -215,6 +242,7 @@ impl AuthorDoc {
         Self {
             messages: observed(MESSAGES, Root::Messages),
             tombstones: observed(TOMBSTONES, Root::Tombstones),
+            moderated: observed(MODERATED, Root::Moderated),
             reactions: observed(REACTIONS, Root::Reactions),
             read: observed(READ, Root::Read),
             doc,
@@ -233,9 +261,13 @@ impl AuthorDoc {
         };
         let mut out = Changes::default();
         for (root, key) in touched {
-            if root == Root::Read {
-                out.read = true;
-                continue;
+            match root {
+                Root::Read => {
+                    out.read = true;
+                    continue;
+                }
+                Root::Moderated => out.moderated = true,
+                _ => out.posting = true,
             }
             let Some(id) = parse_id(&key) else { continue };
             out.ids.insert(id);
@@ -302,6 +334,13 @@ impl AuthorDoc {
                     Any::Buffer(tombstone.encode().into()),
                 );
             }
+            DocChange::Moderate { id, tombstone } => {
+                self.moderated.insert(
+                    &mut txn,
+                    id.simple(),
+                    Any::Buffer(tombstone.encode().into()),
+                );
+            }
             DocChange::React { id, emoji, hlc, on } => {
                 let value: Vec<u8> =
                     if *on { hlc.as_u64().to_be_bytes().to_vec() } else { Vec::new() };
@@ -334,6 +373,13 @@ impl AuthorDoc {
     pub(crate) fn tombstone(&self, id: &MessageId) -> Option<TombstoneRecord> {
         let txn = self.doc.transact();
         buffer(self.tombstones.get(&txn, &id.simple()))
+            .and_then(|b| TombstoneRecord::decode(&b).ok())
+    }
+
+    /// The author's delete, as a moderator, of someone else's message.
+    pub(crate) fn moderation(&self, id: &MessageId) -> Option<TombstoneRecord> {
+        let txn = self.doc.transact();
+        buffer(self.moderated.get(&txn, &id.simple()))
             .and_then(|b| TombstoneRecord::decode(&b).ok())
     }
 

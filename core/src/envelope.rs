@@ -12,11 +12,21 @@
 use crate::blob::{self, BLOB_NONCE_LEN, MAX_BLOB_BYTES};
 use crate::codec::{Reader, Writer};
 use crate::error::{DecodeError, EnvelopeError};
+use crate::governance::GovHead;
 use crate::ids::{AuthorId, BlobHash, Hlc, RoomId};
 use crate::keys::{self, DeviceKey};
 
-/// Format version written in every envelope, genesis and delivery.
+/// Format version written in every delivery, signal, invite and governance
+/// change.
 pub const FORMAT_VERSION: u8 = 1;
+
+/// Format version written in genesis records and envelopes: version 2 added
+/// a genesis's join rule and the governance heads an envelope cites.
+/// Version 1 is still read (an open room; an envelope citing no heads).
+pub const ROOM_FORMAT_VERSION: u8 = 2;
+
+/// Most governance heads one envelope cites.
+pub const MAX_CITED_HEADS: usize = 8;
 
 const GENESIS_MAGIC: &[u8; 4] = b"CNCG";
 const ENVELOPE_MAGIC: &[u8; 4] = b"CNCE";
@@ -50,11 +60,21 @@ pub(crate) fn check_header(
     magic: &[u8; 4],
     what: &'static str,
 ) -> Result<(), DecodeError> {
+    check_versioned_header(r, magic, what, FORMAT_VERSION).map(|_| ())
+}
+
+/// Checks the magic and returns the version, from 1 up to `newest`.
+fn check_versioned_header(
+    r: &mut Reader<'_>,
+    magic: &[u8; 4],
+    what: &'static str,
+    newest: u8,
+) -> Result<u8, DecodeError> {
     if &r.array::<4>(what)? != magic {
         return Err(DecodeError::BadMagic { what });
     }
     match r.u8("version")? {
-        FORMAT_VERSION => Ok(()),
+        v @ 1.. if v <= newest => Ok(v),
         v => Err(DecodeError::UnsupportedVersion(v)),
     }
 }
@@ -73,17 +93,23 @@ pub struct Genesis {
     creator: AuthorId,
     hlc: Hlc,
     name: String,
+    open: bool,
     bytes: Vec<u8>,
 }
 
+/// Genesis flag: anyone who is not banned may post (an open room), rather
+/// than members only.
+const GENESIS_OPEN: u8 = 1;
+
 impl Genesis {
     /// Signs a new genesis. `nonce` makes two rooms created in the same
-    /// millisecond with the same name distinct.
+    /// millisecond with the same name distinct; `open` is the join rule.
     pub(crate) fn sign(
         key: &DeviceKey,
         hlc: Hlc,
         name: &str,
         nonce: [u8; 16],
+        open: bool,
     ) -> Result<Self, DecodeError> {
         if name.len() > MAX_ROOM_NAME_BYTES {
             return Err(DecodeError::TooLarge {
@@ -94,30 +120,40 @@ impl Genesis {
         }
         let mut bytes = Vec::with_capacity(128 + name.len());
         bytes.extend_from_slice(GENESIS_MAGIC);
-        bytes.put_u8(FORMAT_VERSION);
+        bytes.put_u8(ROOM_FORMAT_VERSION);
         bytes.extend_from_slice(key.author().as_bytes());
         bytes.put_u64(hlc.as_u64());
         bytes.put_str_u8(name);
+        bytes.put_u8(if open { GENESIS_OPEN } else { 0 });
         bytes.extend_from_slice(&nonce);
         let signature = key.sign(&bytes);
         bytes.extend_from_slice(&signature);
-        Ok(Self { creator: key.author(), hlc, name: name.to_owned(), bytes })
+        Ok(Self { creator: key.author(), hlc, name: name.to_owned(), open, bytes })
     }
 
     /// Decodes and verifies a genesis from untrusted bytes.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, EnvelopeError> {
-        check_len(bytes, 4 + 1 + 32 + 8 + 1 + 255 + 16 + SIGNATURE_LEN, "genesis")?;
+        check_len(bytes, 4 + 1 + 32 + 8 + 1 + 255 + 1 + 16 + SIGNATURE_LEN, "genesis")?;
         let mut r = Reader::new(bytes);
-        check_header(&mut r, GENESIS_MAGIC, "genesis")?;
+        let version =
+            check_versioned_header(&mut r, GENESIS_MAGIC, "genesis", ROOM_FORMAT_VERSION)?;
         let creator = AuthorId(r.array("creator")?);
         let hlc = Hlc(r.u64("hlc")?);
         let name = r.str_u8("room name")?.to_owned();
+        let open = match version {
+            1 => true,
+            _ => match r.u8("flags")? {
+                0 => false,
+                GENESIS_OPEN => true,
+                _ => return Err(DecodeError::InvalidValue("genesis flags").into()),
+            },
+        };
         let _nonce: [u8; 16] = r.array("nonce")?;
         let signed_len = r.position();
         let signature: [u8; SIGNATURE_LEN] = r.array("signature")?;
         r.finish()?;
         keys::verify(&creator, &bytes[..signed_len], &signature)?;
-        Ok(Self { creator, hlc, name, bytes: bytes.to_vec() })
+        Ok(Self { creator, hlc, name, open, bytes: bytes.to_vec() })
     }
 
     /// The room id this genesis founds.
@@ -136,6 +172,11 @@ impl Genesis {
     pub fn name(&self) -> &str {
         &self.name
     }
+    /// The join rule: an open room lets anyone who is not banned post; in
+    /// any other room only members do.
+    pub fn is_open(&self) -> bool {
+        self.open
+    }
     /// The signed encoding.
     pub fn as_bytes(&self) -> &[u8] {
         &self.bytes
@@ -152,6 +193,7 @@ pub(crate) struct EnvelopeFields<'a> {
     pub hlc: Hlc,
     pub update: &'a [u8],
     pub blobs: &'a [BlobHash],
+    pub gov_heads: &'a [GovHead],
 }
 
 /// One signed change to one author's document in one bucket of one room.
@@ -165,6 +207,7 @@ pub struct Envelope {
     hlc: Hlc,
     update_range: (usize, usize),
     blobs: Vec<BlobHash>,
+    gov_heads: Vec<GovHead>,
     bytes: Vec<u8>,
 }
 
@@ -185,10 +228,18 @@ impl Envelope {
                 max: MAX_BLOBS_PER_ENVELOPE,
             });
         }
+        if f.gov_heads.len() > MAX_CITED_HEADS {
+            return Err(DecodeError::TooLarge {
+                what: "cited governance heads",
+                len: f.gov_heads.len(),
+                max: MAX_CITED_HEADS,
+            });
+        }
         let author = key.author();
-        let mut bytes = Vec::with_capacity(200 + f.update.len() + 32 * f.blobs.len());
+        let mut bytes =
+            Vec::with_capacity(200 + f.update.len() + 32 * (f.blobs.len() + f.gov_heads.len()));
         bytes.extend_from_slice(ENVELOPE_MAGIC);
-        bytes.put_u8(FORMAT_VERSION);
+        bytes.put_u8(ROOM_FORMAT_VERSION);
         bytes.extend_from_slice(f.room.as_bytes());
         bytes.put_u32(f.bucket);
         bytes.extend_from_slice(author.as_bytes());
@@ -204,6 +255,10 @@ impl Envelope {
         for hash in f.blobs {
             bytes.extend_from_slice(hash.as_bytes());
         }
+        bytes.put_u8(f.gov_heads.len() as u8);
+        for head in f.gov_heads {
+            bytes.extend_from_slice(head);
+        }
         let signature = key.sign(&bytes);
         bytes.extend_from_slice(&signature);
         Ok(Self {
@@ -215,6 +270,7 @@ impl Envelope {
             hlc: f.hlc,
             update_range,
             blobs: f.blobs.to_vec(),
+            gov_heads: f.gov_heads.to_vec(),
             bytes,
         })
     }
@@ -235,7 +291,8 @@ impl Envelope {
     fn parse(bytes: &[u8], verify: bool) -> Result<Self, EnvelopeError> {
         check_len(bytes, MAX_ENVELOPE_BYTES, "envelope")?;
         let mut r = Reader::new(bytes);
-        check_header(&mut r, ENVELOPE_MAGIC, "envelope")?;
+        let version =
+            check_versioned_header(&mut r, ENVELOPE_MAGIC, "envelope", ROOM_FORMAT_VERSION)?;
         let room = RoomId(r.array("room")?);
         let bucket = r.u32("bucket")?;
         let author = AuthorId(r.array("author")?);
@@ -250,6 +307,21 @@ impl Envelope {
         let mut blobs = Vec::with_capacity(count);
         for _ in 0..count {
             blobs.push(BlobHash(r.array("blob hash")?));
+        }
+        let mut gov_heads = Vec::new();
+        if version >= 2 {
+            let count = usize::from(r.u8("cited heads")?);
+            if count > MAX_CITED_HEADS {
+                return Err(DecodeError::TooLarge {
+                    what: "cited governance heads",
+                    len: count,
+                    max: MAX_CITED_HEADS,
+                }
+                .into());
+            }
+            for _ in 0..count {
+                gov_heads.push(r.array("cited head")?);
+            }
         }
         let signed_len = r.position();
         let signature: [u8; SIGNATURE_LEN] = r.array("signature")?;
@@ -272,6 +344,7 @@ impl Envelope {
             hlc,
             update_range,
             blobs,
+            gov_heads,
             bytes: bytes.to_vec(),
         })
     }
@@ -303,6 +376,11 @@ impl Envelope {
     /// Hashes of the blobs (body, attachments) the change introduces.
     pub fn blob_hashes(&self) -> &[BlobHash] {
         &self.blobs
+    }
+    /// The governance heads its author had seen: the change is judged by the
+    /// author's role there. Empty for a version 1 envelope.
+    pub fn gov_heads(&self) -> &[GovHead] {
+        &self.gov_heads
     }
     /// The signed encoding.
     pub fn as_bytes(&self) -> &[u8] {

@@ -86,6 +86,15 @@ pub enum EnvelopeError {
     /// The author signed two different envelopes for the same place in its document.
     #[error("author signed two different envelopes for the same clock range")]
     Equivocation,
+    /// The envelope cites governance heads this replica does not hold yet:
+    /// not a fault of the sender; it can be offered again once they arrive.
+    #[error("envelope cites governance changes this replica does not hold yet")]
+    UnknownGovernance,
+    /// The author may not write this change at the governance heads it cites
+    /// (not a member, a read-only member posting, a member deleting others'
+    /// messages).
+    #[error("envelope not allowed by the room's governance: {0}")]
+    Denied(crate::governance::Denied),
 }
 
 /// Errors from the storage layer.

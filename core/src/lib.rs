@@ -21,6 +21,8 @@
 //!
 //! let room = alice.create_room("lunch")?;
 //! bob.join_room(alice.genesis(&room)?.as_bytes())?;
+//! // The room's governance, which messages cite (catch-up carries it).
+//! bob.apply_governance(&room, alice.governance_since(&room, &[])?)?;
 //!
 //! let hello = alice.post(&room, Draft::text("hello"))?;
 //! clock.advance(10);
@@ -54,13 +56,14 @@ pub use blob::{MAX_BLOB_BYTES, MAX_BODY_BYTES};
 pub use clock::{Clock, ManualClock, SystemClock, MAX_HLC_DRIFT_MILLIS};
 pub use doc::{MAX_ATTACHMENTS, MAX_REACTION_BYTES};
 pub use envelope::{
-    Delivery, Envelope, Genesis, FORMAT_VERSION, MAX_BLOBS_PER_ENVELOPE, MAX_DELIVERY_BYTES,
-    MAX_ENVELOPE_BYTES, MAX_ROOM_NAME_BYTES, MAX_UPDATE_BYTES,
+    Delivery, Envelope, Genesis, FORMAT_VERSION, MAX_BLOBS_PER_ENVELOPE, MAX_CITED_HEADS,
+    MAX_DELIVERY_BYTES, MAX_ENVELOPE_BYTES, MAX_ROOM_NAME_BYTES, MAX_UPDATE_BYTES,
+    ROOM_FORMAT_VERSION,
 };
 pub use error::{DecodeError, EnvelopeError, Error, Result, StoreError, SyncError};
 pub use governance::{
     Action, AuditEntry, Denied, GovApplied, GovChange, GovError, GovHead, GovState, Governance,
-    Invite, InviteId, Member, Role, INVITE_BYTES, MAX_GOV_CHANGE_BYTES, MAX_GOV_DEPS,
+    Invite, InviteId, Member, Role, GOV_MAGIC, INVITE_BYTES, MAX_GOV_CHANGE_BYTES, MAX_GOV_DEPS,
     MAX_INITIAL_MEMBERS, MAX_PENDING_GOV_CHANGES, MAX_SETTING_KEY_BYTES, MAX_SETTING_VALUE_BYTES,
     MAX_TOPIC_BYTES,
 };

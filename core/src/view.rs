@@ -6,6 +6,8 @@
 //! the tombstone-aware merge of `docs/architecture.md`:
 //! - a post counts only if its stamp lies in the document's bucket and its id
 //!   carries the stamp's time;
+//! - a post is hidden for good once a moderator's document holds a
+//!   moderation tombstone for it;
 //! - a post is hidden for good once its author's document holds a tombstone
 //!   for it (delete wins over any edit, in any order);
 //! - if two authors claim one message id, the smaller sort key keeps it;
@@ -222,6 +224,24 @@ pub(crate) fn render_message(
                 deleted: t.deleted,
             });
         }
+    }
+    // A moderator's delete hides the message whoever posted it. Only an
+    // envelope whose author was a moderator or admin at the governance heads
+    // it cites can write one (the replica refuses the rest).
+    let mut moderated = false;
+    for (author, doc) in docs {
+        if let Some(t) = doc.moderation(id).filter(|t| in_bucket(t.posted)) {
+            moderated = true;
+            out.tombstones.insert(Tombstone {
+                posted: t.posted,
+                author: *author,
+                id: *id,
+                deleted: t.deleted,
+            });
+        }
+    }
+    if moderated {
+        return out;
     }
     // Live posts; an id claimed by several authors goes to the smallest sort key.
     let mut winner: Option<(SortKey, PostRecord)> = None;

@@ -19,7 +19,7 @@ fn test_subscription_delivers_insert_update_remove_until_dropped() {
     let mut alice = common::memory_replica(1, &clock);
     let mut bob = common::memory_replica(2, &clock);
     let room = alice.create_room("diffs").unwrap();
-    bob.join_room(alice.genesis(&room).unwrap().as_bytes()).unwrap();
+    common::join(&mut bob, &alice, &room);
     let seen = Arc::new(Recorder::default());
     let sub = alice.subscribe(&room, seen.clone());
 
@@ -92,7 +92,7 @@ fn test_unread_count_follows_read_marker_and_ignores_own_messages() {
     let mut alice = common::memory_replica(1, &clock);
     let mut bob = common::memory_replica(2, &clock);
     let room = alice.create_room("unread").unwrap();
-    bob.join_room(alice.genesis(&room).unwrap().as_bytes()).unwrap();
+    common::join(&mut bob, &alice, &room);
     let mut last = None;
     for i in 0..6 {
         clock.advance(1_000);
@@ -154,7 +154,7 @@ fn test_pending_envelopes_survive_reopen() {
         let mut bob =
             Replica::open_with_seed(SledStore::open(dir.path()).unwrap(), clock.clone(), [2; 32])
                 .unwrap();
-        bob.join_room(alice.genesis(&room).unwrap().as_bytes()).unwrap();
+        common::join(&mut bob, &alice, &room);
         assert_eq!(bob.apply(&room, vec![edit.delivery]).unwrap(), vec![Ok(Applied::Pending)]);
     }
     let mut bob =
@@ -203,7 +203,7 @@ fn test_version_1_store_migrates_to_wanted_blobs_and_bodies() {
     let mut alice = common::memory_replica(1, &clock);
     let mut bob = common::memory_replica(2, &clock);
     let room = alice.create_room("old store").unwrap();
-    bob.join_room(alice.genesis(&room).unwrap().as_bytes()).unwrap();
+    common::join(&mut bob, &alice, &room);
     let kept = alice.post(&room, Draft::text("body held")).unwrap();
     let lost = alice.post(&room, Draft::text("body lost")).unwrap();
     let stripped = Delivery { envelope: lost.delivery.envelope.clone(), blobs: Vec::new() };
@@ -291,7 +291,7 @@ fn test_delivery_states_follow_the_reached_watermark_and_read_markers() {
     let mut bob = common::memory_replica(2, &clock);
     let carol = common::memory_replica(3, &clock);
     let room = alice.create_room("states").unwrap();
-    bob.join_room(alice.genesis(&room).unwrap().as_bytes()).unwrap();
+    common::join(&mut bob, &alice, &room);
     let first = alice.post(&room, Draft::text("first")).unwrap();
     let states = |r: &Replica<concord_core::SledStore>| {
         let messages = r.snapshot(&room).unwrap().messages;

@@ -8,6 +8,13 @@
 //! holds exactly the blobs of live messages, and never shows a deleted
 //! message again.
 //!
+//! Governance changes run alongside: the first replica (the room's admin)
+//! sets roles (moderators, read-only members), bans and lifts bans, and sets
+//! the topic; moderators delete others' messages. Governance changes travel
+//! like envelopes, in random order, and envelopes citing governance a
+//! replica lacks wait for it; every replica ends with the identical
+//! governance too.
+//!
 //! Each case is a seeded simulation. `CONCORD_SEED=<n>` replays one case;
 //! `CONCORD_CASES=<n>` runs more than the default 1,000.
 
@@ -16,7 +23,10 @@ mod common;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use concord_core::{Clock, Delivery, Draft, ManualClock, MemoryStore, MessageId, Replica, RoomId};
+use concord_core::{
+    Action, Clock, Delivery, Draft, GovChange, ManualClock, MemoryStore, MessageId, Replica, Role,
+    RoomId,
+};
 use rand::seq::{IndexedRandom, SliceRandom};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -33,6 +43,11 @@ struct Sim {
     wire: Vec<Delivery>,
     /// Withheld deliveries: delivered only in the final exchange.
     withheld: Vec<usize>,
+    /// Every governance change made.
+    gov_wire: Vec<GovChange>,
+    /// Governance changes made, and moderators' deletes of others' messages.
+    gov_changes: usize,
+    moderated: usize,
     /// Messages each replica has posted, for picking edit and delete targets.
     own: Vec<Vec<MessageId>>,
     /// Envelopes that had to wait for their causal past.
@@ -61,9 +76,9 @@ impl Sim {
             clocks.push(clock);
         }
         let room = replicas[0].create_room("sim").unwrap();
-        let genesis = replicas[0].genesis(&room).unwrap().as_bytes().to_vec();
-        for r in &mut replicas[1..] {
-            r.join_room(&genesis).unwrap();
+        let (first, rest) = replicas.split_at_mut(1);
+        for r in rest {
+            common::join(r, &first[0], &room);
         }
         Sim {
             rng,
@@ -72,6 +87,9 @@ impl Sim {
             room,
             wire: Vec::new(),
             withheld: Vec::new(),
+            gov_wire: Vec::new(),
+            gov_changes: 0,
+            moderated: 0,
             own: vec![Vec::new(); n],
             pending: 0,
             syncs: 0,
@@ -121,8 +139,18 @@ impl Sim {
                 target.and_then(|id| self.replicas[r].edit(&room, &id, &text).ok())
             }
             42..=51 => {
-                let target = self.own[r].choose(&mut self.rng).copied();
-                target.and_then(|id| self.replicas[r].delete(&room, &id).ok())
+                // Mostly an own message; sometimes anyone's, which only a
+                // moderator's replica allows.
+                let target = if self.rng.random_bool(0.7) {
+                    self.own[r].choose(&mut self.rng).copied()
+                } else {
+                    visible.choose(&mut self.rng).copied()
+                };
+                let deleted = target.and_then(|id| self.replicas[r].delete(&room, &id).ok());
+                if let (Some(d), Some(id)) = (&deleted, target) {
+                    self.moderated += usize::from(!self.own[r].contains(&id) && d.id == id);
+                }
+                deleted
             }
             52..=63 => {
                 let emoji = ["👍", "🎉", "❤"].choose(&mut self.rng).copied().unwrap_or("👍");
@@ -151,6 +179,12 @@ impl Sim {
                 self.keep_recent(r);
                 None
             }
+            83..=90 => {
+                // Half the time the admin (replica 0) acts.
+                let who = if self.rng.random_bool(0.5) { 0 } else { r };
+                self.govern(who);
+                None
+            }
             _ => {
                 self.deliver_some(r);
                 None
@@ -161,8 +195,42 @@ impl Sim {
         }
     }
 
+    /// A governance action by `r`, if its role allows it: the admin sets
+    /// roles, bans, lifts bans and sets the topic; anyone may step down.
+    fn govern(&mut self, r: usize) {
+        let room = self.room;
+        let others: Vec<usize> = (0..self.replicas.len()).filter(|&s| s != r).collect();
+        let Some(&other) = others.choose(&mut self.rng) else { return };
+        let member = self.replicas[other].author();
+        let role = [Role::ReadOnly, Role::Member, Role::Moderator][self.rng.random_range(0..3)];
+        let action = match self.rng.random_range(0..10) {
+            0..=4 => Action::SetRole { member, role },
+            5 => Action::Ban { member },
+            6 | 7 => Action::Unban { member },
+            8 => Action::SetTopic(format!("topic {}", self.rng.random::<u16>())),
+            _ => Action::SetRole { member: self.replicas[r].author(), role: Role::Member },
+        };
+        if let Ok(change) = self.replicas[r].govern(&room, action) {
+            self.gov_wire.push(change);
+            self.gov_changes += 1;
+        }
+    }
+
+    /// Delivers a random selection of governance changes to `r`, shuffled.
+    fn deliver_governance(&mut self, r: usize, all: bool) {
+        let mut batch: Vec<GovChange> =
+            self.gov_wire.iter().filter(|_| all || self.rng.random_bool(0.5)).cloned().collect();
+        batch.shuffle(&mut self.rng);
+        for outcome in self.replicas[r].apply_governance(&self.room, batch).unwrap() {
+            outcome.expect("an honest governance change was refused");
+        }
+    }
+
     /// Delivers a random selection of the wire to `r`, shuffled, with duplicates.
     fn deliver_some(&mut self, r: usize) {
+        if self.rng.random_bool(0.5) {
+            self.deliver_governance(r, false);
+        }
         let withheld: BTreeSet<usize> = self.withheld.iter().copied().collect();
         let mut batch: Vec<Delivery> = Vec::new();
         for (i, d) in self.wire.iter().enumerate() {
@@ -193,7 +261,7 @@ impl Sim {
     fn check_view_is_fresh(&self, r: usize) {
         let clock = Arc::new(ManualClock::new(common::EPOCH_MILLIS));
         let mut fresh = Replica::open_with_seed(MemoryStore::new(), clock, [0xEE; 32]).unwrap();
-        fresh.join_room(self.replicas[r].genesis(&self.room).unwrap().as_bytes()).unwrap();
+        common::join(&mut fresh, &self.replicas[r], &self.room);
         let out =
             fresh.apply(&self.room, self.replicas[r].deliveries(&self.room).unwrap()).unwrap();
         if std::env::var("SIM_DEBUG").is_ok() {
@@ -296,6 +364,12 @@ impl Sim {
     /// deleted messages included) and what every replica would forward.
     fn exchange_all(&mut self) {
         for _round in 0..2 {
+            for r in 0..self.replicas.len() {
+                // Governance first or last: pending envelopes wait either way.
+                if self.rng.random_bool(0.5) {
+                    self.deliver_governance(r, true);
+                }
+            }
             let mut everything = self.wire.clone();
             for r in &self.replicas {
                 everything.extend(r.deliveries(&self.room).unwrap());
@@ -306,6 +380,7 @@ impl Sim {
                 for outcome in self.replicas[r].apply(&self.room, batch).unwrap() {
                     outcome.expect("an honest envelope was rejected");
                 }
+                self.deliver_governance(r, true);
             }
         }
     }
@@ -323,11 +398,17 @@ impl Sim {
             .map(|m| concord_core::bucket_of(m.hlc))
             .collect::<BTreeSet<_>>()
             .len();
+        let governance = self.replicas[0].governance(&self.room).unwrap();
         for (i, r) in self.replicas.iter().enumerate().skip(1) {
             assert_eq!(
                 r.snapshot(&self.room).unwrap(),
                 first,
                 "replica {i} differs from replica 0"
+            );
+            assert_eq!(
+                r.governance(&self.room).unwrap(),
+                governance,
+                "replica {i}'s governance differs from replica 0's"
             );
         }
         let deleted: BTreeSet<MessageId> = first.tombstones.iter().map(|t| t.id).collect();
@@ -379,6 +460,8 @@ struct Tally {
     ended_by_sync: usize,
     evictions: usize,
     history_fetches: usize,
+    gov_changes: usize,
+    moderated: usize,
 }
 
 fn run_case(seed: u64, tally: &mut Tally) {
@@ -400,6 +483,8 @@ fn run_case(seed: u64, tally: &mut Tally) {
     tally.syncs += sim.syncs;
     tally.evictions += sim.evictions;
     tally.history_fetches += sim.history_fetches;
+    tally.gov_changes += sim.gov_changes;
+    tally.moderated += sim.moderated;
     sim.check(tally);
 }
 
@@ -429,5 +514,6 @@ fn test_replicas_converge_under_random_delivery() {
         assert!(t.read_markers > 0 && t.pending > 0 && t.buckets > cases as usize, "{t:?}");
         assert!(t.syncs > cases as usize && t.ended_by_sync > 0, "{t:?}");
         assert!(t.evictions > 0 && t.history_fetches > 0, "{t:?}");
+        assert!(t.gov_changes > cases as usize && t.moderated > 0, "{t:?}");
     }
 }

@@ -152,7 +152,7 @@ fn test_sigkill_never_loses_an_acknowledged_change() {
         let mut fresh =
             Replica::open_with_seed(MemoryStore::new(), Arc::new(ManualClock::new(0)), [6; 32])
                 .unwrap();
-        fresh.join_room(replica.genesis(&room).unwrap().as_bytes()).unwrap();
+        common::join(&mut fresh, &replica, &room);
         fresh.apply(&room, replica.deliveries(&room).unwrap()).unwrap();
         assert_eq!(
             fresh.snapshot(&room).unwrap(),

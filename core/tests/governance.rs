@@ -8,8 +8,11 @@ mod common;
 use std::sync::Arc;
 
 use concord_core::{
-    Action, Denied, Error, GovApplied, GovError, ManualClock, Replica, Role, SledStore,
+    Action, Applied, Clock, Delivery, Denied, DeviceKey, Draft, EnvelopeError, Error, GovApplied,
+    GovError, ManualClock, MemoryStore, Replica, Role, RoomId, Sent, SledStore,
 };
+use yrs::updates::decoder::Decode;
+use yrs::{Any, Map, ReadTxn, Transact};
 
 fn sled_replica(dir: &std::path::Path, seed: u8, clock: &Arc<ManualClock>) -> Replica<SledStore> {
     Replica::open_with_seed(SledStore::open(dir).unwrap(), clock.clone(), [seed; 32]).unwrap()
@@ -26,7 +29,7 @@ fn test_governance_is_founded_shared_refused_and_kept_across_restarts() {
     let room = alice.create_room_with("crew", &[(bob.author(), Role::Moderator)]).unwrap();
     assert_eq!(alice.governance(&room).unwrap().role(&alice.author()), Some(Role::Admin));
     clock.advance(5);
-    let invite = alice.invite(&room, Role::Member, Some(carol.author()), None).unwrap();
+    let (invite, _) = alice.invite(&room, Role::Member, Some(carol.author()), None).unwrap();
 
     // Bob joins and receives Alice's governance, newest first: it waits,
     // then lands whole.
@@ -79,7 +82,7 @@ fn test_governance_is_founded_shared_refused_and_kept_across_restarts() {
     let heads = alice.governance_heads(&room).unwrap();
     drop((alice, bob, carol));
     for (i, dir) in dirs.iter().enumerate() {
-        let mut r = sled_replica(dir.path(), i as u8 + 1, &clock);
+        let r = sled_replica(dir.path(), i as u8 + 1, &clock);
         assert_eq!(r.governance(&room).unwrap(), &state, "replica {i}");
         assert_eq!(r.governance_heads(&room).unwrap(), heads, "replica {i}");
         assert_eq!(r.governance_history(&room).unwrap(), history, "replica {i}");
@@ -95,7 +98,14 @@ fn test_a_corrupt_governance_record_is_a_typed_error_on_open() {
         r.create_room("crew").unwrap()
     };
     {
-        let db = sled::open(dir.path()).unwrap();
+        // The replica's store lets go of its lock shortly after the drop.
+        let db = (0..100)
+            .find_map(|_| {
+                sled::open(dir.path())
+                    .map_err(|_| std::thread::sleep(std::time::Duration::from_millis(20)))
+                    .ok()
+            })
+            .unwrap();
         let tree = db.open_tree("governance-1").unwrap();
         let (key, mut value) = tree.iter().next().unwrap().unwrap();
         assert_eq!(&key[..32], room.as_bytes());
@@ -114,4 +124,253 @@ fn test_a_corrupt_governance_record_is_a_typed_error_on_open() {
         ),
         "{reopened:?}"
     );
+}
+
+/// An invite-only room on memory stores: Alice (admin), Mod (moderator),
+/// Mia (member), Rob (read-only), and Eve, who is not a member. Everyone
+/// holds the room's genesis and governance.
+struct Crew {
+    clock: Arc<ManualClock>,
+    alice: Replica<MemoryStore>,
+    moderator: Replica<MemoryStore>,
+    mia: Replica<MemoryStore>,
+    rob: Replica<MemoryStore>,
+    eve: Replica<MemoryStore>,
+    room: RoomId,
+}
+
+fn crew() -> Crew {
+    let clock = Arc::new(ManualClock::new(common::EPOCH_MILLIS));
+    let mut alice = common::memory_replica(1, &clock);
+    let mut moderator = common::memory_replica(2, &clock);
+    let mut mia = common::memory_replica(3, &clock);
+    let mut rob = common::memory_replica(4, &clock);
+    let mut eve = common::memory_replica(5, &clock);
+    let room = alice
+        .create_room_with(
+            "crew",
+            &[
+                (moderator.author(), Role::Moderator),
+                (mia.author(), Role::Member),
+                (rob.author(), Role::ReadOnly),
+            ],
+        )
+        .unwrap();
+    for r in [&mut moderator, &mut mia, &mut rob, &mut eve] {
+        common::join(r, &alice, &room);
+    }
+    clock.advance(10);
+    Crew { clock, alice, moderator, mia, rob, eve, room }
+}
+
+fn denied(outcome: &Result<Applied, EnvelopeError>) -> bool {
+    matches!(outcome, Err(EnvelopeError::Denied(_)))
+}
+
+/// A moderation tombstone for `post`, written by hand into the document of
+/// `seed`'s key (root map `k`, docs/protocol.md) after `prior` (that key's
+/// earlier envelopes in the bucket), and signed by that key: what a member
+/// who is no moderator would have to forge.
+fn forged_moderation(seed: u8, post: &Sent, prior: &[&Delivery], heads: Vec<[u8; 32]>) -> Delivery {
+    let author = DeviceKey::from_seed([seed; 32]).author();
+    let client = concord_core::client_id(&author);
+    let doc = yrs::Doc::with_client_id(client);
+    let map = doc.get_or_insert_map("k");
+    for d in prior {
+        let update = yrs::Update::decode_v1(d.envelope.update()).unwrap();
+        doc.transact_mut().apply_update(update).unwrap();
+    }
+    let before = doc.transact().state_vector();
+    let start = prior.iter().map(|d| d.envelope.clock_range().1).max().unwrap_or(0);
+    let mut record = post.delivery.envelope.hlc().as_u64().to_be_bytes().to_vec();
+    record.extend_from_slice(&(post.delivery.envelope.hlc().as_u64() + 1).to_be_bytes());
+    map.insert(
+        &mut doc.transact_mut(),
+        post.id.as_uuid().simple().to_string(),
+        Any::Buffer(record.into()),
+    );
+    let update = doc.transact().encode_state_as_update_v1(&before);
+    let envelope = common::RawEnvelope {
+        room: *post.delivery.envelope.room().as_bytes(),
+        bucket: post.delivery.envelope.bucket(),
+        author: *author.as_bytes(),
+        client,
+        clock_start: start,
+        clock_end: start + 1,
+        hlc: post.delivery.envelope.hlc().as_u64() + 1,
+        update,
+        blobs: vec![],
+        gov_heads: heads,
+    }
+    .sign(&common::signing_key(seed));
+    Delivery::from_bytes(&common::delivery_bytes(&envelope, &[])).unwrap()
+}
+
+#[test]
+fn test_messages_are_judged_by_the_authors_role_at_the_heads_they_cite() {
+    let mut c = crew();
+    let room = c.room;
+    // Members post; a read-only member and a non-member are refused at
+    // home and, if they forge around that, by every receiver.
+    let hello = c.mia.post(&room, Draft::text("hello from Mia")).unwrap();
+    assert!(matches!(
+        c.rob.post(&room, Draft::text("may I?")),
+        Err(Error::Governance(GovError::Denied(Denied::Role { role: Role::ReadOnly, .. })))
+    ));
+    assert!(matches!(
+        c.eve.post(&room, Draft::text("let me in")),
+        Err(Error::Governance(GovError::Denied(Denied::NotMember)))
+    ));
+    for r in [&mut c.alice, &mut c.moderator, &mut c.rob, &mut c.eve] {
+        assert_eq!(
+            r.apply(&room, vec![hello.delivery.clone()]).unwrap(),
+            vec![Ok(Applied::Applied)]
+        );
+    }
+    // Eve and Rob get around their own replicas: they sign posts for this
+    // room by hand, in the shape of Mia's, citing the current heads.
+    let heads = c.alice.governance_heads(&room).unwrap();
+    for (seed, who) in [(5u8, "a non-member"), (4u8, "a read-only member")] {
+        let forged = forged_post(seed, &hello, heads.clone());
+        let before = common::dump(c.alice.store());
+        let out = c.alice.apply(&room, vec![forged]).unwrap();
+        assert!(denied(&out[0]), "{who}'s post: {out:?}");
+        assert_eq!(common::dump(c.alice.store()), before, "{who}'s post changed the store");
+    }
+    // Rob may still mark read.
+    let read = c.rob.mark_read(&room, &hello.id).unwrap();
+    assert_eq!(c.alice.apply(&room, vec![read.delivery]).unwrap(), vec![Ok(Applied::Applied)]);
+
+    // A member deleting someone else's message: refused at home, and the
+    // forged moderation tombstone is refused by receivers.
+    let alices = c.alice.post(&room, Draft::text("Alice's own words")).unwrap();
+    c.mia.apply(&room, vec![alices.delivery.clone()]).unwrap();
+    assert!(
+        matches!(c.mia.delete(&room, &alices.id), Err(Error::NotAuthor(id)) if id == alices.id)
+    );
+    let forged = forged_moderation(3, &alices, &[&hello.delivery], heads.clone());
+    assert!(denied(&c.alice.apply(&room, vec![forged]).unwrap()[0]));
+    assert!(c.alice.message_by_id(&room, &alices.id).unwrap().is_some());
+
+    // A moderator's delete erases the message on every replica.
+    c.moderator.apply(&room, vec![alices.delivery.clone()]).unwrap();
+    c.clock.advance(10);
+    let removal = c.moderator.delete(&room, &alices.id).unwrap();
+    for r in [&mut c.alice, &mut c.mia] {
+        assert_eq!(
+            r.apply(&room, vec![removal.delivery.clone()]).unwrap(),
+            vec![Ok(Applied::Applied)]
+        );
+        assert!(r.message_by_id(&room, &alices.id).unwrap().is_none());
+        assert!(r.tombstones(&room).unwrap().iter().any(|t| t.id == alices.id));
+        let canary = b"Alice's own words";
+        assert!(
+            !common::dump(r.store())
+                .iter()
+                .any(|(_, _, v)| v.windows(canary.len()).any(|w| w == canary)),
+            "the moderated body is still stored"
+        );
+    }
+    assert!(c.moderator.message_by_id(&room, &alices.id).unwrap().is_none());
+}
+
+/// A post by `seed`'s key shaped like `like` (same bucket, a fresh id), citing `heads`.
+fn forged_post(seed: u8, like: &Sent, heads: Vec<[u8; 32]>) -> Delivery {
+    let author = DeviceKey::from_seed([seed; 32]).author();
+    let client = concord_core::client_id(&author);
+    let doc = yrs::Doc::with_client_id(client);
+    let map = doc.get_or_insert_map("m");
+    let mut txn = doc.transact_mut();
+    map.insert(&mut txn, "0192542eb4807eac881f0fb7637983b8", Any::Buffer(vec![1u8; 41].into()));
+    let update = txn.encode_update_v1();
+    drop(txn);
+    let envelope = common::RawEnvelope {
+        room: *like.delivery.envelope.room().as_bytes(),
+        bucket: like.delivery.envelope.bucket(),
+        author: *author.as_bytes(),
+        client,
+        clock_start: 0,
+        clock_end: 1,
+        hlc: like.delivery.envelope.hlc().as_u64() + 1,
+        update,
+        blobs: vec![],
+        gov_heads: heads,
+    }
+    .sign(&common::signing_key(seed));
+    Delivery::from_bytes(&common::delivery_bytes(&envelope, &[])).unwrap()
+}
+
+#[test]
+fn test_a_removed_members_later_messages_are_refused_and_concurrent_ones_stand() {
+    let mut c = crew();
+    let room = c.room;
+    // Mia writes offline, citing the heads where she is a member...
+    let concurrent = c.mia.post(&room, Draft::text("written before I knew")).unwrap();
+    // ...while Alice removes her.
+    c.clock.advance(10);
+    let removal = c.alice.govern(&room, Action::Remove { member: c.mia.author() }).unwrap();
+    // The concurrent post was allowed where it was made, and stands.
+    assert_eq!(
+        c.alice.apply(&room, vec![concurrent.delivery]).unwrap(),
+        vec![Ok(Applied::Applied)]
+    );
+    // Once Mia's replica holds the removal, it refuses her posts, and a post
+    // citing the removal (forged around that) is refused by everyone.
+    c.mia.apply_governance(&room, vec![removal.clone()]).unwrap();
+    assert!(matches!(
+        c.mia.post(&room, Draft::text("still here")),
+        Err(Error::Governance(GovError::Denied(Denied::NotMember)))
+    ));
+    let heads = c.alice.governance_heads(&room).unwrap();
+    assert_eq!(heads, vec![removal.head()]);
+    let like = c.alice.post(&room, Draft::text("a shape to copy")).unwrap();
+    let later = forged_post(3, &like, heads);
+    assert!(denied(&c.alice.apply(&room, vec![later]).unwrap()[0]));
+    // A ban works the same, for a member and for a key that never was one.
+    let ban = c.alice.govern(&room, Action::Ban { member: c.rob.author() }).unwrap();
+    c.rob.apply_governance(&room, vec![removal, ban]).unwrap();
+    assert!(c.rob.mark_read(&room, &like.id).is_err());
+}
+
+#[test]
+fn test_envelopes_wait_for_the_governance_they_cite_and_sync_carries_it() {
+    let mut c = crew();
+    let room = c.room;
+    // Alice promotes Rob; Rob, now a member, posts citing that change.
+    let promote = c
+        .alice
+        .govern(&room, Action::SetRole { member: c.rob.author(), role: Role::Member })
+        .unwrap();
+    c.rob.apply_governance(&room, vec![promote.clone()]).unwrap();
+    c.clock.advance(10);
+    let post = c.rob.post(&room, Draft::text("promoted")).unwrap();
+    assert_eq!(post.delivery.envelope.gov_heads(), &[promote.head()]);
+    // Mia has not seen the promotion: the post waits for it...
+    assert_eq!(
+        c.mia.apply(&room, vec![post.delivery.clone()]).unwrap(),
+        vec![Ok(Applied::Pending)]
+    );
+    assert!(c.mia.message_by_id(&room, &post.id).unwrap().is_none());
+    // ...and lands when it arrives.
+    c.mia.apply_governance(&room, vec![promote]).unwrap();
+    assert_eq!(
+        c.mia.message_by_id(&room, &post.id).unwrap().unwrap().body.as_deref(),
+        Some("promoted")
+    );
+
+    // A new device that holds only the genesis gets governance and messages
+    // from one catch-up session, in either direction.
+    for initiate in [true, false] {
+        let mut fresh = common::memory_replica(if initiate { 9 } else { 10 }, &c.clock);
+        fresh.join_room(c.alice.genesis(&room).unwrap().as_bytes()).unwrap();
+        c.alice.apply(&room, vec![post.delivery.clone()]).unwrap();
+        let run = if initiate {
+            common::sync_pair(&mut fresh, &mut c.alice, &room, c.clock.now_millis())
+        } else {
+            common::sync_pair(&mut c.alice, &mut fresh, &room, c.clock.now_millis())
+        };
+        assert_eq!(run.rejected, 0);
+        assert_eq!(fresh.governance(&room).unwrap(), c.alice.governance(&room).unwrap());
+        assert_eq!(fresh.snapshot(&room).unwrap(), c.alice.snapshot(&room).unwrap());
+    }
 }

@@ -49,7 +49,7 @@ fn world() -> World {
     let mut alice = common::memory_replica(1, &clock);
     let mut bob = common::memory_replica(2, &clock);
     let room = alice.create_room("hostile").unwrap();
-    bob.join_room(alice.genesis(&room).unwrap().as_bytes()).unwrap();
+    common::join(&mut bob, &alice, &room);
     clock.advance(10);
     let post = alice
         .post(
@@ -67,7 +67,7 @@ fn world() -> World {
 /// A replica holding only the room's genesis, for tests that need a clean one.
 fn fresh(w: &World, seed: u8) -> Replica<MemoryStore> {
     let mut r = common::memory_replica(seed, &w.clock);
-    r.join_room(w.alice.genesis(&w.room).unwrap().as_bytes()).unwrap();
+    common::join(&mut r, &w.alice, &w.room);
     r
 }
 
@@ -84,6 +84,7 @@ fn raw(envelope: &Envelope) -> common::RawEnvelope {
         hlc: envelope.hlc().as_u64(),
         update: envelope.update().to_vec(),
         blobs: envelope.blob_hashes().iter().map(|h| *h.as_bytes()).collect(),
+        gov_heads: envelope.gov_heads().to_vec(),
     }
 }
 
@@ -125,10 +126,13 @@ fn test_tampered_signature_or_body_is_rejected() {
     // hash count) may fail to parse instead; the author may stop being a valid
     // key; every byte the signature covers and that still parses, and every
     // byte of the signature itself, must fail the signature check.
+    let heads_count_at =
+        UPDATE_AT + update_len + 2 + 32 * w.post.delivery.envelope.blob_hashes().len();
     let structural = |i: usize| {
         i < ROOM_AT
             || (UPDATE_LEN_AT..UPDATE_AT).contains(&i)
             || (UPDATE_AT + update_len..UPDATE_AT + update_len + 2).contains(&i)
+            || i == heads_count_at
     };
     for i in 0..original.len() {
         for bit in [0x01u8, 0x80] {
@@ -421,7 +425,7 @@ fn test_oversized_inputs_are_rejected_before_parsing() {
 fn test_replayed_delivery_into_another_room_is_rejected_and_into_same_room_is_duplicate() {
     let mut w = world();
     let other = w.alice.create_room("elsewhere").unwrap();
-    w.bob.join_room(w.alice.genesis(&other).unwrap().as_bytes()).unwrap();
+    common::join(&mut w.bob, &w.alice, &other);
     let unknown = w.alice.create_room("bob was never invited").unwrap();
     // What an eavesdropper captured off the wire.
     let wire = w.post.delivery.to_bytes();
@@ -586,6 +590,7 @@ fn test_tiny_update_declaring_many_clients_does_not_reserve_gigabytes() {
         hlc: w.post.delivery.envelope.hlc().as_u64(),
         update: vec![0xFF, 0xFF, 0xFF, 0x7F],
         blobs: vec![],
+        gov_heads: vec![],
     }
     .sign(&common::signing_key(1));
     let delivery = Delivery::from_bytes(&common::delivery_bytes(&envelope, &[])).unwrap();
@@ -854,6 +859,7 @@ fn test_random_update_in_signed_envelope_never_panics_replica() {
             hlc: w.post.delivery.envelope.hlc().as_u64(),
             update,
             blobs: vec![],
+            gov_heads: vec![],
         }
         .sign(&alice_key);
         // Correctly signed and well formed: the envelope layer must accept it,

@@ -130,7 +130,7 @@ fn samples() -> Samples {
         )
         .unwrap();
     let mut bob = common::memory_replica(2, &clock);
-    bob.join_room(alice.genesis(&room).unwrap().as_bytes()).unwrap();
+    common::join(&mut bob, &alice, &room);
     bob.post(&room, Draft::text("from bob")).unwrap();
     let sync = common::sync_pair(&mut bob, &mut alice, &room, clock.now_millis()).transcript;
     Samples {

@@ -34,6 +34,7 @@ fn kinds(records: &[(u64, OutboxRecord)]) -> Vec<&'static str> {
             OutboxRecord::Envelope(_) => "envelope",
             OutboxRecord::Blob { .. } => "blob",
             OutboxRecord::Erased { .. } => "erased",
+            OutboxRecord::Governance(_) => "governance",
         })
         .collect()
 }
@@ -47,11 +48,12 @@ fn test_commits_record_rooms_envelopes_blobs_and_erasures_until_acked() {
         let mut replica = open(&path, &clock, 1);
         let outbox = replica.store().outbox();
         let room = replica.create_room("outbox").unwrap();
-        assert_eq!(kinds(&outbox.pending(100).unwrap()), ["room"]);
+        // The room and its governance's founding change, in one commit.
+        assert_eq!(kinds(&outbox.pending(100).unwrap()), ["room", "governance"]);
         let kept = replica.post(&room, Draft::text("kept body")).unwrap();
         let pending = outbox.pending(100).unwrap();
-        assert_eq!(kinds(&pending), ["room", "envelope", "blob"]);
-        match &pending[1].1 {
+        assert_eq!(kinds(&pending), ["room", "governance", "envelope", "blob"]);
+        match &pending[2].1 {
             OutboxRecord::Envelope(e) => assert_eq!(e.room(), room),
             other => panic!("expected an envelope, got {other:?}"),
         }
@@ -121,7 +123,7 @@ fn test_envelopes_applied_from_a_peer_are_recorded_with_their_blobs() {
     let room = alice.create_room("from a peer").unwrap();
     alice.post(&room, Draft::text("hello relay")).unwrap();
     let mut relay = open(&dir.path().join("relay"), &clock, 4);
-    relay.join_room(alice.genesis(&room).unwrap().as_bytes()).unwrap();
+    common::join(&mut relay, &alice, &room);
     let outbox = relay.store().outbox();
     outbox.ack(outbox.pending(100).unwrap().into_iter().map(|(s, _)| s)).unwrap();
     let deliveries = alice.deliveries(&room).unwrap();

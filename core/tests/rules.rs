@@ -23,9 +23,8 @@ fn room() -> Room {
     let mut bob = common::memory_replica(2, &clock);
     let mut carol = common::memory_replica(3, &clock);
     let id = alice.create_room("rules").unwrap();
-    let genesis = alice.genesis(&id).unwrap().as_bytes().to_vec();
-    bob.join_room(&genesis).unwrap();
-    carol.join_room(&genesis).unwrap();
+    common::join(&mut bob, &alice, &id);
+    common::join(&mut carol, &alice, &id);
     Room { clock, alice, bob, carol, id }
 }
 
@@ -177,7 +176,7 @@ fn test_order_is_hlc_author_id_and_stable() {
     let late_clock = Arc::new(ManualClock::new(common::EPOCH_MILLIS - 60_000));
     let mut dave =
         Replica::open_with_seed(MemoryStore::new(), late_clock.clone(), [4; 32]).unwrap();
-    dave.join_room(r.alice.genesis(&r.id).unwrap().as_bytes()).unwrap();
+    common::join(&mut dave, &r.alice, &r.id);
     let late = dave.post(&r.id, Draft::text("written offline")).unwrap();
     r.clock.advance(1_000);
     let after = r.alice.post(&r.id, Draft::text("later")).unwrap();
@@ -232,6 +231,7 @@ fn test_only_author_can_edit_or_delete() {
         hlc: envelope.hlc().as_u64() + 1,
         update: forged_update,
         blobs: vec![],
+        gov_heads: envelope.gov_heads().to_vec(),
     };
     let before = common::dump(r.carol.store());
     r.carol.apply(&r.id, vec![post.delivery.clone()]).unwrap();

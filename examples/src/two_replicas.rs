@@ -61,6 +61,9 @@ fn main() -> Result<()> {
 
     let room = alice.create_room("plane trip")?;
     bob.join_room(alice.genesis(&room)?.as_bytes())?;
+    // The room's governance (Alice founded it; it is an open room) travels
+    // with the first catch-up; here Bob is handed it with the genesis.
+    bob.apply_governance(&room, alice.governance_since(&room, &[])?)?;
     println!("room {room}");
 
     // Both write while offline from each other.

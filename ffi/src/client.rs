@@ -8,7 +8,7 @@ use concord_node::{Node, NodeConfig};
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::error::{self, ConcordError, Result};
-use crate::records::{ClientConfig, ClientEvent, RoomInfo};
+use crate::records::{ClientConfig, ClientEvent, Member, RoomInfo};
 use crate::room::Room;
 use crate::runtime::{run, runtime};
 use crate::subscription::{Inner, Subscription};
@@ -122,6 +122,18 @@ impl Client {
     pub async fn create_room(&self, name: String) -> Result<Arc<Room>> {
         let node = self.node.clone();
         run(async move { Ok(Arc::new(Room::new(node.create_room(&name).await?))) }).await
+    }
+
+    /// Creates a room of members only: this device is its admin, `members`
+    /// have their roles, and others join by invite.
+    pub async fn create_room_with(&self, name: String, members: Vec<Member>) -> Result<Arc<Room>> {
+        let members = members
+            .into_iter()
+            .map(|m| Ok((error::author_id(&m.author_id)?, m.role.into())))
+            .collect::<Result<Vec<_>>>()?;
+        let node = self.node.clone();
+        run(async move { Ok(Arc::new(Room::new(node.create_room_with(&name, members).await?))) })
+            .await
     }
 
     /// Joins the room a ticket names and connects to the peers it lists.

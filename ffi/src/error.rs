@@ -10,7 +10,9 @@
 use std::str::FromStr;
 
 use concord_node::core::Error as CoreError;
-use concord_node::{Cursor, MessageId, Multiaddr, NodeError, RoomId, RoomTicket, TicketError};
+use concord_node::{
+    AuthorId, Cursor, Invite, MessageId, Multiaddr, NodeError, RoomId, RoomTicket, TicketError,
+};
 
 /// Every failure of the bindings.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, uniffi::Error)]
@@ -48,6 +50,10 @@ pub enum ConcordError {
     /// Only a message's author may edit or delete it.
     #[error("only the author of message {0} may change it")]
     NotAuthor(String),
+    /// The room's governance does not allow it: not a member, a role too
+    /// low, a banned key, an invite that does not admit this device.
+    #[error("not allowed: {0}")]
+    NotAllowed(String),
     /// The data directory could not be opened, read or written.
     #[error("storage: {0}")]
     Storage(String),
@@ -94,6 +100,7 @@ impl From<CoreError> for ConcordError {
             CoreError::MessageDeleted(id) => Self::MessageDeleted(id.to_string()),
             CoreError::NotAuthor(id) => Self::NotAuthor(id.to_string()),
             CoreError::InvalidInput(e) => Self::InvalidInput(e),
+            CoreError::Governance(e) => Self::NotAllowed(e.to_string()),
             other => Self::Internal(other.to_string()),
         }
     }
@@ -118,6 +125,21 @@ impl From<uniffi::UnexpectedUniFFICallbackError> for ConcordError {
 pub(crate) fn message_id(s: &str) -> Result<MessageId> {
     MessageId::from_str(s.trim())
         .map_err(|_| ConcordError::InvalidId("not a message id (a UUID is expected)".into()))
+}
+
+/// Parses an author id (64 hex digits, as `Client::author_id` gives).
+pub(crate) fn author_id(s: &str) -> Result<AuthorId> {
+    AuthorId::from_str(s.trim()).map_err(|_| {
+        ConcordError::InvalidId("not an author id (64 hex digits are expected)".into())
+    })
+}
+
+/// Parses an invite (hex, as `Room::invite` gives).
+pub(crate) fn invite(s: &str) -> Result<Invite> {
+    let bytes = hex::decode(s.trim())
+        .map_err(|_| ConcordError::InvalidInput("an invite is hex digits".into()))?;
+    Invite::from_bytes(&bytes)
+        .map_err(|e| ConcordError::InvalidInput(format!("invalid invite: {e}")))
 }
 
 /// Parses a room id (64 hex digits, as `RoomInfo::id` gives).
@@ -152,6 +174,9 @@ mod tests {
         assert!(matches!(cursor("zz"), Err(ConcordError::InvalidCursor(_))));
         assert!(matches!(message_id("42"), Err(ConcordError::InvalidId(_))));
         assert!(matches!(room_id("42"), Err(ConcordError::InvalidId(_))));
+        assert!(matches!(author_id("42"), Err(ConcordError::InvalidId(_))));
+        assert!(matches!(invite("zz"), Err(ConcordError::InvalidInput(_))));
+        assert!(matches!(invite("00"), Err(ConcordError::InvalidInput(_))));
         assert!(matches!(address("tcp/1"), Err(ConcordError::InvalidAddress(_))));
     }
 

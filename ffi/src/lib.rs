@@ -34,8 +34,8 @@ mod subscription;
 pub use client::{Client, EventListener};
 pub use error::ConcordError;
 pub use records::{
-    ClientConfig, ClientEvent, DeliveryState, MessageItem, Page, ReactionItem, RoomInfo,
-    SignalKind, TimelineDiff,
+    AuditEntry, ClientConfig, ClientEvent, DeliveryState, Member, MemberRole, MessageItem, Page,
+    ReactionItem, RoomGovernance, RoomInfo, SignalKind, TimelineDiff,
 };
 pub use room::{Room, TimelineListener};
 pub use subscription::Subscription;

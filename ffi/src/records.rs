@@ -338,3 +338,105 @@ impl ClientEvent {
         })
     }
 }
+
+/// A member's role in a room's governance.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, uniffi::Enum)]
+pub enum MemberRole {
+    /// Reads and marks read; posts nothing.
+    ReadOnly,
+    /// Posts, edits and deletes own messages, reacts.
+    Member,
+    /// A member who also deletes anyone's message, sets the topic, and
+    /// adds, removes and bans members.
+    Moderator,
+    /// Every right.
+    Admin,
+}
+
+impl From<concord_node::Role> for MemberRole {
+    fn from(r: concord_node::Role) -> Self {
+        match r {
+            concord_node::Role::ReadOnly => Self::ReadOnly,
+            concord_node::Role::Member => Self::Member,
+            concord_node::Role::Moderator => Self::Moderator,
+            concord_node::Role::Admin => Self::Admin,
+        }
+    }
+}
+
+impl From<MemberRole> for concord_node::Role {
+    fn from(r: MemberRole) -> Self {
+        match r {
+            MemberRole::ReadOnly => Self::ReadOnly,
+            MemberRole::Member => Self::Member,
+            MemberRole::Moderator => Self::Moderator,
+            MemberRole::Admin => Self::Admin,
+        }
+    }
+}
+
+/// A member of a room and their role.
+#[derive(Clone, Debug, PartialEq, Eq, uniffi::Record)]
+pub struct Member {
+    /// The member's author id (64 hex digits).
+    pub author_id: String,
+    /// Their role.
+    pub role: MemberRole,
+}
+
+/// A room's governance: name, topic, who is a member with which role, who is
+/// banned, and the ids of open invites.
+#[derive(Clone, Debug, PartialEq, Eq, uniffi::Record)]
+pub struct RoomGovernance {
+    /// The room's name.
+    pub name: String,
+    /// The room's topic.
+    pub topic: String,
+    /// Whether anyone who is not banned may post (an open room), rather than
+    /// listed members only.
+    pub open: bool,
+    /// Listed members, in author id order.
+    pub members: Vec<Member>,
+    /// Banned author ids.
+    pub banned: Vec<String>,
+    /// Ids of invites registered and not yet used or revoked.
+    pub pending_invites: Vec<String>,
+}
+
+impl From<&concord_node::GovState> for RoomGovernance {
+    fn from(s: &concord_node::GovState) -> Self {
+        Self {
+            name: s.name().to_owned(),
+            topic: s.topic().to_owned(),
+            open: s.is_open(),
+            members: s
+                .members()
+                .iter()
+                .map(|(a, m)| Member { author_id: a.to_string(), role: m.role.into() })
+                .collect(),
+            banned: s.bans().keys().map(ToString::to_string).collect(),
+            pending_invites: s.pending_invites().map(|i| i.id().to_string()).collect(),
+        }
+    }
+}
+
+/// One entry of a room's audit trail.
+#[derive(Clone, Debug, PartialEq, Eq, uniffi::Record)]
+pub struct AuditEntry {
+    /// Who made the change (64 hex digits).
+    pub author_id: String,
+    /// When, as its author stamped it, in Unix milliseconds.
+    pub time_ms: i64,
+    /// What it did, in a sentence.
+    pub description: String,
+}
+
+impl From<concord_node::AuditEntry> for AuditEntry {
+    fn from(e: concord_node::AuditEntry) -> Self {
+        Self {
+            author_id: e.author.to_string(),
+            time_ms: e.time_millis,
+            description: e.action.describe(),
+        }
+    }
+}

@@ -7,7 +7,9 @@ use concord_node::core::SledStore;
 use concord_node::{Anchor, RoomId};
 
 use crate::error::{self, Result};
-use crate::records::{MessageItem, Page, RoomInfo, TimelineDiff};
+use crate::records::{
+    AuditEntry, MemberRole, MessageItem, Page, RoomGovernance, RoomInfo, TimelineDiff,
+};
 use crate::runtime::run;
 use crate::subscription::{Inner, Subscription};
 
@@ -103,6 +105,82 @@ impl Room {
     pub async fn delete(&self, message_id: String) -> Result<()> {
         let (room, id) = (self.room.clone(), error::message_id(&message_id)?);
         run(async move { Ok(room.delete(id).await?) }).await
+    }
+
+    /// The room's governance now.
+    pub async fn governance(&self) -> Result<RoomGovernance> {
+        let room = self.room.clone();
+        run(async move { Ok(RoomGovernance::from(&room.governance().await?)) }).await
+    }
+
+    /// The audit trail: who changed the room's governance, what and when,
+    /// oldest first.
+    pub async fn audit(&self) -> Result<Vec<AuditEntry>> {
+        let room = self.room.clone();
+        run(async move { Ok(room.audit().await?.into_iter().map(AuditEntry::from).collect()) })
+            .await
+    }
+
+    /// Adds a member with `role`, or changes a member's role.
+    pub async fn set_role(&self, author_id: String, role: MemberRole) -> Result<()> {
+        let (room, author) = (self.room.clone(), error::author_id(&author_id)?);
+        run(async move { Ok(room.set_role(author, role.into()).await?) }).await
+    }
+
+    /// Removes a member (this device's own id: leaves the room).
+    pub async fn kick(&self, author_id: String) -> Result<()> {
+        let (room, author) = (self.room.clone(), error::author_id(&author_id)?);
+        run(async move { Ok(room.kick(author).await?) }).await
+    }
+
+    /// Bans an author id: removes it and keeps it out.
+    pub async fn ban(&self, author_id: String) -> Result<()> {
+        let (room, author) = (self.room.clone(), error::author_id(&author_id)?);
+        run(async move { Ok(room.ban(author).await?) }).await
+    }
+
+    /// Lifts a ban.
+    pub async fn unban(&self, author_id: String) -> Result<()> {
+        let (room, author) = (self.room.clone(), error::author_id(&author_id)?);
+        run(async move { Ok(room.unban(author).await?) }).await
+    }
+
+    /// Renames the room.
+    pub async fn set_name(&self, name: String) -> Result<()> {
+        let room = self.room.clone();
+        run(async move { Ok(room.set_name(&name).await?) }).await
+    }
+
+    /// Sets the room's topic.
+    pub async fn set_topic(&self, topic: String) -> Result<()> {
+        let room = self.room.clone();
+        run(async move { Ok(room.set_topic(&topic).await?) }).await
+    }
+
+    /// Issues and registers an invite with `role`, for `invitee_id` only or
+    /// for whoever redeems it first, valid until `expires_ms` if given.
+    /// Returns it as hex, to hand to the invitee.
+    pub async fn invite(
+        &self,
+        role: MemberRole,
+        invitee_id: Option<String>,
+        expires_ms: Option<u64>,
+    ) -> Result<String> {
+        let invitee = invitee_id.as_deref().map(error::author_id).transpose()?;
+        let room = self.room.clone();
+        run(async move {
+            let invite = room.invite(role.into(), invitee, expires_ms).await?;
+            Ok(hex::encode(invite.as_bytes()))
+        })
+        .await
+    }
+
+    /// Joins this room as a member by redeeming an invite (hex, as
+    /// `invite` gives). The room's governance must have arrived: a
+    /// catch-up with any member brings it.
+    pub async fn redeem(&self, invite: String) -> Result<()> {
+        let (room, invite) = (self.room.clone(), error::invite(&invite)?);
+        run(async move { Ok(room.redeem(invite).await?) }).await
     }
 
     /// Adds a reaction.

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use concord_core::{
-    AuthorId, Clock, Delivery, Hlc, Replica, RoomId, Signal, SignalKind, Store, SyncSession,
-    SyncStats,
+    AuthorId, Clock, Delivery, GovChange, Hlc, Replica, RoomId, Signal, SignalKind, Store,
+    SyncSession, SyncStats, GOV_MAGIC,
 };
 use futures::future::BoxFuture;
 use futures::StreamExt;
@@ -852,6 +852,22 @@ impl<S: Store + 'static> State<S> {
         let rejected = self.counters.envelopes_rejected.clone();
         self.spawn_job(
             move |r| {
+                if message.data.starts_with(GOV_MAGIC) {
+                    // A governance change: judged at its causal past, like
+                    // everywhere else.
+                    let Ok(change) = GovChange::from_bytes(&message.data) else {
+                        return MessageAcceptance::Reject;
+                    };
+                    let room = change.room();
+                    if !rooms.contains(&room) || message.topic != room_topic(&room).hash() {
+                        return MessageAcceptance::Reject;
+                    }
+                    return match r.apply_governance(&room, vec![change]).map(|mut v| v.pop()) {
+                        Ok(Some(Ok(_))) => MessageAcceptance::Accept,
+                        Ok(Some(Err(_))) => MessageAcceptance::Reject,
+                        _ => MessageAcceptance::Ignore,
+                    };
+                }
                 let Ok(delivery) = Delivery::from_bytes(&message.data) else {
                     return MessageAcceptance::Reject;
                 };

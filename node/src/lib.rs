@@ -25,8 +25,8 @@ mod ticket;
 pub use actor::{NetStats, Presence};
 pub use concord_core as core;
 pub use concord_core::{
-    Anchor, AuthorId, Cursor, DeliveryState, Draft, Message, MessageId, RoomId, RoomInfo,
-    SignalKind, Subscription, TimelineDiff, TimelineListener,
+    Action, Anchor, AuditEntry, AuthorId, Cursor, DeliveryState, Draft, GovState, Invite, Message,
+    MessageId, Role, RoomId, RoomInfo, SignalKind, Subscription, TimelineDiff, TimelineListener,
 };
 pub use config::{
     NodeConfig, DEFAULT_GOSSIP_SEEN_TTL, DEFAULT_STORE_CACHE_BYTES, DEFAULT_SYNC_INTERVAL,

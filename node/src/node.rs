@@ -7,8 +7,8 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use concord_core::{
-    AuthorId, Clock, Delivery, Replica, RoomId, RoomInfo, SignalKind, SledStore, Store, SyncStats,
-    SystemClock,
+    AuthorId, Clock, Delivery, Replica, Role, RoomId, RoomInfo, SignalKind, SledStore, Store,
+    SyncStats, SystemClock,
 };
 use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId};
@@ -226,6 +226,19 @@ impl<S: Store + 'static> Node<S> {
         Ok(Room::new(self.clone(), id))
     }
 
+    /// Creates a room of members only: this device is its admin and
+    /// `members` have their roles; others join by invite.
+    pub async fn create_room_with(
+        &self,
+        name: &str,
+        members: Vec<(AuthorId, Role)>,
+    ) -> Result<Room<S>> {
+        let name = name.to_owned();
+        let id = self.replica.try_call(move |r| r.create_room_with(&name, &members)).await?;
+        self.join(id).await?;
+        Ok(Room::new(self.clone(), id))
+    }
+
     /// Joins the room a ticket names, serves it, and dials the ticket's
     /// addresses (those that fail are skipped: any one reachable peer is
     /// enough, and mDNS or later dials may find others).
@@ -272,6 +285,19 @@ impl<S: Store + 'static> Node<S> {
     pub async fn publish(&self, room: RoomId, delivery: &Delivery) -> Result<bool> {
         let bytes = delivery.to_bytes();
         self.ask(|tx| Command::Publish(room, bytes, tx)).await?
+    }
+
+    /// Gossips a signed governance change to the room. A network failure is
+    /// not an error: the change is stored, and catch-up carries it.
+    pub async fn publish_governance(&self, room: RoomId, change: Vec<u8>) -> Result<()> {
+        match self.ask(|tx| Command::Publish(room, change, tx)).await? {
+            Ok(_) => Ok(()),
+            Err(NodeError::Network(e)) => {
+                tracing::debug!(%room, error = %e, "governance gossip failed");
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Signs and gossips an ephemeral signal.

@@ -6,8 +6,8 @@
 use std::sync::Arc;
 
 use concord_core::{
-    Anchor, Cursor, DeliveryState, Draft, Message, MessageId, RoomId, RoomInfo, Sent, SignalKind,
-    Store, Subscription, TimelineListener,
+    Action, Anchor, AuditEntry, AuthorId, Cursor, DeliveryState, Draft, GovState, Invite, Message,
+    MessageId, Role, RoomId, RoomInfo, Sent, SignalKind, Store, Subscription, TimelineListener,
 };
 
 use crate::actor::Presence;
@@ -236,5 +236,82 @@ impl<S: Store + 'static> Room<S> {
     /// Other members' presence and typing.
     pub async fn presence(&self) -> Result<Vec<Presence>> {
         self.node.presence(self.id).await
+    }
+
+    // ----- governance ----------------------------------------------------------
+
+    /// Performs a governance action if this device's role allows it, and
+    /// gossips the signed change (catch-up carries it otherwise).
+    pub async fn govern(&self, action: Action) -> Result<()> {
+        let room = self.id;
+        let change = self.node.replica().try_call(move |r| r.govern(&room, action)).await?;
+        self.node.publish_governance(room, change.as_bytes().to_vec()).await
+    }
+
+    /// Adds a member with `role`, or changes a member's role.
+    pub async fn set_role(&self, member: AuthorId, role: Role) -> Result<()> {
+        self.govern(Action::SetRole { member, role }).await
+    }
+
+    /// Removes a member (or, for this device's own key, leaves).
+    pub async fn kick(&self, member: AuthorId) -> Result<()> {
+        self.govern(Action::Remove { member }).await
+    }
+
+    /// Bans a key: removes it and keeps it out.
+    pub async fn ban(&self, member: AuthorId) -> Result<()> {
+        self.govern(Action::Ban { member }).await
+    }
+
+    /// Lifts a ban.
+    pub async fn unban(&self, member: AuthorId) -> Result<()> {
+        self.govern(Action::Unban { member }).await
+    }
+
+    /// Renames the room.
+    pub async fn set_name(&self, name: &str) -> Result<()> {
+        self.govern(Action::SetName(name.to_owned())).await
+    }
+
+    /// Sets the room's topic.
+    pub async fn set_topic(&self, topic: &str) -> Result<()> {
+        self.govern(Action::SetTopic(topic.to_owned())).await
+    }
+
+    /// Issues and registers an invite: for `invitee` only, or for whoever
+    /// redeems it first; valid until `expires_millis` if given.
+    pub async fn invite(
+        &self,
+        role: Role,
+        invitee: Option<AuthorId>,
+        expires_millis: Option<u64>,
+    ) -> Result<Invite> {
+        let room = self.id;
+        let (invite, change) = self
+            .node
+            .replica()
+            .try_call(move |r| r.invite(&room, role, invitee, expires_millis))
+            .await?;
+        self.node.publish_governance(room, change.as_bytes().to_vec()).await?;
+        Ok(invite)
+    }
+
+    /// Joins this room by redeeming an invite (its governance must have
+    /// arrived: a catch-up with any member brings it).
+    pub async fn redeem(&self, invite: Invite) -> Result<()> {
+        self.govern(Action::Join(invite)).await
+    }
+
+    /// The room's governance now: members and roles, bans, open invites,
+    /// name, topic, settings.
+    pub async fn governance(&self) -> Result<GovState> {
+        let room = self.id;
+        self.node.replica().try_call(move |r| Ok(r.governance(&room)?.clone())).await
+    }
+
+    /// The audit trail: who changed the room's governance, what and when.
+    pub async fn audit(&self) -> Result<Vec<AuditEntry>> {
+        let room = self.id;
+        self.node.replica().try_call(move |r| r.governance_history(&room)).await
     }
 }

@@ -90,6 +90,63 @@ fn test_two_chats_exchange_messages_an_edit_and_a_delete_then_quit() {
 }
 
 #[test]
+fn test_chat_governance_roles_topic_moderation_and_audit() {
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let local = ["--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns"];
+    let mut a = Chat::spawn(
+        "alice",
+        &[&["--name", "alice", "--data-dir", dir_arg(dir_a.path())][..], &local[..]].concat(),
+    );
+    let ticket = a.wait_for("a ticket", |l| l.starts_with("ticket: "));
+    let ticket = ticket.trim_start_matches("ticket: ").to_owned();
+    let mut b = Chat::spawn(
+        "bob",
+        &[
+            &["--name", "bob", "--join", &ticket, "--data-dir", dir_arg(dir_b.path())][..],
+            &local[..],
+        ]
+        .concat(),
+    );
+    b.wait_for("a connection", |l| l.starts_with("* connected to peer"));
+    b.send("/whoami");
+    let bob = b.wait_for("its author id", |l| l.starts_with("you are "));
+    let bob = bob.trim_start_matches("you are ").to_owned();
+
+    // Alice (the creator, admin) makes Bob a moderator and sets the topic.
+    a.send(&format!("/role {bob} moderator"));
+    a.send("/topic launch day");
+    a.send("/members");
+    a.wait_for("Bob listed as moderator", |l| l == format!("  {bob} moderator"));
+    // Bob's replica learns both by gossip or catch-up.
+    let mut seen = false;
+    for _ in 0..60 {
+        b.send("/members");
+        if b.wait_for("the room line", |l| l.starts_with("room ")).contains("launch day") {
+            seen = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+    assert!(seen, "bob never saw the topic:\n{}", b.transcript.join("\n"));
+
+    // As a moderator, Bob deletes Alice's message; it goes everywhere.
+    a.send("hello from alice");
+    let at_a = a.wait_for("its own message", |l| l.contains("alice (you): hello from alice"));
+    let at_b = b.wait_for("alice's message", |l| l.contains("hello from alice"));
+    b.send(&format!("/delete {}", number(&at_b)));
+    let deleted = format!("[{}] deleted", number(&at_a));
+    a.wait_for("the moderator's delete", |l| l == deleted);
+
+    // The audit trail says who did what.
+    a.send("/audit");
+    a.wait_for("the role change", |l| l.contains(&format!("made {} moderator", &bob[..8])));
+    a.wait_for("the topic", |l| l.contains("set the topic to \"launch day\""));
+    a.send("/quit");
+    b.send("/quit");
+    assert!(a.wait_exit() && b.wait_exit(), "a chat did not exit cleanly");
+}
+
+#[test]
 fn test_room_create_list_and_ticket_share_one_store() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir_arg(dir.path());

@@ -418,8 +418,8 @@ pub(crate) fn authorize(
             }
         }
         Action::Remove { member } => {
-            if state.role(member).is_none() {
-                return Err(Denied::Target("the key is not a member"));
+            if !state.is_listed(member) {
+                return Err(Denied::Target("the key is not a listed member"));
             }
             match role {
                 _ if member == author => Ok(()),
@@ -494,7 +494,7 @@ fn authorize_join(
     if state.is_banned(author) {
         return Err(Denied::Target("the key is banned"));
     }
-    if state.role(author).is_some() {
+    if state.is_listed(author) {
         return Err(Denied::Target("the key is a member already"));
     }
     if invite.invitee().is_some_and(|k| k != *author) {

@@ -22,7 +22,7 @@ mod state;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use automerge::transaction::CommitOptions;
 use automerge::{ActorId, AutoCommit, Change, ChangeHash};
@@ -40,7 +40,9 @@ pub use action::{
 pub use invite::{Invite, InviteId, INVITE_BYTES};
 pub use state::{GovState, Member};
 
-const GOV_MAGIC: &[u8; 4] = b"CNCV";
+/// The first bytes of every encoded governance change, which tell it apart
+/// from a delivery on a room's gossip topic.
+pub const GOV_MAGIC: &[u8; 4] = b"CNCV";
 
 /// Largest encoded governance change.
 pub const MAX_GOV_CHANGE_BYTES: usize = 32 * 1024;
@@ -231,13 +233,21 @@ pub struct AuditEntry {
 /// dependencies, and the current state.
 pub struct Governance {
     room: RoomId,
-    creator: AuthorId,
+    /// The state before any change, from the room's genesis.
+    base: GovState,
     doc: AutoCommit,
     changes: HashMap<GovHead, GovChange>,
+    /// Accepted changes in the order they were accepted: dependencies first.
+    order: Vec<GovHead>,
     pending: BTreeMap<GovHead, GovChange>,
     state: GovState,
     heads: Vec<GovHead>,
+    /// States at past heads, which never change once read (most recent last).
+    past: Vec<(Vec<GovHead>, GovState)>,
 }
+
+/// Past states kept for judging envelopes that cite older heads.
+const PAST_STATES: usize = 8;
 
 impl std::fmt::Debug for Governance {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -250,17 +260,21 @@ impl std::fmt::Debug for Governance {
 }
 
 impl Governance {
-    /// An empty governance for a room: nothing is allowed until the creator's
-    /// founding change ([`Action::Init`]) is in.
-    pub fn new(room: RoomId, creator: AuthorId) -> Self {
+    /// An empty governance for a room created by `creator`, open or not
+    /// (the genesis says): no governance action is allowed until the
+    /// creator's founding change ([`Action::Init`]) is in.
+    pub fn new(room: RoomId, creator: AuthorId, open: bool) -> Self {
+        let base = GovState::unfounded(room, creator, open);
         Self {
             room,
-            creator,
+            state: base.clone(),
+            base,
             doc: AutoCommit::new(),
             changes: HashMap::new(),
+            order: Vec::new(),
             pending: BTreeMap::new(),
-            state: GovState::unfounded(room, creator),
             heads: Vec::new(),
+            past: Vec::new(),
         }
     }
 
@@ -270,9 +284,10 @@ impl Governance {
     pub fn restore(
         room: RoomId,
         creator: AuthorId,
+        open: bool,
         changes: Vec<GovChange>,
     ) -> Result<Self, GovError> {
-        let mut gov = Self::new(room, creator);
+        let mut gov = Self::new(room, creator, open);
         if changes.iter().any(|c| c.room != room) {
             return Err(GovError::Document("a stored change belongs to another room".into()));
         }
@@ -281,6 +296,7 @@ impl Governance {
         if !gov.doc.get_missing_deps(&heads).is_empty() {
             return Err(GovError::Document("stored changes miss part of their history".into()));
         }
+        gov.order = gov.doc.get_changes(&[]).iter().map(|c| c.hash().0).collect();
         gov.changes = changes.into_iter().map(|c| (c.head(), c)).collect();
         gov.refresh()?;
         Ok(gov)
@@ -312,7 +328,38 @@ impl Governance {
             return Err(GovError::UnknownHeads);
         }
         let heads: Vec<ChangeHash> = heads.iter().map(|h| ChangeHash(*h)).collect();
-        GovState::read(self.room, self.creator, &self.doc, Some(&heads)).map_err(doc_error)
+        GovState::read(&self.base, &self.doc, Some(&heads)).map_err(doc_error)
+    }
+
+    /// A key's role as of `heads` (see [`GovState::role`]): what an envelope
+    /// citing them is judged by. Fast for the current heads and for recently
+    /// judged ones.
+    pub fn role_at(
+        &mut self,
+        heads: &[GovHead],
+        author: &AuthorId,
+    ) -> Result<Option<Role>, GovError> {
+        let mut sorted = heads.to_vec();
+        sorted.sort();
+        sorted.dedup();
+        let mut current = self.heads.clone();
+        current.sort();
+        if sorted == current {
+            return Ok(self.state.role(author));
+        }
+        if let Some(i) = self.past.iter().position(|(h, _)| *h == sorted) {
+            let entry = self.past.remove(i);
+            let role = entry.1.role(author);
+            self.past.push(entry);
+            return Ok(role);
+        }
+        let state = self.state_at(&sorted)?;
+        let role = state.role(author);
+        if self.past.len() >= PAST_STATES {
+            self.past.remove(0);
+        }
+        self.past.push((sorted, state));
+        Ok(role)
     }
 
     /// Performs `action` as `key`'s author at `time_millis`: checks the right
@@ -329,6 +376,7 @@ impl Governance {
         action::authorize(&self.state, &author, &action, time_millis)?;
         let change = commit(&mut self.doc, &author, &action, time_millis)?;
         let signed = GovChange::sign(key, self.room, change, action);
+        self.order.push(signed.head());
         self.changes.insert(signed.head(), signed.clone());
         self.refresh()?;
         Ok(signed)
@@ -388,7 +436,7 @@ impl Governance {
         let past = if sorted == current {
             self.state.clone()
         } else {
-            GovState::read(self.room, self.creator, &self.doc, Some(&deps)).map_err(doc_error)?
+            GovState::read(&self.base, &self.doc, Some(&deps)).map_err(doc_error)?
         };
         let time = change.time_millis();
         change.action.check()?;
@@ -401,34 +449,41 @@ impl Governance {
             return Err(GovError::Forged);
         }
         self.doc.apply_changes([change.change.clone()]).map_err(doc_error)?;
+        self.order.push(change.head());
         self.changes.insert(change.head(), change);
         self.refresh()
     }
 
     fn refresh(&mut self) -> Result<(), GovError> {
-        self.state = GovState::read(self.room, self.creator, &self.doc, None).map_err(doc_error)?;
+        self.state = GovState::read(&self.base, &self.doc, None).map_err(doc_error)?;
         self.heads = self.doc.get_heads().iter().map(|h| h.0).collect();
         Ok(())
     }
 
     /// Every accepted change, dependencies first: what a peer or the store
     /// is given.
-    pub fn changes(&mut self) -> Vec<GovChange> {
-        self.doc
-            .get_changes(&[])
-            .iter()
-            .filter_map(|c| self.changes.get(&c.hash().0).cloned())
-            .collect()
+    pub fn changes(&self) -> Vec<GovChange> {
+        self.order.iter().filter_map(|h| self.changes.get(h).cloned()).collect()
     }
 
-    /// Accepted changes a peer with `have` lacks, dependencies first.
-    pub fn changes_since(&mut self, have: &[GovHead]) -> Vec<GovChange> {
-        let have: Vec<ChangeHash> =
-            have.iter().filter(|h| self.changes.contains_key(*h)).map(|h| ChangeHash(*h)).collect();
-        self.doc
-            .get_changes(&have)
+    /// Accepted changes a peer with `have` lacks, dependencies first (heads
+    /// of `have` unknown here are skipped, so a peer ahead of us may be sent
+    /// some changes it holds).
+    pub fn changes_since(&self, have: &[GovHead]) -> Vec<GovChange> {
+        let mut past: HashSet<GovHead> = HashSet::new();
+        let mut stack: Vec<GovHead> =
+            have.iter().filter(|h| self.changes.contains_key(*h)).copied().collect();
+        while let Some(head) = stack.pop() {
+            if past.insert(head) {
+                if let Some(c) = self.changes.get(&head) {
+                    stack.extend(c.deps());
+                }
+            }
+        }
+        self.order
             .iter()
-            .filter_map(|c| self.changes.get(&c.hash().0).cloned())
+            .filter(|h| !past.contains(*h))
+            .filter_map(|h| self.changes.get(h).cloned())
             .collect()
     }
 
@@ -443,7 +498,7 @@ impl Governance {
     }
 
     /// The audit trail: who changed what, when, in causal order.
-    pub fn history(&mut self) -> Vec<AuditEntry> {
+    pub fn history(&self) -> Vec<AuditEntry> {
         self.changes()
             .into_iter()
             .map(|c| AuditEntry {

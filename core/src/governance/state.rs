@@ -55,6 +55,7 @@ pub struct Member {
 pub struct GovState {
     room: RoomId,
     creator: AuthorId,
+    open: bool,
     founded: bool,
     name: String,
     topic: String,
@@ -78,6 +79,11 @@ impl GovState {
     pub fn founded(&self) -> bool {
         self.founded
     }
+    /// The room's join rule (from its genesis): in an open room every key
+    /// that is not banned counts as a member.
+    pub fn is_open(&self) -> bool {
+        self.open
+    }
     /// The room's name.
     pub fn name(&self) -> &str {
         &self.name
@@ -90,13 +96,26 @@ impl GovState {
     pub fn settings(&self) -> &BTreeMap<String, String> {
         &self.settings
     }
-    /// Members and their roles (banned keys are never members).
+    /// Listed members and their roles (banned keys are never members). In
+    /// an open room everyone else who is not banned is a member too.
     pub fn members(&self) -> &BTreeMap<AuthorId, Member> {
         &self.members
     }
-    /// A key's role, or `None` if it is not a member.
+    /// A key's role, or `None` if it is not a member: its listed role; else,
+    /// before the founding change, admin for the creator; else member in an
+    /// open room unless banned.
     pub fn role(&self, author: &AuthorId) -> Option<Role> {
-        self.members.get(author).map(|m| m.role)
+        if let Some(m) = self.members.get(author) {
+            return Some(m.role);
+        }
+        if !self.founded && *author == self.creator {
+            return Some(Role::Admin);
+        }
+        (self.open && !self.bans.contains_key(author)).then_some(Role::Member)
+    }
+    /// Whether a key is listed as a member (not merely admitted by an open room).
+    pub fn is_listed(&self, author: &AuthorId) -> bool {
+        self.members.contains_key(author)
     }
     /// Banned keys, each with who banned it.
     pub fn bans(&self) -> &BTreeMap<AuthorId, AuthorId> {
@@ -124,12 +143,14 @@ impl GovState {
         self.invites.values().filter(|i| !self.redeemed.contains(&i.id()))
     }
 
-    /// The state before the creator's founding change: nobody may do anything
-    /// but found it.
-    pub(crate) fn unfounded(room: RoomId, creator: AuthorId) -> Self {
+    /// The state before the creator's founding change: the creator is admin,
+    /// and in an open room everyone is a member; governance actions wait for
+    /// the founding.
+    pub(crate) fn unfounded(room: RoomId, creator: AuthorId, open: bool) -> Self {
         GovState {
             room,
             creator,
+            open,
             founded: false,
             name: String::new(),
             topic: String::new(),
@@ -143,13 +164,12 @@ impl GovState {
 
     /// Reads the state out of `doc`, as of `heads` when given.
     pub(crate) fn read(
-        room: RoomId,
-        creator: AuthorId,
+        base: &GovState,
         doc: &AutoCommit,
         heads: Option<&[ChangeHash]>,
     ) -> Result<Self, AutomergeError> {
         let at = At { doc, heads };
-        let mut state = GovState::unfounded(room, creator);
+        let mut state = GovState::unfounded(base.room, base.creator, base.open);
         let Some(members) = at.object(&ROOT, MEMBERS)? else {
             return Ok(state);
         };

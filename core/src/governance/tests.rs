@@ -49,7 +49,7 @@ fn cast() -> Cast {
 }
 
 fn founded(c: &Cast) -> (Governance, GovChange) {
-    let mut gov = Governance::new(ROOM, c.admin.author());
+    let mut gov = Governance::new(ROOM, c.admin.author(), false);
     let init = gov
         .act(
             &c.admin,
@@ -69,7 +69,7 @@ fn founded(c: &Cast) -> (Governance, GovChange) {
 
 /// A replica that has received every change `from` holds.
 fn replica_of(from: &mut Governance) -> Governance {
-    let mut gov = Governance::new(from.room, from.creator);
+    let mut gov = Governance::new(from.room, from.base.creator(), false);
     for change in from.changes() {
         assert!(matches!(gov.receive(change), Ok(GovApplied::Applied { .. })));
     }
@@ -111,7 +111,7 @@ fn test_founding_gives_the_creator_admin_and_the_initial_members_their_roles() {
     assert_eq!(gov.heads(), vec![init.head()]);
 
     // Nobody else founds it, and the creator founds it once.
-    let mut other = Governance::new(ROOM, c.admin.author());
+    let mut other = Governance::new(ROOM, c.admin.author(), false);
     let stranger = Action::Init { name: "mine".into(), members: vec![] };
     assert_eq!(other.act(&c.outsider, stranger, T0), Err(GovError::Denied(Denied::NotFounder)));
     assert_eq!(
@@ -227,7 +227,7 @@ fn test_invites_admit_once_the_key_they_name_until_they_expire_or_are_revoked() 
     // An invite for one key admits that key only.
     let named = invite(&c.moderator, 2, Role::ReadOnly, Some(c.outsider.author()));
     gov.act(&c.moderator, Action::Invite(named.clone()), T0 + 4).unwrap();
-    let mut wrong = Governance::new(ROOM, c.admin.author());
+    let mut wrong = Governance::new(ROOM, c.admin.author(), false);
     for change in gov.changes() {
         wrong.receive(change).unwrap();
     }
@@ -289,7 +289,7 @@ fn test_the_audit_trail_lists_who_changed_what_and_when_in_causal_order() {
     let (mut gov, init) = founded(&c);
     gov.act(&c.moderator, Action::SetTopic("incidents".into()), T0 + 10).unwrap();
     gov.act(&c.admin, Action::Ban { member: c.member.author() }, T0 + 20).unwrap();
-    let mut other = replica_of(&mut gov);
+    let other = replica_of(&mut gov);
     let trail = other.history();
     assert_eq!(trail, gov.history());
     let lines: Vec<(AuthorId, i64, String)> =
@@ -310,7 +310,7 @@ fn test_a_change_waits_for_its_causal_past_and_replays_are_harmless() {
     let c = cast();
     let (mut gov, init) = founded(&c);
     let topic = gov.act(&c.moderator, Action::SetTopic("a".into()), T0 + 1).unwrap();
-    let mut late = Governance::new(ROOM, c.admin.author());
+    let mut late = Governance::new(ROOM, c.admin.author(), false);
     assert_eq!(late.receive(topic.clone()), Ok(GovApplied::Pending { missing: vec![init.head()] }));
     assert_eq!(late.state().topic(), "");
     assert_eq!(
@@ -323,7 +323,7 @@ fn test_a_change_waits_for_its_causal_past_and_replays_are_harmless() {
     assert_eq!(late.state_at(&[init.head()]).unwrap().topic(), "");
     assert_eq!(late.state_at(&[[0; 32]]), Err(GovError::UnknownHeads));
     // The same change offered to another room is refused.
-    let mut elsewhere = Governance::new(RoomId([8; 32]), c.admin.author());
+    let mut elsewhere = Governance::new(RoomId([8; 32]), c.admin.author(), false);
     assert!(matches!(elsewhere.receive(init.clone()), Err(GovError::WrongRoom { .. })));
     // Encoding round-trips and is verified.
     let decoded = GovChange::from_bytes(topic.as_bytes()).unwrap();
@@ -331,9 +331,9 @@ fn test_a_change_waits_for_its_causal_past_and_replays_are_harmless() {
     assert_eq!(decoded.action(), &Action::SetTopic("a".into()));
     assert_eq!(late.changes_since(&[init.head()]), vec![topic.clone()]);
     // A restored governance equals the one it was stored from.
-    let restored = Governance::restore(ROOM, c.admin.author(), vec![topic, init]).unwrap();
+    let restored = Governance::restore(ROOM, c.admin.author(), false, vec![topic, init]).unwrap();
     assert_eq!(restored.state(), late.state());
-    let partial = Governance::restore(ROOM, c.admin.author(), gov.changes()[1..].to_vec());
+    let partial = Governance::restore(ROOM, c.admin.author(), false, gov.changes()[1..].to_vec());
     assert!(matches!(partial, Err(GovError::Document(_))));
 }
 
@@ -639,7 +639,7 @@ fn test_ten_thousand_forgeries_are_refused_and_every_legitimate_change_accepted(
     // The author side, where honest keys act and forgers build on the same
     // document; and the judge, which receives everything.
     let (mut world, init) = founded(&c);
-    let mut judge = Governance::new(ROOM, c.admin.author());
+    let mut judge = Governance::new(ROOM, c.admin.author(), false);
     judge.receive(init).unwrap();
     let mut keys = vec![c.admin, c.moderator, c.member, c.reader];
     let mut refused: BTreeMap<&'static str, usize> = BTreeMap::new();

@@ -38,7 +38,7 @@ pub(super) fn load<S: Store>(
         for (_, value) in records {
             changes.push(GovChange::from_bytes(&value).map_err(|e| corrupt(e.to_string()))?);
         }
-        let gov = Governance::restore(*room, genesis.creator(), changes)
+        let gov = Governance::restore(*room, genesis.creator(), genesis.is_open(), changes)
             .map_err(|e| corrupt(e.to_string()))?;
         govs.insert(*room, gov);
     }
@@ -54,12 +54,23 @@ fn stage(batch: &mut WriteBatch, change: &GovChange) {
 }
 
 impl<S: Store> Replica<S> {
-    /// Creates a room whose governance makes this device its admin and gives
-    /// `members` their roles; returns its id.
+    /// Creates a room of members only: this device is its admin, `members`
+    /// have their roles, and everyone else joins by invite. Returns its id.
     pub fn create_room_with(&mut self, name: &str, members: &[(AuthorId, Role)]) -> Result<RoomId> {
-        let genesis = self.sign_genesis(name)?;
+        self.found_room(name, members, false)
+    }
+
+    /// Signs a genesis and the governance's founding change, and stores both
+    /// in one commit.
+    pub(super) fn found_room(
+        &mut self,
+        name: &str,
+        members: &[(AuthorId, Role)],
+        open: bool,
+    ) -> Result<RoomId> {
+        let genesis = self.sign_genesis(name, open)?;
         let room = genesis.room_id();
-        let mut gov = Governance::new(room, self.key.author());
+        let mut gov = Governance::new(room, self.key.author(), open);
         let init = Action::Init { name: name.to_owned(), members: members.to_vec() };
         let time = self.gov_time();
         let change = gov.act(&self.key, init, time).map_err(Error::Governance)?;
@@ -100,15 +111,20 @@ impl<S: Store> Replica<S> {
         Ok(self.gov(room)?.heads())
     }
 
+    /// Whether every one of `heads` is an accepted governance change here.
+    pub fn knows_governance(&self, room: &RoomId, heads: &[GovHead]) -> Result<bool> {
+        Ok(self.gov(room)?.knows(heads))
+    }
+
     /// The room's audit trail: every governance change, who made it and
     /// when, in causal order.
-    pub fn governance_history(&mut self, room: &RoomId) -> Result<Vec<AuditEntry>> {
-        Ok(self.gov_mut(room)?.history())
+    pub fn governance_history(&self, room: &RoomId) -> Result<Vec<AuditEntry>> {
+        Ok(self.gov(room)?.history())
     }
 
     /// Governance changes a peer holding `have` lacks, dependencies first.
-    pub fn governance_since(&mut self, room: &RoomId, have: &[GovHead]) -> Result<Vec<GovChange>> {
-        Ok(self.gov_mut(room)?.changes_since(have))
+    pub fn governance_since(&self, room: &RoomId, have: &[GovHead]) -> Result<Vec<GovChange>> {
+        Ok(self.gov(room)?.changes_since(have))
     }
 
     /// Performs a governance action as this device, if its role allows it;
@@ -145,15 +161,16 @@ impl<S: Store> Replica<S> {
         Ok(())
     }
 
-    /// Issues an invite to the room and registers it; hand it to the invitee
-    /// (a ticket carries it).
+    /// Issues an invite to the room and registers it; returns the invite, to
+    /// hand to the invitee (a ticket carries it), and the registering change,
+    /// for peers.
     pub fn invite(
         &mut self,
         room: &RoomId,
         role: Role,
         invitee: Option<AuthorId>,
         expires_millis: Option<u64>,
-    ) -> Result<Invite> {
+    ) -> Result<(Invite, GovChange)> {
         let now = self.clock.now_millis();
         let seed = self.key.derive(CONTEXT_INVITE_ID, &self.hlc.tick(now).as_u64().to_be_bytes());
         let mut id = [0u8; 16];
@@ -166,8 +183,8 @@ impl<S: Store> Replica<S> {
             invitee,
             expires_millis,
         );
-        self.govern(room, Action::Invite(invite.clone()))?;
-        Ok(invite)
+        let change = self.govern(room, Action::Invite(invite.clone()))?;
+        Ok((invite, change))
     }
 
     /// Receives governance changes from peers or a relay, in any order. Each
@@ -194,6 +211,7 @@ impl<S: Store> Replica<S> {
         }
         if accepted > 0 {
             self.commit_governance(room, batch)?;
+            self.retry_pending(room)?;
         }
         Ok(outcomes)
     }

@@ -17,9 +17,11 @@ use crate::doc::{
     self, AuthorDoc, Changes, DocChange, PostRecord, TombstoneRecord, MAX_ATTACHMENTS,
     MAX_REACTION_BYTES,
 };
-use crate::envelope::{Delivery, Envelope, EnvelopeFields, Genesis, MAX_ROOM_NAME_BYTES};
+use crate::envelope::{
+    Delivery, Envelope, EnvelopeFields, Genesis, MAX_CITED_HEADS, MAX_ROOM_NAME_BYTES,
+};
 use crate::error::{EnvelopeError, Error, Result, StoreError};
-use crate::governance::Governance;
+use crate::governance::{Denied, GovError, Governance, Role};
 use crate::ids::{AuthorId, BlobHash, Cursor, Hlc, MessageId, RoomId, SortKey};
 use crate::keys::{self, DeviceKey};
 use crate::store::migrations;
@@ -418,12 +420,14 @@ impl<S: Store> Replica<S> {
 
     // ----- rooms -------------------------------------------------------------
 
-    /// Creates a room, with this device as its admin, and returns its id.
+    /// Creates an open room (anyone holding its ticket who is not banned may
+    /// post), with this device as its admin, and returns its id. For a room
+    /// of members only, see [`Replica::create_room_with`].
     pub fn create_room(&mut self, name: &str) -> Result<RoomId> {
-        self.create_room_with(name, &[])
+        self.found_room(name, &[], true)
     }
 
-    fn sign_genesis(&mut self, name: &str) -> Result<Genesis> {
+    fn sign_genesis(&mut self, name: &str, open: bool) -> Result<Genesis> {
         if name.len() > MAX_ROOM_NAME_BYTES {
             return Err(Error::InvalidInput(format!(
                 "room name longer than {MAX_ROOM_NAME_BYTES} bytes"
@@ -434,7 +438,7 @@ impl<S: Store> Replica<S> {
         nonce.copy_from_slice(
             &self.key.derive(CONTEXT_ROOM_NONCE, &hlc.as_u64().to_be_bytes())[..16],
         );
-        Ok(Genesis::sign(&self.key, hlc, name, nonce)?)
+        Ok(Genesis::sign(&self.key, hlc, name, nonce, open)?)
     }
 
     /// Joins a room from its genesis bytes (as a ticket carries them).
@@ -450,7 +454,9 @@ impl<S: Store> Replica<S> {
             batch.put(Tree::Rooms, id.as_bytes().to_vec(), genesis.as_bytes().to_vec());
             batch.put(Tree::Meta, META_HLC, self.hlc.last().as_u64().to_be_bytes());
             self.store.commit(batch)?;
-            self.govs.entry(id).or_insert_with(|| Governance::new(id, genesis.creator()));
+            self.govs
+                .entry(id)
+                .or_insert_with(|| Governance::new(id, genesis.creator(), genesis.is_open()));
             self.rooms.insert(id, genesis);
         }
         Ok(id)
@@ -534,7 +540,28 @@ impl<S: Store> Replica<S> {
         Ok(results)
     }
 
+    /// Refuses a local change the room's governance would make every peer
+    /// refuse: writing needs `needed` at the current heads.
+    fn check_role(&self, room: &RoomId, needed: Role, what: &'static str) -> Result<()> {
+        self.check_room(room)?;
+        let role = self.govs.get(room).and_then(|g| g.state().role(&self.key.author()));
+        match role {
+            None => Err(Error::Governance(GovError::Denied(Denied::NotMember))),
+            Some(role) if role < needed => {
+                Err(Error::Governance(GovError::Denied(Denied::Role { role, what })))
+            }
+            Some(_) => Ok(()),
+        }
+    }
+
     fn local_op(&mut self, tx: &mut Tx, op: Op) -> Result<Sent> {
+        match &op {
+            Op::Post { room, .. } => self.check_role(room, Role::Member, "post")?,
+            Op::Edit { room, .. } => self.check_role(room, Role::Member, "edit")?,
+            Op::React { room, .. } => self.check_role(room, Role::Member, "react")?,
+            Op::Delete { room, .. } => self.check_role(room, Role::Member, "delete")?,
+            Op::MarkRead { room, .. } => self.check_role(room, Role::ReadOnly, "mark read")?,
+        }
         match op {
             Op::Post { room, draft } => self.local_post(tx, room, draft),
             Op::Edit { room, id, text } => {
@@ -547,18 +574,22 @@ impl<S: Store> Replica<S> {
                 self.local_change(tx, room, key, hlc, DocChange::Post { id, record }, blobs)
             }
             Op::Delete { room, id } => {
-                let (key, post) = self.own_live_post(tx, &room, &id)?;
+                let (key, change): (SortKey, fn(MessageId, TombstoneRecord) -> DocChange) =
+                    match self.own_live_post(tx, &room, &id) {
+                        Ok((key, _)) => (key, |id, tombstone| DocChange::Delete { id, tombstone }),
+                        // Someone else's message: a moderator's delete.
+                        Err(Error::NotAuthor(_)) => {
+                            self.check_role(&room, Role::Moderator, "delete others' messages")
+                                .map_err(|_| Error::NotAuthor(id))?;
+                            let key = self.live_message(tx, &room, &id)?;
+                            (key, |id, tombstone| DocChange::Moderate { id, tombstone })
+                        }
+                        Err(e) => return Err(e),
+                    };
                 let hlc = self.hlc.tick(self.clock.now_millis());
-                let tombstone = TombstoneRecord { posted: post.hlc, deleted: hlc };
+                let tombstone = TombstoneRecord { posted: key.hlc, deleted: hlc };
                 tx.deleted.insert((room, id));
-                self.local_change(
-                    tx,
-                    room,
-                    key,
-                    hlc,
-                    DocChange::Delete { id, tombstone },
-                    Vec::new(),
-                )
+                self.local_change(tx, room, key, hlc, change(id, tombstone), Vec::new())
             }
             Op::React { room, id, emoji, on } => {
                 if emoji.is_empty() || emoji.len() > MAX_REACTION_BYTES {
@@ -638,6 +669,8 @@ impl<S: Store> Replica<S> {
         tx.affect(dk, doc.take_changes());
         tx.docs.insert(dk);
         let hashes: Vec<BlobHash> = blobs.iter().map(|b| blob::hash(b)).collect();
+        let mut gov_heads = self.govs.get(&room).map(Governance::heads).unwrap_or_default();
+        gov_heads.truncate(MAX_CITED_HEADS);
         let envelope = Envelope::sign(
             &self.key,
             EnvelopeFields {
@@ -648,6 +681,7 @@ impl<S: Store> Replica<S> {
                 hlc,
                 update: &update.update,
                 blobs: &hashes,
+                gov_heads: &gov_heads,
             },
         )?;
         stage_envelope(tx, &envelope);
@@ -809,6 +843,14 @@ impl<S: Store> Replica<S> {
         if env.bucket() < self.window_in(tx, room) {
             return Ok(Ok(Applied::OutsideWindow));
         }
+        // The author must be a member at the governance heads it cites; an
+        // envelope citing governance not held yet waits for it.
+        let role = match self.govs.get_mut(room).map(|g| g.role_at(env.gov_heads(), &author)) {
+            Some(Ok(Some(role))) => Some(role),
+            Some(Ok(None)) => return Ok(Err(EnvelopeError::Denied(Denied::NotMember))),
+            Some(Err(_)) => None,
+            None => return Ok(Err(EnvelopeError::UnknownRoom(*room))),
+        };
         let dk = (*room, env.bucket(), author);
         self.load_doc(tx, dk)?;
         let next = self.docs.get(&dk).map_or(0, AuthorDoc::next_clock);
@@ -825,7 +867,8 @@ impl<S: Store> Replica<S> {
             tx.offer(*room, env.bucket(), d.blobs);
             return Ok(Ok(Applied::Duplicate));
         }
-        if start > next {
+        let Some(role) = role.filter(|_| start == next) else {
+            // A gap in the author's clock, or governance not held yet.
             let waiting = self
                 .staged_get(Some(&tx.batch), Tree::Pending, &ekey)?
                 .and_then(|raw| Delivery::from_bytes(&raw).ok())
@@ -836,21 +879,66 @@ impl<S: Store> Replica<S> {
             tx.batch.put(Tree::Pending, ekey.clone(), d.to_bytes());
             tx.pending.insert(ekey, d);
             return Ok(Ok(Applied::Pending));
-        }
+        };
         if let Some(doc) = self.docs.get_mut(&dk) {
-            if let Err(e) = doc.apply(update) {
-                // yrs may have half-integrated; reload this document from the store.
-                self.docs.remove(&dk);
-                tx.docs.remove(&dk);
-                return Ok(Err(e));
+            let judged = doc.apply(update).and_then(|()| {
+                // What the update wrote decides the role it needs.
+                let changes = doc.take_changes();
+                let (needed, what) = if changes.moderated {
+                    (Role::Moderator, "delete others' messages")
+                } else if changes.posting {
+                    (Role::Member, "post, edit, delete or react")
+                } else {
+                    (Role::ReadOnly, "mark read")
+                };
+                if role < needed {
+                    return Err(EnvelopeError::Denied(Denied::Role { role, what }));
+                }
+                Ok(changes)
+            });
+            match judged {
+                Ok(changes) => tx.affect(dk, changes),
+                Err(e) => {
+                    // yrs may have half-integrated, or integrated what the
+                    // author may not write: reload this document from the store.
+                    self.docs.remove(&dk);
+                    tx.docs.remove(&dk);
+                    return Ok(Err(e));
+                }
             }
-            tx.affect(dk, doc.take_changes());
         }
         tx.docs.insert(dk);
         self.hlc.observe(env.hlc(), self.clock.now_millis());
         stage_envelope(tx, env);
         tx.offer(*room, env.bucket(), d.blobs);
         Ok(Ok(Applied::Applied))
+    }
+
+    /// Retries the room's pending deliveries after governance changes
+    /// arrived: those that waited only for them integrate now.
+    fn retry_pending(&mut self, room: &RoomId) -> Result<()> {
+        let mut dks: BTreeSet<DocKey> = BTreeSet::new();
+        for (k, _) in self.store.scan(
+            Tree::Pending,
+            &KeyRange::prefix(room.as_bytes()),
+            Order::Ascending,
+            usize::MAX,
+        )? {
+            if let (Some(bucket), Some(author)) =
+                (tables::key_bucket(&k), tables::doc_key_author(&k))
+            {
+                dks.insert((*room, bucket, author));
+            }
+        }
+        if dks.is_empty() {
+            return Ok(());
+        }
+        let mut tx = Tx::default();
+        for dk in dks {
+            self.load_doc(&mut tx, dk)?;
+            self.drain_pending(&mut tx, dk)?;
+        }
+        self.finish(tx)
     }
 
     /// Integrates pending deliveries of a document whose clock just advanced.

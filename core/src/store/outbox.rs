@@ -21,12 +21,14 @@ use std::sync::Arc;
 use super::{Entry, KeyRange, Order, Store, Tree, WriteBatch};
 use crate::envelope::{Delivery, Envelope, Genesis};
 use crate::error::StoreError;
+use crate::governance::GovChange;
 use crate::ids::{BlobHash, RoomId};
 
 const ROOM: u8 = 0;
 const ENVELOPE: u8 = 1;
 const BLOB: u8 = 2;
 const ERASED: u8 = 3;
+const GOVERNANCE: u8 = 4;
 
 /// What a mirror must do to match one committed change.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -51,6 +53,8 @@ pub enum OutboxRecord {
         /// Its hash.
         hash: BlobHash,
     },
+    /// A governance change the replica accepted.
+    Governance(Box<GovChange>),
 }
 
 impl OutboxRecord {
@@ -75,6 +79,10 @@ impl OutboxRecord {
                 out.push(ERASED);
                 out.extend_from_slice(room.as_bytes());
                 out.extend_from_slice(hash.as_bytes());
+            }
+            OutboxRecord::Governance(change) => {
+                out.push(GOVERNANCE);
+                out.extend_from_slice(change.as_bytes());
             }
         }
         out
@@ -106,6 +114,9 @@ impl OutboxRecord {
                 let (room, hash) = room_hash(rest)?;
                 Ok(OutboxRecord::Erased { room, hash })
             }
+            GOVERNANCE => GovChange::from_bytes(rest)
+                .map(|c| OutboxRecord::Governance(Box::new(c)))
+                .map_err(|e| corrupt(&format!("governance change: {e}"))),
             _ => Err(corrupt("unknown record kind")),
         }
     }
@@ -136,6 +147,9 @@ fn records_of(batch: &WriteBatch) -> Vec<OutboxRecord> {
                     .map(|(room, hash)| OutboxRecord::Blob { room, hash, blob: v.to_vec() }),
                 (Tree::Blobs, None) => {
                     blob_key_parts(key).map(|(room, hash)| OutboxRecord::Erased { room, hash })
+                }
+                (Tree::Governance, Some(v)) => {
+                    GovChange::from_bytes(v).ok().map(|c| OutboxRecord::Governance(Box::new(c)))
                 }
                 _ => None,
             };

@@ -21,7 +21,7 @@
 //! | `windows-1` | room | oldest bucket u32 the replica holds (absent: all of them) |
 //! | `reached-1` | room | HLC u64: every own envelope stamped at or before it reached a peer or relay |
 //! | `governance-1` | room ‖ change hash | accepted signed governance change |
-//! | `outbox-1` | sequence u64 | record for a mirror: kind u8 (0 room, 1 envelope, 2 blob, 3 erased) ‖ genesis / envelope / room ‖ hash ‖ blob / room ‖ hash; written only under an `OutboxStore` |
+//! | `outbox-1` | sequence u64 | record for a mirror: kind u8 (0 room, 1 envelope, 2 blob, 3 erased, 4 governance change) ‖ genesis / envelope / room ‖ hash ‖ blob / room ‖ hash / change; written only under an `OutboxStore` |
 
 use crate::ids::{AuthorId, BlobHash, MessageId, RoomId, SortKey};
 
@@ -146,11 +146,12 @@ pub(crate) fn doc_key_author(key: &[u8]) -> Option<AuthorId> {
     Some(AuthorId::from_bytes(raw))
 }
 
-/// Key of `blobs-1`.
+/// Key of `governance-1`.
 pub(crate) fn governance_key(room: &RoomId, head: &[u8; 32]) -> Vec<u8> {
     cat(&[room.as_bytes(), head])
 }
 
+/// Key of `blobs-1`.
 pub(crate) fn blob_key(room: &RoomId, hash: &BlobHash) -> Vec<u8> {
     cat(&[room.as_bytes(), hash.as_bytes()])
 }

@@ -11,12 +11,13 @@ use crate::blob::BLOB_NONCE_LEN;
 use crate::codec::{Reader, Writer};
 use crate::envelope::{MAX_BLOBS_PER_ENVELOPE, MAX_DELIVERY_BYTES, MAX_ENVELOPE_BYTES};
 use crate::error::DecodeError;
+use crate::governance::{GovHead, MAX_GOV_CHANGE_BYTES, MAX_GOV_DEPS};
 use crate::ids::{AuthorId, BlobHash, RoomId};
 use crate::MAX_BLOB_BYTES;
 
 const SYNC_MAGIC: &[u8; 4] = b"CNCS";
 /// Version of the sync message format.
-pub const SYNC_VERSION: u8 = 1;
+pub const SYNC_VERSION: u8 = 2;
 
 /// Length of a bucket digest. 16 bytes keep accidental collisions out of
 /// reach while a digest per held bucket stays small.
@@ -112,12 +113,22 @@ pub struct Flight {
     pub deliveries: Vec<RawDelivery>,
     /// Blobs the receiver asked for, with their bucket.
     pub blobs: Vec<(u32, Vec<u8>)>,
+    /// The sender's governance heads (first chunk of every flight).
+    pub gov_heads: Option<Vec<GovHead>>,
+    /// The sender lacks governance changes the receiver announced: a
+    /// request for them.
+    pub gov_wanted: bool,
+    /// Signed governance changes the receiver lacks, dependencies first.
+    pub gov_changes: Vec<Vec<u8>>,
 }
 
 impl Flight {
     /// Whether this chunk asks anything of the receiver.
     pub fn has_requests(&self) -> bool {
-        self.digests.is_some() || !self.versions.is_empty() || self.older.is_some()
+        self.digests.is_some()
+            || !self.versions.is_empty()
+            || self.older.is_some()
+            || self.gov_wanted
     }
 }
 
@@ -196,7 +207,9 @@ impl SyncMessage {
                 out.extend_from_slice(room.as_bytes());
                 let flags = u8::from(flight.more)
                     | (u8::from(flight.older.is_some()) << 1)
-                    | (u8::from(flight.digests.is_some()) << 2);
+                    | (u8::from(flight.digests.is_some()) << 2)
+                    | (u8::from(flight.gov_heads.is_some()) << 3)
+                    | (u8::from(flight.gov_wanted) << 4);
                 out.put_u8(flags);
                 out.put_u32(flight.from_bucket);
                 if let Some(older) = &flight.older {
@@ -225,6 +238,16 @@ impl SyncMessage {
                     for h in &v.wanted_blobs {
                         out.extend_from_slice(h.as_bytes());
                     }
+                }
+                if let Some(heads) = &flight.gov_heads {
+                    out.put_u8(heads.len() as u8);
+                    for h in heads {
+                        out.extend_from_slice(h);
+                    }
+                }
+                out.put_u32(flight.gov_changes.len() as u32);
+                for c in &flight.gov_changes {
+                    out.put_bytes_u32(c);
                 }
                 put_deliveries(&mut out, &flight.deliveries);
                 out.put_u32(flight.blobs.len() as u32);
@@ -336,7 +359,7 @@ fn read_deliveries(r: &mut Reader<'_>) -> Result<Vec<RawDelivery>, DecodeError> 
 
 fn read_flight(r: &mut Reader<'_>) -> Result<Flight, DecodeError> {
     let flags = r.u8("flight flags")?;
-    if flags & !0b111 != 0 {
+    if flags & !0b11111 != 0 {
         return Err(DecodeError::InvalidValue("flight flags"));
     }
     let from_bucket = r.u32("from bucket")?;
@@ -380,6 +403,28 @@ fn read_flight(r: &mut Reader<'_>) -> Result<Flight, DecodeError> {
         }
         versions.push(BucketVersions { bucket, authors, wanted_blobs });
     }
+    let gov_heads = if flags & 8 != 0 {
+        let n = usize::from(r.u8("governance heads")?);
+        if n > MAX_GOV_DEPS {
+            return Err(DecodeError::TooLarge {
+                what: "governance heads",
+                len: n,
+                max: MAX_GOV_DEPS,
+            });
+        }
+        let mut heads = Vec::with_capacity(n);
+        for _ in 0..n {
+            heads.push(r.array("governance head")?);
+        }
+        Some(heads)
+    } else {
+        None
+    };
+    let n = r.count_u32(usize::MAX, 4, "governance changes")?;
+    let mut gov_changes = Vec::with_capacity(n.min(PREALLOC));
+    for _ in 0..n {
+        gov_changes.push(r.bytes_u32(MAX_GOV_CHANGE_BYTES, "governance change")?.to_vec());
+    }
     let deliveries = read_deliveries(r)?;
     let n = r.count_u32(usize::MAX, 8, "blobs")?;
     let mut blobs = Vec::with_capacity(n.min(PREALLOC));
@@ -387,7 +432,18 @@ fn read_flight(r: &mut Reader<'_>) -> Result<Flight, DecodeError> {
         let bucket = r.u32("blob bucket")?;
         blobs.push((bucket, r.bytes_u32(BLOB_NONCE_LEN + MAX_BLOB_BYTES, "blob")?.to_vec()));
     }
-    Ok(Flight { more: flags & 1 != 0, from_bucket, older, digests, versions, deliveries, blobs })
+    Ok(Flight {
+        more: flags & 1 != 0,
+        from_bucket,
+        older,
+        digests,
+        versions,
+        deliveries,
+        blobs,
+        gov_heads,
+        gov_wanted: flags & 16 != 0,
+        gov_changes,
+    })
 }
 
 /// Cuts deliveries and blobs into chunks of about [`CHUNK_BYTES`]; the first

@@ -9,6 +9,12 @@
 //! 3. `I`: the envelopes and blobs `R` lacks, and its own versions of those buckets;
 //! 4. `R`: the envelopes and blobs `I` lacks.
 //!
+//! Every flight also carries the sender's governance heads and the
+//! governance changes the receiver lacks by the heads it announced, which
+//! are applied before the flight's envelopes (they are what the envelopes
+//! are judged by). A side that lacks governance the other announced says
+//! so, and is answered even if it asks nothing else.
+//!
 //! That is two round trips after the first message. When the combined
 //! digest of older buckets differs, `R` answers it with per-bucket digests
 //! and the difference heals one round trip later. A flight that asks
@@ -24,6 +30,7 @@ use super::message::{
 };
 use crate::envelope::{Delivery, Envelope};
 use crate::error::SyncError;
+use crate::governance::{GovChange, GovHead};
 use crate::ids::RoomId;
 use crate::replica::{Applied, Replica};
 use crate::store::Store;
@@ -82,6 +89,8 @@ pub struct SyncSession {
     my_cut: Option<u32>,
     /// Buckets whose versions we already sent.
     sent_versions: BTreeSet<u32>,
+    /// Governance changes we already sent.
+    sent_gov: BTreeSet<GovHead>,
     /// Chunks of the flight (or history) being received.
     inbox: Flight,
     history: History,
@@ -100,6 +109,7 @@ impl SyncSession {
             peer_from: None,
             my_cut: None,
             sent_versions: BTreeSet::new(),
+            sent_gov: BTreeSet::new(),
             inbox: Flight::default(),
             history: History::default(),
             stats: SyncStats::default(),
@@ -124,6 +134,7 @@ impl SyncSession {
             from_bucket: my_from,
             older: cut.map(|below| OlderDigest { below, digest: combine(&older) }),
             digests: Some(DigestSet { from: recent_from, to: u32::MAX, entries: recent }),
+            gov_heads: Some(replica.governance_heads(room)?),
             ..Flight::default()
         };
         session.my_cut = cut;
@@ -265,6 +276,11 @@ impl SyncSession {
         if inbox.digests.is_none() {
             inbox.digests = chunk.digests;
         }
+        if inbox.gov_heads.is_none() {
+            inbox.gov_heads = chunk.gov_heads;
+        }
+        inbox.gov_wanted |= chunk.gov_wanted;
+        inbox.gov_changes.extend(chunk.gov_changes);
         inbox.from_bucket = chunk.from_bucket;
         inbox.more = chunk.more;
         inbox.versions.extend(chunk.versions);
@@ -304,7 +320,21 @@ impl SyncSession {
         let asked = flight.has_requests();
         let room = self.room;
 
-        // What the peer sent.
+        // What the peer sent: governance first, which its envelopes cite.
+        let mut changes = Vec::with_capacity(flight.gov_changes.len());
+        for raw in &flight.gov_changes {
+            match GovChange::from_bytes(raw) {
+                Ok(c) => changes.push(c),
+                Err(_) => self.stats.envelopes_rejected += 1,
+            }
+        }
+        if !changes.is_empty() {
+            for outcome in replica.apply_governance(&room, changes)? {
+                if outcome.is_err() {
+                    self.stats.envelopes_rejected += 1;
+                }
+            }
+        }
         let deliveries = self.verify(flight.deliveries);
         if !deliveries.is_empty() {
             let results = replica.apply(&room, deliveries)?;
@@ -320,6 +350,19 @@ impl SyncSession {
         if !asked {
             self.done = true;
             return Ok(Vec::new());
+        }
+
+        // The governance the peer lacks, by the heads it announced, and
+        // whether we lack some of its own.
+        let mut gov_changes = Vec::new();
+        let mut gov_wanted = false;
+        if let Some(theirs) = &flight.gov_heads {
+            for c in replica.governance_since(&room, theirs)? {
+                if self.sent_gov.insert(c.head()) {
+                    gov_changes.push(c.as_bytes().to_vec());
+                }
+            }
+            gov_wanted = !replica.knows_governance(&room, theirs)?;
         }
 
         // What the peer lacks, by the versions it sent.
@@ -379,7 +422,15 @@ impl SyncSession {
         }
         self.stats.envelopes_sent += out_deliveries.len() as u64;
         self.stats.blobs_sent += out_blobs.len() as u64;
-        let head = Flight { from_bucket: self.my_from, digests, versions, ..Flight::default() };
+        let head = Flight {
+            from_bucket: self.my_from,
+            digests,
+            versions,
+            gov_heads: Some(replica.governance_heads(&room)?),
+            gov_wanted,
+            gov_changes,
+            ..Flight::default()
+        };
         if !head.has_requests() {
             // Nothing more to ask: the peer will not answer this flight.
             self.done = true;

@@ -31,6 +31,16 @@ pub fn memory_replica(seed: u8, clock: &Arc<ManualClock>) -> Replica<MemoryStore
     Replica::open_with_seed(MemoryStore::new(), clock.clone(), [seed; 32]).unwrap()
 }
 
+/// `joiner` joins `host`'s room as a ticket and a first catch-up would
+/// make it: the genesis, then the governance its envelopes cite.
+pub fn join<S: Store, T: Store>(joiner: &mut Replica<S>, host: &Replica<T>, room: &RoomId) {
+    joiner.join_room(host.genesis(room).unwrap().as_bytes()).unwrap();
+    let changes = host.governance_since(room, &[]).unwrap();
+    for outcome in joiner.apply_governance(room, changes).unwrap() {
+        outcome.unwrap();
+    }
+}
+
 /// Every record of every tree, for checking that a rejected input changed nothing.
 pub fn dump<S: Store>(store: &S) -> Vec<(Tree, Vec<u8>, Vec<u8>)> {
     let mut out = Vec::new();
@@ -58,6 +68,7 @@ pub struct RawEnvelope {
     pub hlc: u64,
     pub update: Vec<u8>,
     pub blobs: Vec<[u8; 32]>,
+    pub gov_heads: Vec<[u8; 32]>,
 }
 
 impl RawEnvelope {
@@ -65,7 +76,7 @@ impl RawEnvelope {
     pub fn sign(&self, signer: &SigningKey) -> Vec<u8> {
         let mut b = Vec::new();
         b.extend_from_slice(b"CNCE");
-        b.push(1);
+        b.push(2);
         b.extend_from_slice(&self.room);
         b.extend_from_slice(&self.bucket.to_be_bytes());
         b.extend_from_slice(&self.author);
@@ -77,6 +88,10 @@ impl RawEnvelope {
         b.extend_from_slice(&self.update);
         b.extend_from_slice(&(self.blobs.len() as u16).to_be_bytes());
         for h in &self.blobs {
+            b.extend_from_slice(h);
+        }
+        b.push(self.gov_heads.len() as u8);
+        for h in &self.gov_heads {
             b.extend_from_slice(h);
         }
         let mut msg = SIGNING_CONTEXT.to_vec();

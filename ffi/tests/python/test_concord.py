@@ -196,6 +196,77 @@ class TestChat(ClientsTestCase):
         self.assertEqual(rooms[0].creator_id, self.a.author_id())
 
 
+class TestGovernance(ClientsTestCase):
+    async def test_members_only_room_invite_roles_and_moderation(self):
+        from concord import MemberRole
+
+        room_a = await self.a.create_room_with("crew", [])
+        room_b = await self.b.join_room(await room_a.ticket())
+        gov = await eventually(
+            lambda: self._founded(room_b), "B to receive the room's governance"
+        )
+        self.assertFalse(gov.open)
+        self.assertEqual(
+            [(m.author_id, m.role) for m in gov.members],
+            [(self.a.author_id(), MemberRole.ADMIN)],
+        )
+        # Not a member yet: a typed exception, and nothing is sent.
+        with self.assertRaises(ConcordError.NotAllowed):
+            await room_b.send("let me in")
+        # A invites B's key; B redeems it once the invite arrives.
+        invite = await room_a.invite(MemberRole.MEMBER, self.b.author_id(), None)
+        await eventually(
+            lambda: self._has_invite(room_b), "B to see the registered invite"
+        )
+        await room_b.redeem(invite)
+        await eventually(lambda: self._member(room_a, self.b.author_id()), "A to see B join")
+        hello = await room_b.send("B is in")
+        await eventually(lambda: self._has(room_a, "B is in"), "A to see B's message")
+        # A member may not moderate; an admin deletes B's message everywhere.
+        with self.assertRaises(ConcordError.NotAllowed):
+            await room_b.set_topic("mine")
+        await room_a.set_topic("launch")
+        await room_a.delete(hello)
+        await eventually(
+            lambda: self._gone(room_b, "B is in"), "the moderated message to leave B"
+        )
+        # Bad arguments are typed errors.
+        with self.assertRaises(ConcordError.InvalidId):
+            await room_a.kick("not an author")
+        with self.assertRaises(ConcordError.InvalidInput):
+            await room_b.redeem("zz")
+        # A removes B; the audit trail tells it all.
+        await room_a.kick(self.b.author_id())
+        await eventually(
+            lambda: self._not_member(room_b, self.b.author_id()), "B to see its removal"
+        )
+        with self.assertRaises(ConcordError.NotAllowed):
+            await room_b.send("still here?")
+        trail = [e.description.split(" ")[0] for e in await room_a.audit()]
+        self.assertEqual(trail, ["created", "invited", "joined", "set", "removed"])
+
+    @staticmethod
+    async def _founded(room):
+        gov = await room.governance()
+        return gov if gov.members else None
+
+    @staticmethod
+    async def _has_invite(room):
+        return bool((await room.governance()).pending_invites)
+
+    @staticmethod
+    async def _member(room, author_id):
+        return any(m.author_id == author_id for m in (await room.governance()).members)
+
+    @classmethod
+    async def _not_member(cls, room, author_id):
+        return not await cls._member(room, author_id)
+
+    @staticmethod
+    async def _gone(room, body):
+        return body not in await bodies(room)
+
+
 class TestListeners(ClientsTestCase):
     async def test_timeline_listener_fires_from_rust_threads(self):
         room_a, room_b = await self.shared_room()

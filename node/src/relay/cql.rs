@@ -4,7 +4,7 @@
 //!
 //! # Tables
 //!
-//! Four tables in one keyspace, the caller's, made by
+//! Five tables in one keyspace, the caller's, made by
 //! [`CqlRelayStore::create_schema`]. Keys are blobs and big-endian where
 //! their order matters; CQL compares blobs as unsigned bytes, so byte order
 //! is sort order:
@@ -15,6 +15,7 @@
 //! | `buckets`   | `room` blob             | `bucket` bigint             | none |
 //! | `blobs`     | `room` blob, `hash` blob | `chunk` int                | `data` blob; on chunk 0 also `chunks` int and `len` int |
 //! | `rooms`     | `room` blob             | none                        | `genesis` blob |
+//! | `governance` | `room` blob            | `head` blob                 | `change` blob: the signed governance change |
 //!
 //! The sort key of an envelope is one blob rather than three columns
 //! because CQL has no unsigned 64-bit type: a `bigint` HLC would sort
@@ -25,12 +26,12 @@
 //!
 //! # Writes
 //!
-//! An envelope, room or blob is written with a lightweight transaction,
-//! `INSERT ... IF NOT EXISTS`; one that is not applied is
-//! [`Written::AlreadyPresent`]. An envelope's bucket entry is written first
-//! (a plain `INSERT`: it is the same row every time), then the envelope, so
-//! a crash between the two leaves at worst an empty bucket listed, never an
-//! envelope its bucket listing misses.
+//! An envelope, room, governance change or blob is written with a
+//! lightweight transaction, `INSERT ... IF NOT EXISTS`; one that is not
+//! applied is [`Written::AlreadyPresent`]. An envelope's bucket entry is
+//! written first (a plain `INSERT`: it is the same row every time), then
+//! the envelope, so a crash between the two leaves at worst an empty bucket
+//! listed, never an envelope its bucket listing misses.
 //!
 //! A batch of envelopes ([`RelayStore::put_envelopes`], one sync flight)
 //! writes its distinct bucket entries first, then its envelopes without
@@ -50,9 +51,10 @@
 //! conditional write and makes the blob visible. An erase deletes the
 //! manifest with `DELETE ... IF EXISTS` (which says whether the blob was
 //! held), then the other chunks with one range delete. No row is written
-//! both by transactions and by plain writes with different contents: rooms
-//! and manifests only by transactions, chunks and bucket entries only by
-//! plain writes, and envelope rows by both but always with the same bytes.
+//! both by transactions and by plain writes with different contents: rooms,
+//! governance changes and manifests only by transactions, chunks and
+//! bucket entries only by plain writes, and envelope rows by both but
+//! always with the same bytes.
 //! Plain writes carry client-side timestamps from one monotonic generator
 //! per store, so a chunk written again after an erase is newer than that
 //! erase's range tombstone.
@@ -95,7 +97,7 @@ use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Duration;
 
-use concord_core::{BlobHash, Genesis, RoomId};
+use concord_core::{BlobHash, Genesis, GovHead, RoomId};
 use futures::{StreamExt, TryStreamExt};
 use scylla::client::execution_profile::ExecutionProfile;
 use scylla::client::session::Session;
@@ -118,8 +120,8 @@ use tokio::sync::OnceCell;
 
 use super::retry::{Retrier, RetryPolicy};
 use super::{
-    check_blob_len, EnvelopeKey, RelayStore, RelayStoreError, StoreResult, StoredEnvelope, Written,
-    MAX_STORED_BLOB_BYTES,
+    check_blob_len, check_gov_change_len, EnvelopeKey, RelayStore, RelayStoreError, StoreResult,
+    StoredEnvelope, Written, MAX_STORED_BLOB_BYTES,
 };
 
 /// The largest chunk of a blob in one row. Both servers advise cells well
@@ -139,6 +141,12 @@ const ENVELOPE_PAGE: i32 = 128;
 
 /// Rows per page of the small tables (bucket entries, room genesis records).
 const ROW_PAGE: i32 = 1000;
+
+/// Governance changes per page when a room's are read. A change is at most
+/// 32 KiB (`MAX_GOV_CHANGE_BYTES`), so a page is at most 8 MiB, under the
+/// 16 MiB frame Cassandra accepts by default; a typical change is a few
+/// hundred bytes.
+const GOV_CHANGE_PAGE: i32 = 256;
 
 /// Envelope rows in one unlogged batch. A batch is one mutation of one
 /// partition on each replica; 256 rows of a typical flight are tens of
@@ -244,6 +252,8 @@ struct Statements {
     chunks: PreparedStatement,
     erase_manifest: PreparedStatement,
     erase_chunks: PreparedStatement,
+    put_governance: PreparedStatement,
+    governance: PreparedStatement,
 }
 
 /// A keyspace name the servers accept unquoted: a lowercase letter, then
@@ -515,7 +525,7 @@ impl CqlRelayStore {
 
     /// Creates the keyspace, replicated `replication_factor` times
     /// (`NetworkTopologyStrategy`, in the [`CqlOptions::datacenter`] if one
-    /// was given, else in every datacenter), and the four tables, if
+    /// was given, else in every datacenter), and the five tables, if
     /// absent, and waits until every node agrees on the schema.
     /// Idempotent: a keyspace or table that exists is left as it is.
     pub async fn create_schema(&self, replication_factor: u32) -> StoreResult<()> {
@@ -548,6 +558,10 @@ impl CqlRelayStore {
                  data blob, chunks int, len int, PRIMARY KEY ((room, hash), chunk))"
             ),
             format!("CREATE TABLE IF NOT EXISTS {ks}.rooms (room blob PRIMARY KEY, genesis blob)"),
+            format!(
+                "CREATE TABLE IF NOT EXISTS {ks}.governance (room blob, head blob, change blob, \
+                 PRIMARY KEY ((room), head))"
+            ),
         ];
         for text in statements {
             let mut statement = Statement::new(text);
@@ -643,6 +657,19 @@ impl CqlRelayStore {
                 None
             ),
         )?;
+        let (put_governance, governance) = futures::try_join!(
+            self.prepare(
+                format!(
+                    "INSERT INTO {ks}.governance (room, head, change) VALUES (?, ?, ?) \
+                     IF NOT EXISTS"
+                ),
+                None
+            ),
+            self.prepare(
+                format!("SELECT change FROM {ks}.governance WHERE room = ?"),
+                Some(GOV_CHANGE_PAGE)
+            ),
+        )?;
         Ok(Statements {
             put_room,
             rooms,
@@ -659,6 +686,8 @@ impl CqlRelayStore {
             chunks,
             erase_manifest,
             erase_chunks,
+            put_governance,
+            governance,
         })
     }
 
@@ -1016,6 +1045,31 @@ impl RelayStore for CqlRelayStore {
         let held = applied("erase blob", result)?;
         self.execute("erase blob chunks", &s.erase_chunks, values).await?;
         Ok(held)
+    }
+
+    async fn put_governance(
+        &self,
+        room: RoomId,
+        head: GovHead,
+        change: &[u8],
+    ) -> StoreResult<Written> {
+        check_gov_change_len(change)?;
+        let s = self.statements().await?;
+        let values = (room.as_bytes().as_slice(), head.as_slice(), change);
+        let result = self.execute("put governance", &s.put_governance, values).await?;
+        Ok(if applied("put governance", result)? {
+            Written::Inserted
+        } else {
+            Written::AlreadyPresent
+        })
+    }
+
+    async fn governance(&self, room: RoomId) -> StoreResult<Vec<Vec<u8>>> {
+        let s = self.statements().await?;
+        let values = (room.as_bytes().as_slice(),);
+        let rows: Vec<(Vec<u8>,)> =
+            self.select("read governance", &s.governance, values, usize::MAX).await?;
+        Ok(rows.into_iter().map(|(change,)| change).collect())
     }
 }
 

@@ -3,25 +3,27 @@
 //!
 //! # Tables
 //!
-//! Four tables, each named `<prefix><table>`, all on on-demand billing
+//! Five tables, each named `<prefix><table>`, all on on-demand billing
 //! (`PAY_PER_REQUEST`). Keys are binary and big-endian, so DynamoDB's byte
 //! order is the sort order:
 //!
-//! | table       | partition key `p` (B) | sort key `s`                          | attributes |
-//! |-------------|-----------------------|---------------------------------------|------------|
-//! | `envelopes` | room ‖ bucket (u32)   | B: hlc ‖ author ‖ envelope id         | `e`: the signed envelope |
-//! | `buckets`   | room                  | B: bucket (u32)                       | none |
-//! | `blobs`     | room ‖ blob hash      | N: chunk index                        | `d`: chunk bytes; on chunk 0 also `n` (chunk count) and `len` (blob length) |
-//! | `rooms`     | room                  | none                                  | `g`: the signed genesis |
+//! | table        | partition key `p` (B) | sort key `s`                  | attributes |
+//! |--------------|-----------------------|-------------------------------|------------|
+//! | `envelopes`  | room ‖ bucket (u32)   | B: hlc ‖ author ‖ envelope id | `e`: the signed envelope |
+//! | `buckets`    | room                  | B: bucket (u32)               | none |
+//! | `blobs`      | room ‖ blob hash      | N: chunk index                | `d`: chunk bytes; on chunk 0 also `n` (chunk count) and `len` (blob length) |
+//! | `rooms`      | room                  | none                          | `g`: the signed genesis |
+//! | `governance` | room                  | B: governance head (32 B)     | `c`: the signed governance change |
 //!
 //! # Writes
 //!
-//! An envelope, room or blob is written with `PutItem` conditional on
-//! `attribute_not_exists(p)`; a `ConditionalCheckFailedException` is
-//! [`Written::AlreadyPresent`]. An envelope's bucket entry is written first
-//! (unconditionally: it is the same item every time), then the envelope, so
-//! a crash between the two leaves at worst an empty bucket listed, never an
-//! envelope its bucket listing misses.
+//! An envelope, room, governance change or blob is written with `PutItem`
+//! conditional on `attribute_not_exists(p)`; a
+//! `ConditionalCheckFailedException` is [`Written::AlreadyPresent`]. An
+//! envelope's bucket entry is written first (unconditionally: it is the
+//! same item every time), then the envelope, so a crash between the two
+//! leaves at worst an empty bucket listed, never an envelope its bucket
+//! listing misses.
 //!
 //! A batch of envelopes ([`RelayStore::put_envelopes`], one sync flight) is
 //! written with `BatchWriteItem`, which takes at most 25 puts and cannot be
@@ -36,8 +38,8 @@
 //! are sent again after the [`RetryPolicy`] backoff, like a failed call;
 //! the tries count only calls in a row that wrote nothing, so a chunk that
 //! keeps progressing is not given up. Single envelopes (`put_envelope`),
-//! rooms and blob manifests stay conditional `PutItem`s, which is what
-//! lets them report [`Written::AlreadyPresent`].
+//! rooms, governance changes and blob manifests stay conditional
+//! `PutItem`s, which is what lets them report [`Written::AlreadyPresent`].
 //!
 //! Throttling, 5xx answers, timeouts and connection failures are
 //! [`RelayStoreError::Unavailable`] and are retried here with bounded,
@@ -63,13 +65,13 @@ use aws_sdk_dynamodb::types::{
     ReturnValue, ScalarAttributeType, TableStatus, WriteRequest,
 };
 use aws_sdk_dynamodb::Client;
-use concord_core::{BlobHash, Genesis, RoomId};
+use concord_core::{BlobHash, Genesis, GovHead, RoomId};
 use futures::{StreamExt, TryStreamExt};
 
 use super::retry::{Retrier, RetryPolicy};
 use super::{
-    check_blob_len, EnvelopeKey, RelayStore, RelayStoreError, StoreResult, StoredEnvelope, Written,
-    MAX_STORED_BLOB_BYTES,
+    check_blob_len, check_gov_change_len, EnvelopeKey, RelayStore, RelayStoreError, StoreResult,
+    StoredEnvelope, Written, MAX_STORED_BLOB_BYTES,
 };
 
 /// Table name suffixes; the prefix is the caller's.
@@ -77,6 +79,7 @@ const ENVELOPES: &str = "envelopes";
 const BUCKETS: &str = "buckets";
 const BLOBS: &str = "blobs";
 const ROOMS: &str = "rooms";
+const GOVERNANCE: &str = "governance";
 
 /// Attribute names: one letter each, because every item carries them and
 /// DynamoDB bills attribute names as item bytes.
@@ -84,6 +87,7 @@ const PK: &str = "p";
 const SK: &str = "s";
 const ENVELOPE: &str = "e";
 const GENESIS: &str = "g";
+const CHANGE: &str = "c";
 const DATA: &str = "d";
 const CHUNKS: &str = "n";
 const LEN: &str = "len";
@@ -138,6 +142,7 @@ pub struct DynamoRelayStore {
     buckets: String,
     blobs: String,
     rooms: String,
+    governance: String,
     retry: Retrier,
 }
 
@@ -290,6 +295,7 @@ impl DynamoRelayStore {
             buckets: format!("{table_prefix}{BUCKETS}"),
             blobs: format!("{table_prefix}{BLOBS}"),
             rooms: format!("{table_prefix}{ROOMS}"),
+            governance: format!("{table_prefix}{GOVERNANCE}"),
             retry: Retrier::new("dynamodb"),
         })
     }
@@ -300,7 +306,7 @@ impl DynamoRelayStore {
         self
     }
 
-    /// Creates the four tables if absent and waits until they are active.
+    /// Creates the five tables if absent and waits until they are active.
     /// Idempotent: tables that exist are left as they are.
     pub async fn create_tables(&self) -> StoreResult<()> {
         use ScalarAttributeType::{B, N};
@@ -309,6 +315,7 @@ impl DynamoRelayStore {
             (&self.buckets, Some(B)),
             (&self.blobs, Some(N)),
             (&self.rooms, None),
+            (&self.governance, Some(B)),
         ];
         for (name, sort) in &tables {
             self.create_table(name, sort.clone()).await?;
@@ -782,5 +789,27 @@ impl RelayStore for DynamoRelayStore {
             self.delete(&self.blobs, key).await?;
         }
         Ok(held)
+    }
+
+    async fn put_governance(
+        &self,
+        room: RoomId,
+        head: GovHead,
+        change: &[u8],
+    ) -> StoreResult<Written> {
+        check_gov_change_len(change)?;
+        let item = HashMap::from([
+            (PK.to_owned(), binary(room.as_bytes().as_slice())),
+            (SK.to_owned(), binary(head.as_slice())),
+            (CHANGE.to_owned(), binary(change)),
+        ]);
+        self.put_new(&self.governance, item).await
+    }
+
+    /// One `Query` of the room's partition, followed across pages.
+    async fn governance(&self, room: RoomId) -> StoreResult<Vec<Vec<u8>>> {
+        let items =
+            self.query(&self.governance, room.as_bytes().to_vec(), None, true, usize::MAX).await?;
+        items.iter().map(|item| Ok(get_binary(item, CHANGE)?.to_vec())).collect()
     }
 }

@@ -13,9 +13,11 @@
 //! - **blobs**: key (room, blob hash), value the blob. A blob larger than a
 //!   backend's item limit is split by that backend.
 //! - **rooms**: key room, value its signed genesis.
+//! - **governance**: partition key room, sort key change hash, value the
+//!   signed governance change (a rebuilt relay judges envelopes by them).
 //!
-//! Every write is idempotent: an envelope, blob or room is written only if
-//! absent, and a second write of the same key reports
+//! Every write is idempotent: an envelope, blob, room or governance change
+//! is written only if absent, and a second write of the same key reports
 //! [`Written::AlreadyPresent`] and changes nothing. Erasing a blob (when a
 //! delete reaches the relay) removes it for good.
 //!
@@ -40,7 +42,7 @@ mod sled_backend;
 
 use std::future::Future;
 
-use concord_core::{AuthorId, BlobHash, Envelope, Genesis, Hlc, RoomId};
+use concord_core::{AuthorId, BlobHash, Envelope, Genesis, GovHead, Hlc, RoomId};
 
 #[cfg(feature = "cql")]
 pub use cql::{CqlOptions, CqlRelayStore, CqlRetryPolicy};
@@ -99,6 +101,20 @@ fn check_blob_len(blob: &[u8]) -> StoreResult<()> {
             what: "blob",
             len: blob.len(),
             max: MAX_STORED_BLOB_BYTES,
+        });
+    }
+    Ok(())
+}
+
+/// Refuses a governance change larger than
+/// [`concord_core::MAX_GOV_CHANGE_BYTES`]: no replica would accept it, so
+/// no backend keeps it, and every backend refuses it the same way.
+fn check_gov_change_len(change: &[u8]) -> StoreResult<()> {
+    if change.len() > concord_core::MAX_GOV_CHANGE_BYTES {
+        return Err(RelayStoreError::TooLarge {
+            what: "governance change",
+            len: change.len(),
+            max: concord_core::MAX_GOV_CHANGE_BYTES,
         });
     }
     Ok(())
@@ -266,4 +282,17 @@ pub trait RelayStore: Send + Sync + 'static {
         room: RoomId,
         hash: BlobHash,
     ) -> impl Future<Output = StoreResult<bool>> + Send;
+
+    /// Writes a signed governance change (`CNCV`, at most
+    /// `concord_core::MAX_GOV_CHANGE_BYTES`) under its head if absent.
+    fn put_governance(
+        &self,
+        room: RoomId,
+        head: GovHead,
+        change: &[u8],
+    ) -> impl Future<Output = StoreResult<Written>> + Send;
+
+    /// Every governance change stored for `room`, in no particular order
+    /// (the replica orders them by their dependencies).
+    fn governance(&self, room: RoomId) -> impl Future<Output = StoreResult<Vec<Vec<u8>>>> + Send;
 }

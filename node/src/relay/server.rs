@@ -29,7 +29,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use concord_core::{
-    Delivery, Envelope, Genesis, Outbox, OutboxRecord, OutboxStore, Replica, SledStore, SystemClock,
+    Delivery, Envelope, Genesis, GovChange, Outbox, OutboxRecord, OutboxStore, Replica, SledStore,
+    SystemClock,
 };
 use futures::future::BoxFuture;
 use libp2p::Multiaddr;
@@ -444,6 +445,14 @@ impl<R: RelayStore> Mirror<R> {
                     self.metrics.blobs_erased.inc();
                 }
             }
+            OutboxRecord::Governance(change) => {
+                self.timed(self.store.put_governance(
+                    change.room(),
+                    change.head(),
+                    change.as_bytes(),
+                ))
+                .await?;
+            }
             OutboxRecord::Envelope(_) => {}
         }
         Ok(())
@@ -600,8 +609,8 @@ fn open_replica(dir: &Path) -> Result<(Replica<RelayReplicaStore>, Outbox<SledSt
 }
 
 /// Rebuilds rooms the relay store holds and the replica does not (the
-/// relay's local disk was lost): joins each and applies its envelopes,
-/// with their blobs, bucket by bucket.
+/// relay's local disk was lost): joins each, applies its governance, then
+/// its envelopes, with their blobs, bucket by bucket.
 async fn rebuild<R: RelayStore>(
     replica: Replica<RelayReplicaStore>,
     mirror: &Mirror<R>,
@@ -614,6 +623,21 @@ async fn rebuild<R: RelayStore>(
         let room = genesis.room_id();
         tracing::info!(%room, "rebuilding a room from the relay store");
         replica.join_room(genesis.as_bytes())?;
+        // Governance first: the envelopes are judged by the heads they cite.
+        let mut changes = Vec::new();
+        for raw in mirror.store.governance(room).await? {
+            match GovChange::from_bytes(&raw) {
+                Ok(change) => changes.push(change),
+                Err(e) => {
+                    tracing::warn!(%room, %e, "skipping a governance change that fails to verify")
+                }
+            }
+        }
+        for outcome in replica.apply_governance(&room, changes)? {
+            if let Err(e) = outcome {
+                tracing::warn!(%room, %e, "a stored governance change was refused");
+            }
+        }
         for bucket in mirror.store.buckets(room).await? {
             let mut after = None;
             loop {

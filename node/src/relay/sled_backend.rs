@@ -1,7 +1,8 @@
 //! The embedded relay store: sled on the relay's disk, one tree per table.
 //! Keys are the wide-column keys concatenated, big-endian, so byte order is
 //! sort order: `room ‖ bucket ‖ hlc ‖ author ‖ envelope id` for envelopes,
-//! `room ‖ bucket` for buckets, `room ‖ hash` for blobs, `room` for rooms.
+//! `room ‖ bucket` for buckets, `room ‖ hash` for blobs, `room` for rooms,
+//! `room ‖ head` for governance changes (value: the signed change).
 //! Each write is one sled transaction, flushed before it returns; a batch of
 //! envelopes ([`RelayStore::put_envelopes`]) is one transaction and one
 //! flush for the whole batch.
@@ -10,18 +11,20 @@ use std::collections::BTreeSet;
 use std::ops::Bound;
 use std::path::Path;
 
-use concord_core::{BlobHash, Genesis, RoomId};
+use concord_core::{BlobHash, Genesis, GovHead, RoomId};
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
 
 use super::{
-    check_blob_len, EnvelopeKey, RelayStore, RelayStoreError, StoreResult, StoredEnvelope, Written,
+    check_blob_len, check_gov_change_len, EnvelopeKey, RelayStore, RelayStoreError, StoreResult,
+    StoredEnvelope, Written,
 };
 
 const ENVELOPES: &str = "relay-envelopes-1";
 const BUCKETS: &str = "relay-buckets-1";
 const BLOBS: &str = "relay-blobs-1";
 const ROOMS: &str = "relay-rooms-1";
+const GOVERNANCE: &str = "relay-governance-1";
 
 /// The relay store on sled, the embedded default.
 #[derive(Clone, Debug)]
@@ -31,6 +34,7 @@ pub struct SledRelayStore {
     buckets: sled::Tree,
     blobs: sled::Tree,
     rooms: sled::Tree,
+    governance: sled::Tree,
 }
 
 fn io(e: impl std::fmt::Display) -> RelayStoreError {
@@ -49,6 +53,10 @@ fn blob_key(room: &RoomId, hash: &BlobHash) -> Vec<u8> {
     [room.as_bytes().as_slice(), hash.as_bytes()].concat()
 }
 
+fn governance_key(room: &RoomId, head: &GovHead) -> Vec<u8> {
+    [room.as_bytes().as_slice(), head.as_slice()].concat()
+}
+
 impl SledRelayStore {
     /// Opens (or creates) the store in `dir`.
     pub fn open(dir: &Path) -> StoreResult<Self> {
@@ -60,6 +68,7 @@ impl SledRelayStore {
             buckets: tree(BUCKETS)?,
             blobs: tree(BLOBS)?,
             rooms: tree(ROOMS)?,
+            governance: tree(GOVERNANCE)?,
             db,
         })
     }
@@ -233,5 +242,24 @@ impl RelayStore for SledRelayStore {
         let held = self.blobs.remove(blob_key(&room, &hash)).map_err(io)?.is_some();
         self.flush().await?;
         Ok(held)
+    }
+
+    async fn put_governance(
+        &self,
+        room: RoomId,
+        head: GovHead,
+        change: &[u8],
+    ) -> StoreResult<Written> {
+        check_gov_change_len(change)?;
+        self.insert_new(&self.governance, governance_key(&room, &head), change).await
+    }
+
+    async fn governance(&self, room: RoomId) -> StoreResult<Vec<Vec<u8>>> {
+        let mut out = Vec::new();
+        for item in self.governance.scan_prefix(room.as_bytes()) {
+            let (_, value) = item.map_err(io)?;
+            out.push(value.to_vec());
+        }
+        Ok(out)
     }
 }

@@ -5,11 +5,11 @@
 use std::collections::BTreeSet;
 
 use concord_core::{
-    BlobHash, Draft, Envelope, Genesis, Hlc, ManualClock, MemoryStore, Op, Replica, RoomId,
-    BUCKET_SPAN_MILLIS, MAX_BLOB_BYTES,
+    Action, BlobHash, Draft, Envelope, Genesis, GovChange, Hlc, ManualClock, MemoryStore, Op,
+    Replica, RoomId, BUCKET_SPAN_MILLIS, MAX_BLOB_BYTES, MAX_GOV_CHANGE_BYTES,
 };
 
-use concord_node::relay::{EnvelopeKey, RelayStore, StoredEnvelope, Written};
+use concord_node::relay::{EnvelopeKey, RelayStore, RelayStoreError, StoredEnvelope, Written};
 
 /// Real signed envelopes and genesis records, from two replicas, to store.
 pub struct Material {
@@ -87,6 +87,38 @@ pub fn batch_material() -> BatchMaterial {
         clock.advance(50);
     }
     BatchMaterial { room, envelopes }
+}
+
+/// Signed governance changes of two rooms: the first room's founding
+/// change and two topic changes, and the second room's founding change.
+/// Each room comes with its changes, oldest first.
+pub fn gov_material() -> Vec<(RoomId, Vec<GovChange>)> {
+    let clock = std::sync::Arc::new(ManualClock::new(1_750_000_000_000));
+    let mut erin =
+        Replica::open_with_seed(MemoryStore::new(), clock.clone(), [5; 32]).expect("replica");
+    let mut rooms = Vec::new();
+    for (name, topics) in [("relay governance", 2), ("relay governance too", 0)] {
+        let room = erin.create_room(name).expect("room");
+        for i in 0..topics {
+            clock.advance(11);
+            erin.govern(&room, Action::SetTopic(format!("topic {i}"))).expect("govern");
+        }
+        let changes = erin.governance_since(&room, &[]).expect("governance");
+        assert_eq!(changes.len(), 1 + topics, "the founding change and the topics");
+        rooms.push((room, changes));
+    }
+    rooms
+}
+
+/// The bytes of `changes`, sorted: [`RelayStore::governance`] returns a
+/// room's changes in no particular order.
+fn gov_bytes(changes: &[GovChange]) -> Vec<Vec<u8>> {
+    sorted_bytes(changes.iter().map(|c| c.as_bytes().to_vec()).collect())
+}
+
+fn sorted_bytes(mut rows: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
+    rows.sort();
+    rows
 }
 
 fn sorted(mut rows: Vec<StoredEnvelope>) -> Vec<StoredEnvelope> {
@@ -182,7 +214,68 @@ pub async fn run<S: RelayStore>(store: &S) {
         assert!(!store.erase_blob(room, hash).await.expect("erase"), "{name}: erase twice");
     }
 
+    run_governance(store).await;
     run_batches(store).await;
+}
+
+/// Governance changes, on a store where [`gov_material`]'s rooms have none:
+/// idempotent, kept apart by room, read back byte for byte, and refused
+/// over [`MAX_GOV_CHANGE_BYTES`].
+pub async fn run_governance<S: RelayStore>(store: &S) {
+    let rooms = gov_material();
+    let name = store.backend();
+    for (room, _) in &rooms {
+        assert!(store.governance(*room).await.expect("governance").is_empty(), "{name}");
+    }
+
+    for (room, changes) in &rooms {
+        // Newest first: the store does not care about dependencies.
+        for change in changes.iter().rev() {
+            let put = store.put_governance(*room, change.head(), change.as_bytes());
+            assert_eq!(put.await.expect("put governance"), Written::Inserted, "{name}");
+        }
+        for change in changes {
+            let again = store.put_governance(*room, change.head(), change.as_bytes());
+            let again = again.await.expect("put governance again");
+            assert_eq!(again, Written::AlreadyPresent, "{name}: repeated governance change");
+        }
+    }
+
+    // Each room reads back exactly its own changes, and they verify.
+    for (room, changes) in &rooms {
+        let got = store.governance(*room).await.expect("governance");
+        assert_eq!(sorted_bytes(got.clone()), gov_bytes(changes), "{name}: governance of a room");
+        for bytes in &got {
+            let change = GovChange::from_bytes(bytes).expect("stored governance change verifies");
+            assert_eq!(change.room(), *room, "{name}: a change of another room");
+        }
+    }
+    let stranger = RoomId::from_bytes([0xEE; 32]);
+    assert!(store.governance(stranger).await.expect("governance").is_empty(), "{name}");
+
+    // One byte over the limit is refused and leaves nothing behind.
+    let (room, changes) = &rooms[0];
+    let mut oversized = changes[0].as_bytes().to_vec();
+    oversized.resize(MAX_GOV_CHANGE_BYTES + 1, 0);
+    let head = *blake3::hash(&oversized).as_bytes();
+    match store.put_governance(*room, head, &oversized).await {
+        Err(RelayStoreError::TooLarge { len, max, .. }) => {
+            assert_eq!((len, max), (MAX_GOV_CHANGE_BYTES + 1, MAX_GOV_CHANGE_BYTES), "{name}");
+        }
+        other => panic!("{name}: an oversized governance change gave {other:?}"),
+    }
+    let got = store.governance(*room).await.expect("governance");
+    assert_eq!(sorted_bytes(got), gov_bytes(changes), "{name}: after an oversized change");
+
+    // The limit itself fits every backend's row. The store keeps bytes
+    // without judging them (the replica does), so filler will do, in a
+    // room of its own.
+    let limit_room = RoomId::from_bytes([0xB0; 32]);
+    let at_limit = vec![0x5Au8; MAX_GOV_CHANGE_BYTES];
+    let put = store.put_governance(limit_room, [0x5A; 32], &at_limit).await;
+    assert_eq!(put.expect("governance change at the limit"), Written::Inserted, "{name}");
+    let got = store.governance(limit_room).await.expect("governance");
+    assert_eq!(got, vec![at_limit], "{name}: governance change at the limit");
 }
 
 /// Reads every row of `room`, partition by partition in bucket order, and
@@ -260,6 +353,10 @@ pub async fn run_reopen<S: RelayStore>(reopened: &S) {
         all.extend(reopened.envelopes(room, bucket, None, 1000).await.expect("range"));
     }
     assert_eq!(all, sorted(m.envelopes.clone()), "{name}: envelopes after reopen");
+    for (room, changes) in gov_material() {
+        let got = reopened.governance(room).await.expect("governance");
+        assert_eq!(sorted_bytes(got), gov_bytes(&changes), "{name}: governance after reopen");
+    }
     let batches = batch_material();
     assert_exactly(reopened, batches.room, &batches.envelopes).await;
 }

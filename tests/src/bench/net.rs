@@ -24,8 +24,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, ensure, Result};
 use concord_core::{
-    Clock, Delivery, ManualClock, MessageId, Replica, RoomId, SledStore, Subscription, SyncStats,
-    SystemClock, TimelineDiff, TimelineListener,
+    Clock, Delivery, GovChange, ManualClock, MessageId, Replica, RoomId, SledStore, Subscription,
+    SyncStats, SystemClock, TimelineDiff, TimelineListener,
 };
 use concord_node::{Multiaddr, Node, NodeConfig, NodeEvent, PeerId, Room};
 use futures::StreamExt;
@@ -238,10 +238,19 @@ impl ConcordNet {
             .replica()
             .try_call(move |r| Ok(r.genesis(&room)?.as_bytes().to_vec()))
             .await?;
+        // Joiners hold the room's governance too, as a first catch-up would
+        // bring it: messages cite it.
+        let governance =
+            nodes[0].0.replica().try_call(move |r| r.governance_since(&room, &[])).await?;
         let mut peers = Vec::with_capacity(n);
         for (node, addr, dir) in nodes {
-            let g = genesis.clone();
-            node.replica().try_call(move |r| r.join_room(&g)).await?;
+            let (g, changes) = (genesis.clone(), governance.clone());
+            node.replica()
+                .try_call(move |r| {
+                    r.join_room(&g)?;
+                    r.apply_governance(&room, changes).map(drop)
+                })
+                .await?;
             node.join(room).await?;
             let room = node.room(room).await?;
             let arrivals = Arc::new(Arrivals::default());
@@ -1165,12 +1174,14 @@ impl Template {
     fn build(
         key: [u8; 32],
         genesis: &[u8],
+        governance: &[GovChange],
         deliveries: &[Delivery],
         clock: Arc<dyn Clock>,
     ) -> Result<Self> {
         let dir = tempfile::tempdir()?;
         let mut replica = Replica::open_with_seed(open_store(dir.path())?, clock, key)?;
         let room = replica.join_room(genesis)?;
+        replica.apply_governance(&room, governance.to_vec())?;
         apply_all(&mut replica, &room, deliveries)?;
         Ok(Self { key, dir, _replica: replica })
     }
@@ -1254,6 +1265,7 @@ pub fn run_catchup(ctx: &Ctx) -> Result<Report> {
     origin.post(&w.messages, GROUP)?;
     let room = origin.room;
     let genesis = origin.replica.genesis(&room)?.as_bytes().to_vec();
+    let governance = origin.replica.governance_since(&room, &[])?;
     let mut deliveries = origin.replica.deliveries(&room)?;
     ensure!(deliveries.len() == n, "{} envelopes for {n} messages", deliveries.len());
     deliveries.sort_by_key(|d| (d.envelope.bucket(), d.envelope.clock_range().0));
@@ -1264,8 +1276,8 @@ pub fn run_catchup(ctx: &Ctx) -> Result<Report> {
     let keys = seeds(&mut net_rng(ctx.seed, NetStream::Keys), 2);
     let base = n - max_k;
     let templates = [
-        Template::build(keys[0], &genesis, &deliveries[..base], clock.clone())?,
-        Template::build(keys[1], &genesis, &deliveries[..base], clock.clone())?,
+        Template::build(keys[0], &genesis, &governance, &deliveries[..base], clock.clone())?,
+        Template::build(keys[1], &genesis, &governance, &deliveries[..base], clock.clone())?,
     ];
     let rt = runtime()?;
     let mut metrics = Vec::new();

@@ -18,9 +18,10 @@ use std::time::Duration;
 use clap::Args;
 use concord_node::core::SledStore;
 use concord_node::{
-    AuthorId, DeliveryState, Message, MessageId, Multiaddr, Node, NodeConfig, NodeError, NodeEvent,
-    Room, RoomId, RoomTicket, SignalKind, TimelineDiff, TimelineListener,
+    AuthorId, DeliveryState, Invite, Message, MessageId, Multiaddr, Node, NodeConfig, NodeError,
+    NodeEvent, Role, Room, RoomId, RoomTicket, SignalKind, TimelineDiff, TimelineListener,
 };
+use data_encoding::HEXLOWER_PERMISSIVE;
 use tokio::sync::{broadcast, mpsc};
 
 use crate::common::{
@@ -50,12 +51,21 @@ Each line you type is sent as a message. Lines starting with / are commands:
   /peers           connected peers and what members last said about themselves
   /ticket          print a ticket for the room again
   /history         print the whole timeline again
+  /members         the room's name, topic, members with their roles, and bans
+  /role KEY ROLE   set a member's role (admin, moderator, member, read-only)
+  /kick KEY        remove a member          /ban KEY   /unban KEY
+  /topic TEXT      set the topic            /rename NAME   rename the room
+  /invite [KEY]    print an invite, for one author id or for whoever uses it first
+  /redeem INVITE   join a room of members with an invite you were given
+  /audit           who changed the room's governance, what and when
+  /whoami          your author id
   /quit            leave (end of input does the same)
 N is the number in front of each message; numbers are local to this session.
+KEY is an author id, or the first hex digits of a member's (as shown).
 Start a line with // to send a message that begins with /.
 
 Other members are shown by the first 8 hex digits of their author id: display
-names are not part of the protocol yet (room governance will bring them).";
+names are not part of the protocol yet.";
 
 /// Arguments of `concord chat`.
 #[derive(Args)]
@@ -495,6 +505,52 @@ impl View {
                 self.resync().await.map_err(|e| Mistake::Said(e.to_string()))?;
                 say!("--- {} messages ---", self.shown.len());
             }
+            "whoami" => say!("you are {}", self.me),
+            "members" => self.members().await?,
+            "audit" => {
+                let trail =
+                    self.room.audit().await.map_err(|e| failed("read the audit trail", e))?;
+                for e in trail {
+                    say!("  {} {} {}", e.time_millis, short(&e.author), e.action.describe());
+                }
+            }
+            "role" => {
+                let (key, role) = rest.split_once(' ').unwrap_or((rest, ""));
+                let role = Role::parse(role.trim()).ok_or_else(|| {
+                    Mistake::Said("usage: /role KEY admin|moderator|member|read-only".into())
+                })?;
+                let member = self.author(key).await?;
+                self.room.set_role(member, role).await.map_err(|e| failed("set the role", e))?;
+            }
+            "kick" | "ban" | "unban" => {
+                let member = self.author(rest).await?;
+                let done = match verb {
+                    "kick" => self.room.kick(member).await,
+                    "ban" => self.room.ban(member).await,
+                    _ => self.room.unban(member).await,
+                };
+                done.map_err(|e| failed(verb, e))?;
+            }
+            "topic" => self.room.set_topic(rest).await.map_err(|e| failed("set the topic", e))?,
+            "rename" => self.room.set_name(rest).await.map_err(|e| failed("rename", e))?,
+            "invite" => {
+                let invitee = if rest.is_empty() { None } else { Some(self.author(rest).await?) };
+                let invite = self
+                    .room
+                    .invite(Role::Member, invitee, None)
+                    .await
+                    .map_err(|e| failed("invite", e))?;
+                say!("invite: {}", HEXLOWER_PERMISSIVE.encode(invite.as_bytes()));
+            }
+            "redeem" => {
+                let invite = HEXLOWER_PERMISSIVE
+                    .decode(rest.as_bytes())
+                    .ok()
+                    .and_then(|b| Invite::from_bytes(&b).ok())
+                    .ok_or_else(|| Mistake::Said("usage: /redeem INVITE (hex)".into()))?;
+                self.room.redeem(invite).await.map_err(|e| failed("redeem the invite", e))?;
+                say!("* you are a member");
+            }
             _ => return Err(Mistake::Said(format!("unknown command /{verb} (try /help)"))),
         }
         Ok(Flow::Continue)
@@ -514,6 +570,42 @@ impl View {
             .filter(|id| self.shown.contains_key(id))
             .ok_or_else(|| Mistake::Said(format!("no message [{n}] in this session")))?;
         Ok((*id, rest.trim()))
+    }
+
+    async fn members(&self) -> Result<(), Mistake> {
+        let gov = self.room.governance().await.map_err(|e| failed("read the governance", e))?;
+        say!(
+            "room {:?}, topic {:?}{}",
+            gov.name(),
+            gov.topic(),
+            if gov.is_open() { " (open)" } else { "" }
+        );
+        for (author, member) in gov.members() {
+            say!("  {} {}", author, member.role);
+        }
+        for author in gov.bans().keys() {
+            say!("  {author} banned");
+        }
+        Ok(())
+    }
+
+    /// An author id from a full id or a unique prefix of a listed member's.
+    async fn author(&self, key: &str) -> Result<AuthorId, Mistake> {
+        let key = key.trim();
+        if let Ok(author) = key.parse::<AuthorId>() {
+            return Ok(author);
+        }
+        let gov = self.room.governance().await.map_err(|e| failed("read the governance", e))?;
+        let mut matches = gov
+            .members()
+            .keys()
+            .chain(gov.bans().keys())
+            .filter(|a| !key.is_empty() && a.to_string().starts_with(key));
+        match (matches.next(), matches.next()) {
+            (Some(author), None) => Ok(*author),
+            (Some(_), Some(_)) => Err(Mistake::Said(format!("{key} names several members"))),
+            _ => Err(Mistake::Said(format!("no member {key:?}: give the whole author id"))),
+        }
     }
 
     async fn peers(&self) -> Result<(), Mistake> {

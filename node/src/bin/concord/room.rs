@@ -24,6 +24,10 @@ pub enum RoomCommand {
     Create {
         /// The room's name.
         name: String,
+        /// A room of members only: others join with an invite (`/invite` in
+        /// `concord chat`), not with the ticket alone.
+        #[arg(long)]
+        members_only: bool,
         #[command(flatten)]
         store: StoreArgs,
         #[command(flatten)]
@@ -92,7 +96,9 @@ pub async fn run(command: RoomCommand) -> CliResult<ExitCode> {
     };
     let node = open_node(&store.dir()?, config)?;
     let result = match &command {
-        RoomCommand::Create { name, listen, .. } => create(&node, name, &listen.listen).await,
+        RoomCommand::Create { name, listen, members_only, .. } => {
+            create(&node, name, *members_only, &listen.listen).await
+        }
         RoomCommand::List { .. } => list(&node).await,
         RoomCommand::Ticket { room, listen, .. } => {
             ticket(&node, room.as_deref(), &listen.listen).await
@@ -104,9 +110,19 @@ pub async fn run(command: RoomCommand) -> CliResult<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn create(node: &Node, name: &str, listen: &[Multiaddr]) -> CliResult<()> {
+async fn create(
+    node: &Node,
+    name: &str,
+    members_only: bool,
+    listen: &[Multiaddr],
+) -> CliResult<()> {
     listen_all(node, listen).await?;
-    let room = node.create_room(name).await.context("cannot create the room")?;
+    let room = if members_only {
+        node.create_room_with(name, Vec::new()).await
+    } else {
+        node.create_room(name).await
+    }
+    .context("cannot create the room")?;
     say!("room: {}", room.id());
     print_ticket(node, room.id(), listen).await
 }

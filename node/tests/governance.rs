@@ -1,0 +1,109 @@
+//! Room governance over real swarms on 127.0.0.1: a room of members only,
+//! an invite redeemed by a device that joined with a ticket, roles and
+//! topic changes spreading by gossip and catch-up, a moderator's delete
+//! erasing a member's message everywhere, and a removed member whose posts
+//! every peer refuses.
+
+mod common;
+
+use common::{clock, config, peer, until, until_converged};
+use concord_core::{Action, Denied, Error, GovError, Role};
+use concord_node::NodeError;
+
+fn loopback() -> concord_node::Multiaddr {
+    "/ip4/127.0.0.1/tcp/0".parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_members_invites_roles_and_removal_over_the_network() {
+    let clock = clock();
+    let a = peer(1, &clock, config());
+    let b = peer(2, &clock, config());
+    let c = peer(3, &clock, config());
+    a.node.listen(loopback()).await.unwrap();
+    let room =
+        a.node.create_room_with("crew", vec![(b.node.author(), Role::Member)]).await.unwrap();
+    let ticket = room.ticket().await.unwrap();
+
+    // B, a founding member, joins with the ticket; catch-up brings the
+    // governance, and B posts.
+    let b_room = b.node.join_ticket(&ticket).await.unwrap();
+    until("B sees the governance", || async {
+        b_room.governance().await.unwrap().role(&b.node.author()) == Some(Role::Member)
+    })
+    .await;
+    b_room.send("B is here").await.unwrap();
+    until_converged(&[&a.node, &b.node], room.id(), 1).await;
+
+    // C holds the ticket but no invite: it may not post.
+    let c_room = c.node.join_ticket(&ticket).await.unwrap();
+    until("C sees the governance", || async { c_room.governance().await.unwrap().founded() }).await;
+    assert!(matches!(
+        c_room.send("let me in").await,
+        Err(NodeError::Core(Error::Governance(GovError::Denied(Denied::NotMember))))
+    ));
+    // A invites C's key; the invite reaches C by gossip or catch-up, and
+    // C redeems it.
+    clock.advance(10);
+    let invite = room.invite(Role::Member, Some(c.node.author()), None).await.unwrap();
+    until("C sees the invite", || async {
+        c_room.governance().await.unwrap().invite(&invite.id()).is_some()
+    })
+    .await;
+    c_room.redeem(invite).await.unwrap();
+    until("everyone sees C join", || async {
+        room.governance().await.unwrap().role(&c.node.author()) == Some(Role::Member)
+            && b_room.governance().await.unwrap().role(&c.node.author()) == Some(Role::Member)
+    })
+    .await;
+    clock.advance(10);
+    let hello = c_room.send("C joined").await.unwrap();
+    until_converged(&[&a.node, &b.node, &c.node], room.id(), 2).await;
+
+    // A makes B a moderator and sets the topic; B deletes C's message, and
+    // it is gone from every replica.
+    clock.advance(10);
+    room.set_role(b.node.author(), Role::Moderator).await.unwrap();
+    room.set_topic("launch").await.unwrap();
+    until("B is a moderator", || async {
+        b_room.governance().await.unwrap().role(&b.node.author()) == Some(Role::Moderator)
+    })
+    .await;
+    clock.advance(10);
+    b_room.delete(hello).await.unwrap();
+    until_converged(&[&a.node, &b.node, &c.node], room.id(), 1).await;
+    assert_eq!(c_room.governance().await.unwrap().topic(), "launch");
+
+    // A removes C: once C's replica holds the removal it refuses C's
+    // posts, and the audit trail on every replica says who did what.
+    clock.advance(10);
+    room.kick(c.node.author()).await.unwrap();
+    until("C sees the removal", || async {
+        c_room.governance().await.unwrap().role(&c.node.author()).is_none()
+    })
+    .await;
+    assert!(matches!(
+        c_room.send("still here?").await,
+        Err(NodeError::Core(Error::Governance(GovError::Denied(Denied::NotMember))))
+    ));
+    let trail = room.audit().await.unwrap();
+    let actions: Vec<&Action> = trail.iter().map(|e| &e.action).collect();
+    assert!(matches!(
+        actions.as_slice(),
+        [
+            Action::Init { .. },
+            Action::Invite(_),
+            Action::Join(_),
+            Action::SetRole { .. },
+            Action::SetTopic(_),
+            Action::Remove { .. },
+        ]
+    ));
+    until("the same trail everywhere", || async {
+        b_room.audit().await.unwrap() == trail && c_room.audit().await.unwrap() == trail
+    })
+    .await;
+    for p in [a, b, c] {
+        p.node.shutdown().await.unwrap();
+    }
+}
