@@ -167,43 +167,58 @@ fn denied(outcome: &Result<Applied, EnvelopeError>) -> bool {
     matches!(outcome, Err(EnvelopeError::Denied(_)))
 }
 
-/// A moderation tombstone for `post`, written by hand into the document of
-/// `seed`'s key (root map `k`, docs/protocol.md) after `prior` (that key's
-/// earlier envelopes in the bucket), and signed by that key: what a member
-/// who is no moderator would have to forge.
-fn forged_moderation(seed: u8, post: &Sent, prior: &[&Delivery], heads: Vec<[u8; 32]>) -> Delivery {
+/// One entry (`key` → `value` in root map `root`) written by hand into the
+/// document of `seed`'s key, after `prior` (that key's earlier envelopes in
+/// the bucket), in the bucket of `like`, citing `heads`, and signed by that
+/// key: what a device must forge to get around its own replica's refusals.
+fn forged_write(
+    seed: u8,
+    like: &Sent,
+    prior: &[&Delivery],
+    (root, key, value): (&str, String, Vec<u8>),
+    heads: Vec<[u8; 32]>,
+) -> Delivery {
     let author = DeviceKey::from_seed([seed; 32]).author();
     let client = concord_core::client_id(&author);
     let doc = yrs::Doc::with_client_id(client);
-    let map = doc.get_or_insert_map("k");
+    let map = doc.get_or_insert_map(root);
     for d in prior {
         let update = yrs::Update::decode_v1(d.envelope.update()).unwrap();
         doc.transact_mut().apply_update(update).unwrap();
     }
     let before = doc.transact().state_vector();
     let start = prior.iter().map(|d| d.envelope.clock_range().1).max().unwrap_or(0);
-    let mut record = post.delivery.envelope.hlc().as_u64().to_be_bytes().to_vec();
-    record.extend_from_slice(&(post.delivery.envelope.hlc().as_u64() + 1).to_be_bytes());
-    map.insert(
-        &mut doc.transact_mut(),
-        post.id.as_uuid().simple().to_string(),
-        Any::Buffer(record.into()),
-    );
+    map.insert(&mut doc.transact_mut(), key, Any::Buffer(value.into()));
     let update = doc.transact().encode_state_as_update_v1(&before);
     let envelope = common::RawEnvelope {
-        room: *post.delivery.envelope.room().as_bytes(),
-        bucket: post.delivery.envelope.bucket(),
+        room: *like.delivery.envelope.room().as_bytes(),
+        bucket: like.delivery.envelope.bucket(),
         author: *author.as_bytes(),
         client,
         clock_start: start,
         clock_end: start + 1,
-        hlc: post.delivery.envelope.hlc().as_u64() + 1,
+        hlc: like.delivery.envelope.hlc().as_u64() + 1,
         update,
         blobs: vec![],
         gov_heads: heads,
     }
     .sign(&common::signing_key(seed));
     Delivery::from_bytes(&common::delivery_bytes(&envelope, &[])).unwrap()
+}
+
+/// A moderator's delete of `post` (root map `k`, docs/protocol.md), forged
+/// by `seed`'s key.
+fn forged_moderation(seed: u8, post: &Sent, prior: &[&Delivery], heads: Vec<[u8; 32]>) -> Delivery {
+    let mut record = post.delivery.envelope.hlc().as_u64().to_be_bytes().to_vec();
+    record.extend_from_slice(&(post.delivery.envelope.hlc().as_u64() + 1).to_be_bytes());
+    let entry = ("k", post.id.as_uuid().simple().to_string(), record);
+    forged_write(seed, post, prior, entry, heads)
+}
+
+/// A post (root map `m`) by `seed`'s key in the bucket of `like`, forged.
+fn forged_post(seed: u8, like: &Sent, heads: Vec<[u8; 32]>) -> Delivery {
+    let entry = ("m", "0192542eb4807eac881f0fb7637983b8".to_owned(), vec![1u8; 41]);
+    forged_write(seed, like, &[], entry, heads)
 }
 
 #[test]
@@ -272,32 +287,6 @@ fn test_messages_are_judged_by_the_authors_role_at_the_heads_they_cite() {
         );
     }
     assert!(c.moderator.message_by_id(&room, &alices.id).unwrap().is_none());
-}
-
-/// A post by `seed`'s key shaped like `like` (same bucket, a fresh id), citing `heads`.
-fn forged_post(seed: u8, like: &Sent, heads: Vec<[u8; 32]>) -> Delivery {
-    let author = DeviceKey::from_seed([seed; 32]).author();
-    let client = concord_core::client_id(&author);
-    let doc = yrs::Doc::with_client_id(client);
-    let map = doc.get_or_insert_map("m");
-    let mut txn = doc.transact_mut();
-    map.insert(&mut txn, "0192542eb4807eac881f0fb7637983b8", Any::Buffer(vec![1u8; 41].into()));
-    let update = txn.encode_update_v1();
-    drop(txn);
-    let envelope = common::RawEnvelope {
-        room: *like.delivery.envelope.room().as_bytes(),
-        bucket: like.delivery.envelope.bucket(),
-        author: *author.as_bytes(),
-        client,
-        clock_start: 0,
-        clock_end: 1,
-        hlc: like.delivery.envelope.hlc().as_u64() + 1,
-        update,
-        blobs: vec![],
-        gov_heads: heads,
-    }
-    .sign(&common::signing_key(seed));
-    Delivery::from_bytes(&common::delivery_bytes(&envelope, &[])).unwrap()
 }
 
 #[test]
