@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use concord_core::{
-    AuthorId, Clock, Delivery, GovChange, Hlc, Replica, RoomId, Signal, SignalKind, Store,
-    SyncSession, SyncStats, GOV_MAGIC,
+    AuthorId, Clock, Delivery, GovApplied, GovChange, Hlc, Replica, RoomId, Signal, SignalKind,
+    Store, SyncSession, SyncStats, GOV_MAGIC,
 };
 use futures::future::BoxFuture;
 use futures::StreamExt;
@@ -863,6 +863,9 @@ impl<S: Store + 'static> State<S> {
                         return MessageAcceptance::Reject;
                     }
                     return match r.apply_governance(&room, vec![change]).map(|mut v| v.pop()) {
+                        // One whose dependencies are missing is kept, not
+                        // forwarded: catch-up brings honest ones in order.
+                        Ok(Some(Ok(GovApplied::Pending { .. }))) => MessageAcceptance::Ignore,
                         Ok(Some(Ok(_))) => MessageAcceptance::Accept,
                         Ok(Some(Err(_))) => MessageAcceptance::Reject,
                         _ => MessageAcceptance::Ignore,
