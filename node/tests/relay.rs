@@ -104,7 +104,12 @@ impl RelayProcess {
         assert!(status.success());
         let exit = self.child.wait().expect("reap the relay");
         assert!(exit.success(), "the relay exited with {exit}");
-        let said: Vec<String> = self.lines.try_iter().collect();
+        // The reader thread may still hold the last lines: read until it
+        // reaches the end of the exited relay's output.
+        let mut said = Vec::new();
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(10)) {
+            said.push(line);
+        }
         assert!(said.iter().any(|l| l == "relay stopped"), "no clean stop: {said:?}");
     }
 
