@@ -15,10 +15,9 @@ use common::{clock, config, peer, until};
 use concord_core::{Action, DeviceKey, Flight, GovChange, Governance, Role, RoomId, SyncMessage};
 use concord_node::{NodeEvent, SyncRequest};
 use futures::StreamExt;
-use libp2p::gossipsub::{self, IdentTopic, MessageAuthenticity, ValidationMode};
+use libp2p::gossipsub::IdentTopic;
 use libp2p::request_response;
 use libp2p::swarm::SwarmEvent;
-use libp2p::{noise, tcp, yamux};
 
 const T0: i64 = common::EPOCH_MILLIS as i64;
 
@@ -91,50 +90,13 @@ async fn test_forged_governance_by_gossip_and_sync_is_refused_and_changes_nothin
     let before = (room.governance().await.unwrap(), room.audit().await.unwrap());
 
     // Gossip: a plain gossipsub peer publishes 300 forgeries on the room's topic.
-    let mut hostile = libp2p::SwarmBuilder::with_new_identity()
-        .with_tokio()
-        .with_tcp(tcp::Config::default(), noise::Config::new, yamux::Config::default)
-        .unwrap()
-        .with_behaviour(|key| {
-            let config = gossipsub::ConfigBuilder::default()
-                .validation_mode(ValidationMode::Strict)
-                .heartbeat_interval(Duration::from_millis(200))
-                .build()
-                .unwrap();
-            gossipsub::Behaviour::<gossipsub::IdentityTransform>::new(
-                MessageAuthenticity::Signed(key.clone()),
-                config,
-            )
-            .unwrap()
-        })
-        .unwrap()
-        .build();
-    let hostile_id = *hostile.local_peer_id();
     let topic = IdentTopic::new(format!("concord/room/{id}"));
-    hostile.behaviour_mut().subscribe(&topic).unwrap();
+    let mut hostile = common::gossip_attacker(&topic);
+    let hostile_id = *hostile.local_peer_id();
     hostile.dial(addr.clone()).unwrap();
     let payloads = forgeries(7, id, creator, &real, &elsewhere[0], 300);
-    let attack = tokio::spawn(async move {
-        let mut sent = 0;
-        let mut deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        let mut tick = tokio::time::interval(Duration::from_millis(10));
-        while tokio::time::Instant::now() < deadline {
-            tokio::select! {
-                _ = hostile.select_next_some() => {}
-                _ = tick.tick() => {
-                    if sent < payloads.len()
-                        && hostile.behaviour_mut().publish(topic.clone(), payloads[sent].clone()).is_ok()
-                    {
-                        sent += 1;
-                        if sent == payloads.len() {
-                            deadline = tokio::time::Instant::now() + Duration::from_secs(1);
-                        }
-                    }
-                }
-            }
-        }
-        sent
-    });
+    let every = Duration::from_millis(10);
+    let attack = common::gossip_attack(hostile, topic, payloads, every, Duration::from_secs(20));
     let published = attack.await.unwrap();
     assert_eq!(published, 300, "the attack published only {published} forgeries");
     until("the gossiping peer is scored down", || async {

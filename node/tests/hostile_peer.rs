@@ -16,10 +16,9 @@ use concord_core::{
 };
 use concord_node::{Node, NodeConfig, NodeEvent, ReplicaHandle, SyncRequest};
 use futures::StreamExt;
-use libp2p::gossipsub::{self, IdentTopic, MessageAuthenticity, ValidationMode};
+use libp2p::gossipsub::IdentTopic;
 use libp2p::request_response;
 use libp2p::swarm::SwarmEvent;
-use libp2p::{noise, tcp, yamux};
 
 const EPOCH_MILLIS: u64 = 1_750_000_000_000;
 
@@ -82,52 +81,13 @@ async fn test_hostile_gossip_is_rejected_scored_down_and_changes_nothing() {
     b.node.dial(addr.clone()).await.unwrap();
 
     // The hostile peer: a plain gossipsub swarm that validates nothing.
-    let mut hostile = libp2p::SwarmBuilder::with_new_identity()
-        .with_tokio()
-        .with_tcp(tcp::Config::default(), noise::Config::new, yamux::Config::default)
-        .unwrap()
-        .with_behaviour(|key| {
-            let config = gossipsub::ConfigBuilder::default()
-                .validation_mode(ValidationMode::Strict)
-                .max_transmit_size(128 * 1024)
-                .heartbeat_interval(Duration::from_millis(200))
-                .build()
-                .unwrap();
-            gossipsub::Behaviour::<gossipsub::IdentityTransform>::new(
-                MessageAuthenticity::Signed(key.clone()),
-                config,
-            )
-            .unwrap()
-        })
-        .unwrap()
-        .build();
-    let hostile_id = *hostile.local_peer_id();
     let topic = IdentTopic::new(format!("concord/room/{room}"));
-    hostile.behaviour_mut().subscribe(&topic).unwrap();
+    let mut hostile = common::gossip_attacker(&topic);
+    let hostile_id = *hostile.local_peer_id();
     hostile.dial(addr.clone()).unwrap();
     let payloads = hostile_payloads(&real.delivery.to_bytes(), &elsewhere.delivery.to_bytes());
-    let attack = tokio::spawn(async move {
-        let mut sent = 0;
-        let mut deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-        let mut tick = tokio::time::interval(Duration::from_millis(50));
-        while tokio::time::Instant::now() < deadline {
-            tokio::select! {
-                _ = hostile.select_next_some() => {}
-                _ = tick.tick() => {
-                    if sent < payloads.len()
-                        && hostile.behaviour_mut().publish(topic.clone(), payloads[sent].clone()).is_ok()
-                    {
-                        sent += 1;
-                        if sent == payloads.len() {
-                            // Everything is out: linger a moment so it flushes.
-                            deadline = tokio::time::Instant::now() + Duration::from_secs(1);
-                        }
-                    }
-                }
-            }
-        }
-        sent
-    });
+    let every = Duration::from_millis(50);
+    let attack = common::gossip_attack(hostile, topic, payloads, every, Duration::from_secs(15));
 
     // The hostile peer loses standing with the honest node it talks to.
     let mut score = None;

@@ -102,3 +102,66 @@ pub fn sync_attacker() -> libp2p::Swarm<libp2p::request_response::Behaviour<conc
         .unwrap()
         .build()
 }
+
+/// An attacker's swarm: plain TCP + Noise + Yamux and a gossipsub that
+/// validates nothing and sends up to 128 KiB, subscribed to `topic`.
+pub fn gossip_attacker(
+    topic: &libp2p::gossipsub::IdentTopic,
+) -> libp2p::Swarm<libp2p::gossipsub::Behaviour> {
+    use libp2p::gossipsub::{self, MessageAuthenticity, ValidationMode};
+    let mut swarm = libp2p::SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_tcp(
+            libp2p::tcp::Config::default(),
+            libp2p::noise::Config::new,
+            libp2p::yamux::Config::default,
+        )
+        .unwrap()
+        .with_behaviour(|key| {
+            let config = gossipsub::ConfigBuilder::default()
+                .validation_mode(ValidationMode::Strict)
+                .max_transmit_size(128 * 1024)
+                .heartbeat_interval(Duration::from_millis(200))
+                .build()
+                .unwrap();
+            gossipsub::Behaviour::new(MessageAuthenticity::Signed(key.clone()), config).unwrap()
+        })
+        .unwrap()
+        .build();
+    swarm.behaviour_mut().subscribe(topic).unwrap();
+    swarm
+}
+
+/// Drives `swarm` and publishes `payloads` on `topic`, one every `every`
+/// (retrying until the mesh takes them), for at most `within`, then a
+/// second more so they flush. Returns how many were published.
+pub fn gossip_attack(
+    mut swarm: libp2p::Swarm<libp2p::gossipsub::Behaviour>,
+    topic: libp2p::gossipsub::IdentTopic,
+    payloads: Vec<Vec<u8>>,
+    every: Duration,
+    within: Duration,
+) -> tokio::task::JoinHandle<usize> {
+    use futures::StreamExt;
+    tokio::spawn(async move {
+        let mut sent = 0;
+        let mut deadline = tokio::time::Instant::now() + within;
+        let mut tick = tokio::time::interval(every);
+        while tokio::time::Instant::now() < deadline {
+            tokio::select! {
+                _ = swarm.select_next_some() => {}
+                _ = tick.tick() => {
+                    if sent < payloads.len()
+                        && swarm.behaviour_mut().publish(topic.clone(), payloads[sent].clone()).is_ok()
+                    {
+                        sent += 1;
+                        if sent == payloads.len() {
+                            deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+                        }
+                    }
+                }
+            }
+        }
+        sent
+    })
+}
