@@ -38,6 +38,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 mod blob;
+mod cert;
 mod clock;
 mod codec;
 mod doc;
@@ -53,6 +54,7 @@ mod sync;
 mod view;
 
 pub use blob::{MAX_BLOB_BYTES, MAX_BODY_BYTES};
+pub use cert::{DeviceCert, MAX_CERT_BYTES, MAX_TRANSPORT_ID_BYTES};
 pub use clock::{Clock, ManualClock, SystemClock, MAX_HLC_DRIFT_MILLIS};
 pub use doc::{MAX_ATTACHMENTS, MAX_REACTION_BYTES};
 pub use envelope::{

@@ -52,8 +52,10 @@ struct Sim {
     own: Vec<Vec<MessageId>>,
     /// Envelopes that had to wait for their causal past.
     pending: usize,
-    /// Catch-up sessions run.
+    /// Catch-up sessions run, and flights in them answered with governance
+    /// only (a banned replica may not read the room).
     syncs: usize,
+    withheld_flights: usize,
     /// Windows set, and history fetches that undid them.
     evictions: usize,
     history_fetches: usize,
@@ -93,6 +95,7 @@ impl Sim {
             own: vec![Vec::new(); n],
             pending: 0,
             syncs: 0,
+            withheld_flights: 0,
             evictions: 0,
             history_fetches: 0,
         }
@@ -196,7 +199,8 @@ impl Sim {
     }
 
     /// A governance action by `r`, if its role allows it: the admin sets
-    /// roles, bans, lifts bans and sets the topic; anyone may step down.
+    /// roles, bans, lifts bans and sets the topic; anyone but the admin
+    /// (replica 0, who lifts the bans before the end) may step down.
     fn govern(&mut self, r: usize) {
         let room = self.room;
         let others: Vec<usize> = (0..self.replicas.len()).filter(|&s| s != r).collect();
@@ -207,8 +211,10 @@ impl Sim {
             0..=4 => Action::SetRole { member, role },
             5 => Action::Ban { member },
             6 | 7 => Action::Unban { member },
-            8 => Action::SetTopic(format!("topic {}", self.rng.random::<u16>())),
-            _ => Action::SetRole { member: self.replicas[r].author(), role: Role::Member },
+            9 if r != 0 => {
+                Action::SetRole { member: self.replicas[r].author(), role: Role::Member }
+            }
+            _ => Action::SetTopic(format!("topic {}", self.rng.random::<u16>())),
         };
         if let Ok(change) = self.replicas[r].govern(&room, action) {
             self.gov_wire.push(change);
@@ -300,6 +306,7 @@ impl Sim {
         let run = common::sync_pair(x, y, &self.room, now);
         assert_eq!(run.rejected, 0, "catch-up rejected an honest envelope");
         self.syncs += 1;
+        self.withheld_flights += run.withheld as usize;
         if self.rng.random_bool(0.25) {
             self.check_view_is_fresh(a);
             self.check_view_is_fresh(b);
@@ -320,6 +327,29 @@ impl Sim {
         }
     }
 
+    /// Governance settles before the end: every change reaches everyone, and
+    /// the admin lifts every ban, so that every replica may read the room
+    /// again (a banned replica is served nothing by catch-up, and a windowed
+    /// one could not fetch its history back).
+    fn settle_governance(&mut self) {
+        let room = self.room;
+        for r in 0..self.replicas.len() {
+            self.deliver_governance(r, true);
+        }
+        let banned: Vec<_> =
+            self.replicas[0].governance(&room).unwrap().bans().keys().copied().collect();
+        for member in banned {
+            let lifted = self.replicas[0].govern(&room, Action::Unban { member }).unwrap();
+            self.gov_wire.push(lifted);
+            self.gov_changes += 1;
+        }
+        for r in 0..self.replicas.len() {
+            self.deliver_governance(r, true);
+            let me = self.replicas[r].author();
+            assert!(self.replicas[r].may_read(&room, &me).unwrap(), "replica {r} may not read");
+        }
+    }
+
     /// Windowed replicas fetch older history from replica 0 until they hold
     /// it all again; their pages show it as it arrives.
     fn fetch_all_history(&mut self) {
@@ -334,6 +364,7 @@ impl Sim {
                 assert!(fetches < 1000, "history fetch does not end");
                 let (lo, hi) = self.replicas.split_at_mut(r);
                 let mut server = concord_core::SyncSession::respond(&lo[0], &room, now);
+                server.set_peer(hi[0].author());
                 for reply in server.handle(&mut lo[0], &fetch, now).unwrap() {
                     assert!(session.handle(&mut hi[0], &reply, now).unwrap().is_empty());
                 }
@@ -457,6 +488,7 @@ struct Tally {
     buckets: usize,
     pending: usize,
     syncs: usize,
+    withheld_flights: usize,
     ended_by_sync: usize,
     evictions: usize,
     history_fetches: usize,
@@ -470,6 +502,7 @@ fn run_case(seed: u64, tally: &mut Tally) {
     for _ in 0..steps {
         sim.step();
     }
+    sim.settle_governance();
     sim.fetch_all_history();
     // Half the cases end with every envelope delivered directly, half with
     // catch-up sessions alone.
@@ -481,6 +514,7 @@ fn run_case(seed: u64, tally: &mut Tally) {
     }
     tally.pending += sim.pending;
     tally.syncs += sim.syncs;
+    tally.withheld_flights += sim.withheld_flights;
     tally.evictions += sim.evictions;
     tally.history_fetches += sim.history_fetches;
     tally.gov_changes += sim.gov_changes;
@@ -513,6 +547,7 @@ fn test_replicas_converge_under_random_delivery() {
         assert!(t.messages > 0 && t.tombstones > 0 && t.edited > 0 && t.reactions > 0, "{t:?}");
         assert!(t.read_markers > 0 && t.pending > 0 && t.buckets > cases as usize, "{t:?}");
         assert!(t.syncs > cases as usize && t.ended_by_sync > 0, "{t:?}");
+        assert!(t.withheld_flights > 0, "{t:?}");
         assert!(t.evictions > 0 && t.history_fetches > 0, "{t:?}");
         assert!(t.gov_changes > cases as usize && t.moderated > 0, "{t:?}");
     }

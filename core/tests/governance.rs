@@ -9,7 +9,8 @@ use std::sync::Arc;
 
 use concord_core::{
     Action, Applied, Clock, Delivery, Denied, DeviceKey, Draft, EnvelopeError, Error, GovApplied,
-    GovError, ManualClock, MemoryStore, Replica, Role, RoomId, Sent, SledStore,
+    GovError, ManualClock, MemoryStore, Replica, Role, RoomId, Sent, SledStore, SyncMessage,
+    SyncSession,
 };
 use yrs::updates::decoder::Decode;
 use yrs::{Any, Map, ReadTxn, Transact};
@@ -352,6 +353,10 @@ fn test_envelopes_wait_for_the_governance_they_cite_and_sync_carries_it() {
     for initiate in [true, false] {
         let mut fresh = common::memory_replica(if initiate { 9 } else { 10 }, &c.clock);
         fresh.join_room(c.alice.genesis(&room).unwrap().as_bytes()).unwrap();
+        // A member (only readers are served the room's messages).
+        c.alice
+            .govern(&room, Action::SetRole { member: fresh.author(), role: Role::Member })
+            .unwrap();
         c.alice.apply(&room, vec![post.delivery.clone()]).unwrap();
         let run = if initiate {
             common::sync_pair(&mut fresh, &mut c.alice, &room, c.clock.now_millis())
@@ -362,4 +367,130 @@ fn test_envelopes_wait_for_the_governance_they_cite_and_sync_carries_it() {
         assert_eq!(fresh.governance(&room).unwrap(), c.alice.governance(&room).unwrap());
         assert_eq!(fresh.snapshot(&room).unwrap(), c.alice.snapshot(&room).unwrap());
     }
+}
+
+/// Both directions of one catch-up between `a` and `b`.
+fn sync_both(
+    a: &mut Replica<MemoryStore>,
+    b: &mut Replica<MemoryStore>,
+    room: &RoomId,
+    now: u64,
+) -> u32 {
+    let there = common::sync_pair(a, b, room, now);
+    let back = common::sync_pair(b, a, room, now);
+    assert_eq!(there.rejected + back.rejected, 0);
+    there.withheld + back.withheld
+}
+
+fn bodies(r: &Replica<MemoryStore>, room: &RoomId) -> Vec<String> {
+    let shown = r.snapshot(room).unwrap().messages;
+    shown.into_iter().filter_map(|m| m.body).collect()
+}
+
+#[test]
+fn test_catch_up_serves_messages_to_readers_only_and_governance_to_everyone() {
+    let mut c = crew();
+    let room = c.room;
+    let now = c.clock.now_millis();
+    c.alice.post(&room, Draft::text("for members")).unwrap();
+
+    // Eve holds the genesis but no role: whichever side starts, she gets the
+    // governance and none of the messages.
+    let withheld = sync_both(&mut c.eve, &mut c.alice, &room, now);
+    assert!(withheld >= 2, "withheld {withheld}");
+    assert!(bodies(&c.eve, &room).is_empty());
+    assert_eq!(c.eve.governance(&room).unwrap(), c.alice.governance(&room).unwrap());
+
+    // A read-only member reads; a member reads.
+    assert_eq!(sync_both(&mut c.rob, &mut c.alice, &room, now), 0);
+    assert_eq!(bodies(&c.rob, &room), ["for members"]);
+    assert_eq!(sync_both(&mut c.alice, &mut c.mia, &room, now), 0);
+    assert_eq!(bodies(&c.mia, &room), ["for members"]);
+
+    // Mia is removed: she learns of it by catch-up, and nothing posted
+    // after it reaches her, from Alice or from Rob, whoever starts.
+    c.clock.advance(10);
+    c.alice.govern(&room, Action::Remove { member: c.mia.author() }).unwrap();
+    c.alice.post(&room, Draft::text("after the removal")).unwrap();
+    assert_eq!(sync_both(&mut c.rob, &mut c.alice, &room, now), 0);
+    assert!(sync_both(&mut c.mia, &mut c.alice, &room, now) >= 2);
+    assert!(sync_both(&mut c.rob, &mut c.mia, &room, now) >= 1);
+    assert_eq!(bodies(&c.mia, &room), ["for members"]);
+    assert_eq!(c.mia.governance(&room).unwrap(), c.alice.governance(&room).unwrap());
+    assert!(c.mia.governance(&room).unwrap().role(&c.mia.author()).is_none());
+    assert_eq!(bodies(&c.rob, &room), ["for members", "after the removal"]);
+
+    // An invitee is served as soon as its join arrives, within one session:
+    // the join travels in its flight and is applied before the answer.
+    let invite = c.alice.invite(&room, Role::Member, Some(c.eve.author()), None).unwrap().0;
+    assert_eq!(sync_both(&mut c.eve, &mut c.alice, &room, now) % 2, 0);
+    c.clock.advance(10);
+    c.eve.govern(&room, Action::Join(invite)).unwrap();
+    let run = common::sync_pair(&mut c.eve, &mut c.alice, &room, c.clock.now_millis());
+    assert_eq!((run.rejected, run.withheld), (0, 0));
+    assert_eq!(bodies(&c.eve, &room), ["for members", "after the removal"]);
+}
+
+#[test]
+fn test_a_session_that_does_not_know_its_peer_serves_governance_only() {
+    let mut c = crew();
+    let room = c.room;
+    let now = c.clock.now_millis();
+    c.alice.post(&room, Draft::text("members only")).unwrap();
+    let (mut mia, mut to_alice) = SyncSession::initiate(&c.mia, &room, now).unwrap();
+    mia.set_peer(c.alice.author());
+    // Alice's side is never told who Mia is.
+    let mut alice = SyncSession::respond(&c.alice, &room, now);
+    for _ in 0..8 {
+        let mut to_mia = Vec::new();
+        for m in to_alice.drain(..) {
+            to_mia.extend(alice.handle(&mut c.alice, &m, now).unwrap());
+        }
+        for m in to_mia {
+            to_alice.extend(mia.handle(&mut c.mia, &m, now).unwrap());
+        }
+    }
+    assert!(mia.is_done() && alice.is_done());
+    assert!(alice.stats().flights_withheld >= 1);
+    assert_eq!(alice.stats().envelopes_sent, 0);
+    assert!(bodies(&c.mia, &room).is_empty());
+
+    // Nor is history, to Eve (no role) or to a peer nobody named; Mia gets it.
+    let fetch = SyncMessage::Fetch { room, before: u32::MAX, min_envelopes: 1 }.to_bytes();
+    for peer in [Some(c.eve.author()), None, Some(c.mia.author())] {
+        let mut alice = SyncSession::respond(&c.alice, &room, now);
+        if let Some(peer) = peer {
+            alice.set_peer(peer);
+        }
+        let replies = alice.handle(&mut c.alice, &fetch, now).unwrap();
+        let Ok(SyncMessage::History { history, .. }) = SyncMessage::from_bytes(&replies[0]) else {
+            panic!("not a history answer");
+        };
+        let reader = peer == Some(c.mia.author());
+        assert_eq!(history.deliveries.is_empty(), !reader);
+        assert_eq!(alice.stats().flights_withheld, u32::from(!reader));
+        assert!(reader || !history.exhausted);
+    }
+}
+
+#[test]
+fn test_an_open_room_serves_everyone_but_the_banned() {
+    let clock = Arc::new(ManualClock::new(common::EPOCH_MILLIS));
+    let mut alice = common::memory_replica(1, &clock);
+    let mut bob = common::memory_replica(2, &clock);
+    let mut stranger = common::memory_replica(3, &clock);
+    let room = alice.create_room("open").unwrap();
+    common::join(&mut bob, &alice, &room);
+    stranger.join_room(alice.genesis(&room).unwrap().as_bytes()).unwrap();
+    alice.post(&room, Draft::text("hello all")).unwrap();
+    let now = clock.now_millis();
+    assert_eq!(sync_both(&mut bob, &mut alice, &room, now), 0);
+    assert_eq!(bodies(&bob, &room), ["hello all"]);
+    clock.advance(10);
+    alice.govern(&room, Action::Ban { member: bob.author() }).unwrap();
+    alice.post(&room, Draft::text("bob is gone")).unwrap();
+    assert!(sync_both(&mut bob, &mut alice, &room, now) >= 2);
+    assert_eq!(bodies(&bob, &room), ["hello all"]);
+    assert_eq!(sync_both(&mut stranger, &mut alice, &room, now), 0);
+    assert_eq!(bodies(&stranger, &room), ["hello all", "bob is gone"]);
 }

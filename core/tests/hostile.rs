@@ -962,6 +962,7 @@ fn test_mutated_sync_messages_never_panic_or_plant_content() {
             let bytes = mutate(&transcript[which], &edits);
             let mut victim = fresh(&w, 8);
             let mut session = SyncSession::respond(&victim, &w.room, now);
+            session.set_peer(w.alice.author());
             match session.handle(&mut victim, &bytes, now) {
                 Ok(_) => tally.applied.set(tally.applied.get() + 1),
                 Err(SyncError::Replica(e)) => {

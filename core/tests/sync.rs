@@ -255,6 +255,7 @@ fn fetch(to: &mut Replica<MemoryStore>, from: &mut Replica<MemoryStore>, room: &
     let now = EPOCH_MILLIS;
     let Some((mut s, msg)) = SyncSession::fetch_history(to, room, 15, now) else { return false };
     let mut r = SyncSession::respond(from, room, now);
+    r.set_peer(to.author());
     for reply in r.handle(from, &msg, now).unwrap() {
         assert!(s.handle(to, &reply, now).unwrap().is_empty());
     }

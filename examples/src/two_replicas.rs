@@ -102,6 +102,11 @@ fn main() -> Result<()> {
     let now = SystemClock.now_millis();
     let (mut session_a, mut to_bob) = SyncSession::initiate(&alice, &room, now)?;
     let mut session_b = SyncSession::respond(&bob, &room, now);
+    // Each side serves the room's messages only to an author with a role
+    // there; over the network a node learns who the peer is from its
+    // device certificate.
+    session_a.set_peer(bob.author());
+    session_b.set_peer(alice.author());
     while !to_bob.is_empty() {
         let mut to_alice = Vec::new();
         for message in &to_bob {

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use concord_core::{
-    AuthorId, Clock, Delivery, GovApplied, GovChange, Hlc, Replica, RoomId, Signal, SignalKind,
-    Store, SyncSession, SyncStats, GOV_MAGIC,
+    AuthorId, Clock, Delivery, DeviceCert, GovApplied, GovChange, Hlc, Replica, RoomId, Signal,
+    SignalKind, Store, SyncSession, SyncStats, GOV_MAGIC,
 };
 use futures::future::BoxFuture;
 use futures::StreamExt;
@@ -42,6 +42,20 @@ const HISTORY_ENVELOPES: u32 = 500;
 const SHUTDOWN_FLUSH: Duration = Duration::from_millis(150);
 /// How long a typing signal shows without a newer one.
 pub(crate) const TYPING_SHOWS: Duration = Duration::from_secs(6);
+/// How often every gossip peer's right to the rooms it subscribes to is
+/// reviewed, besides the reviews when a peer's author is learned, a peer
+/// subscribes, or a governance change is made or gossiped: this one picks
+/// up governance that arrived by catch-up.
+const REVIEW_PERIOD: Duration = Duration::from_secs(1);
+/// The application score of a gossip peer that subscribes to a room whose
+/// messages it may not read (not a member, removed, banned), or whose
+/// author is not known yet. gossipsub weighs it by 10, and room topics give
+/// no positive score ([`topic_score`]), so such a peer sits at about -65:
+/// below the publish threshold (-50), so nothing is published to it, and
+/// negative, so the next heartbeat prunes it from every mesh and nothing is
+/// forwarded to it; above the graylist threshold (-80), so what it sends (an
+/// invitee's join, a concurrent post) is still received and judged.
+const NON_READER_SCORE: f64 = -6.5;
 
 /// Commands from the handles.
 pub(crate) enum Command {
@@ -133,13 +147,16 @@ impl Counters {
 
 /// What a replica task reports back to the actor.
 enum Internal {
-    Validated(gossipsub::MessageId, PeerId, MessageAcceptance),
+    /// A gossiped message judged; with `true` an accepted governance change.
+    Validated(gossipsub::MessageId, PeerId, MessageAcceptance, bool),
     Outbound(Outbound, Vec<Vec<u8>>),
     Inbound(Served),
     Failed(Outbound, NodeError),
     /// A catch-up ended before it had a session.
     Ended(PeerId, RoomId),
     Delivered(RoomId, Hlc),
+    /// Gossip peers, and whether each may read every room it subscribes to.
+    Reviewed(Vec<(PeerId, bool)>),
     Confirm(RoomId),
     HistoryWanted(Vec<RoomId>),
     PublishSignal(RoomId, Vec<u8>),
@@ -191,6 +208,9 @@ pub(crate) struct Actor<S: Store> {
     pub(crate) config: NodeConfig,
     pub(crate) rooms: Vec<RoomId>,
     pub(crate) persist: Option<Arc<dyn Persist>>,
+    /// This device's certificate for its peer id, sent with every sync
+    /// request and response.
+    pub(crate) cert: Vec<u8>,
 }
 
 struct State<S: Store> {
@@ -219,12 +239,28 @@ struct State<S: Store> {
     discovered: HashSet<PeerId>,
     persist: Option<Arc<dyn Persist>>,
     counters: Counters,
+    cert: Vec<u8>,
+    /// The author behind each connected peer, with the certificate that
+    /// proved it.
+    authors: HashMap<PeerId, (Vec<u8>, AuthorId)>,
+    /// Gossip peers kept from the rooms' messages (scored down).
+    non_readers: HashSet<PeerId>,
 }
 
 impl<S: Store + 'static> Actor<S> {
     pub(crate) async fn run(self) {
-        let Actor { swarm, replica, clock, mut inbox, events, mut metrics, config, rooms, persist } =
-            self;
+        let Actor {
+            swarm,
+            replica,
+            clock,
+            mut inbox,
+            events,
+            mut metrics,
+            config,
+            rooms,
+            persist,
+            cert,
+        } = self;
         let counters = Counters::default();
         counters.register(&mut metrics);
         let (internal_tx, mut internal) = mpsc::channel(INTERNAL_QUEUE);
@@ -232,6 +268,8 @@ impl<S: Store + 'static> Actor<S> {
         sync_period.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut presence_period = tokio::time::interval(config.presence_interval);
         presence_period.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut review_period = tokio::time::interval(REVIEW_PERIOD);
+        review_period.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut state = State {
             swarm,
             replica,
@@ -252,6 +290,9 @@ impl<S: Store + 'static> Actor<S> {
             discovered: HashSet::new(),
             persist,
             counters,
+            cert,
+            authors: HashMap::new(),
+            non_readers: HashSet::new(),
         };
         for room in rooms {
             if let Err(e) = state.join(room) {
@@ -286,6 +327,7 @@ impl<S: Store + 'static> Actor<S> {
                     state.fetch_wanted_history();
                 }
                 _ = presence_period.tick() => state.announce(SignalKind::Online),
+                _ = review_period.tick() => state.review(None),
             }
         }
     }
@@ -337,7 +379,11 @@ impl<S: Store + 'static> State<S> {
                 let _ = reply.send(self.join(room));
             }
             Command::Publish(room, bytes, reply) => {
+                let governance = bytes.starts_with(GOV_MAGIC);
                 let result = self.publish(room_topic(&room), bytes);
+                if governance {
+                    self.review(None);
+                }
                 if let Ok(true) = result {
                     self.schedule_confirm(room);
                 }
@@ -602,12 +648,15 @@ impl<S: Store + 'static> State<S> {
 
     fn internal(&mut self, internal: Internal) {
         match internal {
-            Internal::Validated(id, source, acceptance) => {
+            Internal::Validated(id, source, acceptance, governance) => {
                 let _ = self
                     .swarm
                     .behaviour_mut()
                     .gossipsub
                     .report_message_validation_result(&id, &source, acceptance);
+                if governance && acceptance == MessageAcceptance::Accept {
+                    self.review(None);
+                }
             }
             Internal::Outbound(mut out, messages) => {
                 if messages.is_empty() || out.session.is_done() {
@@ -619,6 +668,7 @@ impl<S: Store + 'static> State<S> {
                     room: out.room,
                     messages,
                     genesis: out.genesis.take(),
+                    cert: self.cert.clone(),
                     refused: None,
                 };
                 let id = self.swarm.behaviour_mut().sync.send_request(&out.peer, request);
@@ -653,6 +703,11 @@ impl<S: Store + 'static> State<S> {
                 self.end_outbound(out, e, strike);
             }
             Internal::Delivered(room, upto) => self.emit(NodeEvent::Delivered { room, upto }),
+            Internal::Reviewed(verdicts) => {
+                for (peer, reads) in verdicts {
+                    self.score_reader(peer, reads);
+                }
+            }
             Internal::HistoryWanted(rooms) => {
                 for room in rooms {
                     if let Some(peer) = self.peer_in(&room) {
@@ -735,6 +790,85 @@ impl<S: Store + 'static> State<S> {
         }
     }
 
+    /// The author behind `peer`, from a device certificate it sent (`None`
+    /// if it sent none). A certificate that is forged or names another peer
+    /// is an error: the sender's fault.
+    fn learn_author(
+        &mut self,
+        peer: PeerId,
+        cert: &[u8],
+    ) -> std::result::Result<Option<AuthorId>, String> {
+        if cert.is_empty() {
+            return Ok(None);
+        }
+        if let Some((known, author)) = self.authors.get(&peer) {
+            if known.as_slice() == cert {
+                return Ok(Some(*author));
+            }
+        }
+        let author = DeviceCert::verify(cert, &peer.to_bytes())
+            .map_err(|e| format!("device certificate is refused: {e}"))?
+            .author;
+        self.authors.insert(peer, (cert.to_vec(), author));
+        tracing::debug!(%peer, %author, "learned a peer's author");
+        self.review(Some(peer));
+        Ok(Some(author))
+    }
+
+    /// Reviews whether gossip peers (all, or `only`) may read every room of
+    /// ours they subscribe to, and scores them for it.
+    fn review(&mut self, only: Option<PeerId>) {
+        let mut topics = HashMap::new();
+        for room in &self.rooms {
+            topics.insert(room_topic(room).hash(), *room);
+            topics.insert(signal_topic(room).hash(), *room);
+        }
+        let gossip = &self.swarm.behaviour().gossipsub;
+        let mut asks = Vec::new();
+        for (peer, subscribed) in gossip.all_peers() {
+            if only.is_some_and(|p| p != *peer) {
+                continue;
+            }
+            let mut rooms: Vec<RoomId> =
+                subscribed.iter().filter_map(|t| topics.get(*t)).copied().collect();
+            rooms.sort_unstable();
+            rooms.dedup();
+            let author = self.authors.get(peer).map(|(_, a)| *a);
+            asks.push((*peer, author, rooms));
+        }
+        if asks.is_empty() {
+            return;
+        }
+        self.spawn_job(
+            move |r| {
+                let reads = |author: &AuthorId, room: &RoomId| r.may_read(room, author);
+                asks.into_iter()
+                    .map(|(peer, author, rooms)| {
+                        let ok = rooms.is_empty()
+                            || author.is_some_and(|a| {
+                                rooms.iter().all(|room| reads(&a, room).unwrap_or(false))
+                            });
+                        (peer, ok)
+                    })
+                    .collect()
+            },
+            |verdicts| Some(Internal::Reviewed(verdicts.ok()?)),
+        );
+    }
+
+    /// Lets `peer` have the rooms' gossip, or keeps it from them.
+    fn score_reader(&mut self, peer: PeerId, reads: bool) {
+        let score = if reads { 0.0 } else { NON_READER_SCORE };
+        // gossipsub keeps a disconnected peer's score for a while, so the
+        // score is set on every verdict, not only on changes.
+        self.swarm.behaviour_mut().gossipsub.set_application_score(&peer, score);
+        let changed =
+            if reads { self.non_readers.remove(&peer) } else { self.non_readers.insert(peer) };
+        if changed {
+            tracing::debug!(%peer, reads, "reviewed a gossip peer's right to its rooms");
+        }
+    }
+
     fn event(&mut self, event: SwarmEvent<BehaviourEvent>) {
         match event {
             // A new peer: catch up with it about every joined room.
@@ -747,6 +881,8 @@ impl<S: Store + 'static> State<S> {
             SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
                 // Sessions the peer started and left unfinished end with it.
                 self.inbound.retain(|(peer, _), _| *peer != peer_id);
+                self.authors.remove(&peer_id);
+                self.non_readers.remove(&peer_id);
                 self.emit(NodeEvent::PeerLost(peer_id));
             }
             SwarmEvent::NewListenAddr { listener_id, address } => {
@@ -788,6 +924,19 @@ impl<S: Store + 'static> State<S> {
                 message_id,
                 message,
             })) => self.gossip(propagation_source, message_id, message),
+            // A peer joining a room's topic: kept from the room's gossip at
+            // once if its author is not known yet, and reviewed otherwise.
+            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Subscribed {
+                peer_id,
+                topic,
+            })) => {
+                let ours = self.rooms.iter().any(|r| room_topic(r).hash() == topic);
+                if ours && !self.authors.contains_key(&peer_id) {
+                    self.score_reader(peer_id, false);
+                } else if ours {
+                    self.review(Some(peer_id));
+                }
+            }
             SwarmEvent::Behaviour(BehaviourEvent::Sync(request_response::Event::Message {
                 peer,
                 message,
@@ -797,16 +946,20 @@ impl<S: Store + 'static> State<S> {
                     self.serve_sync(peer, request, channel)
                 }
                 request_response::Message::Response { request_id, response } => {
-                    match self.outbound.remove(&request_id) {
-                        Some(out) if response.not_served => {
+                    let Some(out) = self.outbound.remove(&request_id) else { return };
+                    match self.learn_author(out.peer, &response.cert) {
+                        Err(why) => {
+                            let e = NodeError::Sync(format!("the peer's {why}"));
+                            self.end_outbound(out, e, true);
+                        }
+                        Ok(_) if response.not_served => {
                             let e = NodeError::Sync(format!(
                                 "the peer does not serve room {}",
                                 out.room
                             ));
                             self.end_outbound(out, e, false);
                         }
-                        Some(out) => self.continue_sync(out, response),
-                        None => {}
+                        Ok(author) => self.continue_sync(out, response, author),
                     }
                 }
             },
@@ -845,11 +998,12 @@ impl<S: Store + 'static> State<S> {
                 }
                 _ => MessageAcceptance::Reject,
             };
-            self.internal(Internal::Validated(id, source, acceptance));
+            self.internal(Internal::Validated(id, source, acceptance, false));
             return;
         }
         let rooms = self.rooms.clone();
         let rejected = self.counters.envelopes_rejected.clone();
+        let governance = message.data.starts_with(GOV_MAGIC);
         self.spawn_job(
             move |r| {
                 if message.data.starts_with(GOV_MAGIC) {
@@ -890,7 +1044,7 @@ impl<S: Store + 'static> State<S> {
                 if acceptance == MessageAcceptance::Reject {
                     rejected.inc();
                 }
-                Some(Internal::Validated(id, source, acceptance))
+                Some(Internal::Validated(id, source, acceptance, governance))
             },
         );
     }
@@ -901,23 +1055,27 @@ impl<S: Store + 'static> State<S> {
         request: SyncRequest,
         channel: ResponseChannel<SyncResponse>,
     ) {
-        if let Some(why) = &request.refused {
-            tracing::debug!(%peer, why, "refused a sync request at its caps");
-            let _ = self
-                .swarm
-                .behaviour_mut()
-                .sync
-                .send_response(channel, SyncResponse::answer(Vec::new()));
-            self.strike(peer);
-            return;
-        }
+        let author = match &request.refused {
+            Some(why) => Err(why.clone()),
+            None => self.learn_author(peer, &request.cert),
+        };
+        let author = match author {
+            Ok(author) => author,
+            Err(why) => {
+                tracing::debug!(%peer, why, "refused a sync request");
+                let answer = SyncResponse::answer(self.cert.clone(), Vec::new());
+                let _ = self.swarm.behaviour_mut().sync.send_response(channel, answer);
+                self.strike(peer);
+                return;
+            }
+        };
         let room = request.room;
         let held = self.rooms.contains(&room);
         let take_up = !held && self.config.serve_rooms_on_request && request.genesis.is_some();
         if !held && !take_up {
             // Not a fault: peers offer every room they hold to everyone.
-            let _ =
-                self.swarm.behaviour_mut().sync.send_response(channel, SyncResponse::not_served());
+            let answer = SyncResponse::not_served(self.cert.clone());
+            let _ = self.swarm.behaviour_mut().sync.send_response(channel, answer);
             return;
         }
         let session = self.inbound.remove(&(peer, request.session));
@@ -927,13 +1085,14 @@ impl<S: Store + 'static> State<S> {
         let now = self.clock.now_millis();
         let session_id = request.session;
         let counters = self.counters.clone();
+        let cert = self.cert.clone();
         self.spawn_job(
             move |r| {
                 let mut served = Served {
                     peer,
                     session_id,
                     session: None,
-                    response: SyncResponse::answer(Vec::new()),
+                    response: SyncResponse::answer(cert, Vec::new()),
                     channel,
                     bad: false,
                     joined: None,
@@ -951,6 +1110,10 @@ impl<S: Store + 'static> State<S> {
                     }
                 }
                 let mut session = session.unwrap_or_else(|| SyncSession::respond(r, &room, now));
+                // The room's messages go only to an author that may read it.
+                if let Some(author) = author {
+                    session.set_peer(author);
+                }
                 let rejected = session.stats().envelopes_rejected;
                 for m in &request.messages {
                     match session.handle(r, m, now) {
@@ -976,9 +1139,12 @@ impl<S: Store + 'static> State<S> {
         );
     }
 
-    fn continue_sync(&mut self, out: Outbound, response: SyncResponse) {
+    fn continue_sync(&mut self, out: Outbound, response: SyncResponse, author: Option<AuthorId>) {
         let now = self.clock.now_millis();
         let Outbound { peer, room, session_id, mut session, genesis, watermark, reply } = out;
+        if let Some(author) = author {
+            session.set_peer(author);
+        }
         self.spawn_job(
             move |r| {
                 let rejected = session.stats().envelopes_rejected;

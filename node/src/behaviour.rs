@@ -55,10 +55,16 @@ pub(crate) struct Behaviour {
 }
 
 /// Scoring of a room topic: invalid envelopes cost a peer dearly; the
-/// delivery-rate penalties stay off, since a quiet room is not a fault.
+/// delivery-rate penalties stay off, since a quiet room is not a fault; and
+/// nothing scores positive (time in the mesh, first deliveries), so that the
+/// application score that keeps a non-member from a room's gossip
+/// (`NON_READER_SCORE` in the actor) lands it in a known band whatever its
+/// history: below the publish threshold, above the graylist threshold.
 pub(crate) fn topic_score() -> gossipsub::TopicScoreParams {
     gossipsub::TopicScoreParams {
         topic_weight: 1.0,
+        time_in_mesh_weight: 0.0,
+        first_message_deliveries_weight: 0.0,
         invalid_message_deliveries_weight: -100.0,
         invalid_message_deliveries_decay: 0.9,
         mesh_message_deliveries_weight: 0.0,

@@ -94,6 +94,7 @@ impl<S: Store + 'static> Node<S> {
         let swarm = build_swarm(replica.network_secret(), &config, &mut metrics)?;
         let peer_id = *swarm.local_peer_id();
         let author = replica.author();
+        let cert = replica.device_cert(&peer_id.to_bytes())?;
         let rooms = replica.rooms().into_iter().map(|r| r.id).collect();
         let (replica, thread) =
             ReplicaHandle::spawn(replica).map_err(|e| NodeError::Network(e.to_string()))?;
@@ -109,6 +110,7 @@ impl<S: Store + 'static> Node<S> {
             config,
             rooms,
             persist,
+            cert,
         };
         tokio::spawn(actor.run());
         Ok(Self {

@@ -6,15 +6,21 @@
 //! node that serves rooms on request (a relay) can take up a room it does
 //! not hold yet. A node that does not hold the room answers "not served",
 //! which ends the session without a strike on either side.
+//!
+//! Every request and every response carries the sender's device
+//! certificate (`concord_core::DeviceCert`): the author key behind the
+//! sender's peer id. Each side serves the room's messages only if that
+//! author may read the room; a missing certificate gets governance only, a
+//! forged one is the sender's fault.
 
 use std::io;
 
-use concord_core::{RoomId, MAX_SYNC_MESSAGE_BYTES};
+use concord_core::{RoomId, MAX_CERT_BYTES, MAX_SYNC_MESSAGE_BYTES};
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::StreamProtocol;
 
 /// The protocol name.
-pub const SYNC_PROTOCOL: StreamProtocol = StreamProtocol::new("/concord/sync/1");
+pub const SYNC_PROTOCOL: StreamProtocol = StreamProtocol::new("/concord/sync/2");
 /// Most messages in one flight.
 const MAX_FLIGHT_MESSAGES: usize = 4096;
 /// Most bytes in one flight: a catch-up of tens of thousands of envelopes.
@@ -40,6 +46,8 @@ pub struct SyncRequest {
     /// The room's signed genesis, on a session's first request: lets a
     /// relay take up the room.
     pub genesis: Option<Vec<u8>>,
+    /// The sender's device certificate (empty: none).
+    pub cert: Vec<u8>,
     /// Set when reading the request stopped at a cap (too many or too large
     /// messages): why. The rest of the request is not read, and the
     /// receiver counts it against the sender; a request that could not be
@@ -55,17 +63,19 @@ pub struct SyncResponse {
     /// The responder does not hold the room (and does not take up rooms on
     /// request): the session ends, nothing is delivered.
     pub not_served: bool,
+    /// The responder's device certificate (empty: none).
+    pub cert: Vec<u8>,
 }
 
 impl SyncResponse {
-    /// An answering flight.
-    pub fn answer(messages: Vec<Vec<u8>>) -> Self {
-        Self { messages, not_served: false }
+    /// An answering flight, with the responder's certificate.
+    pub fn answer(cert: Vec<u8>, messages: Vec<Vec<u8>>) -> Self {
+        Self { messages, not_served: false, cert }
     }
 
-    /// The "room not served" answer.
-    pub fn not_served() -> Self {
-        Self { messages: Vec::new(), not_served: true }
+    /// The "room not served" answer, with the responder's certificate.
+    pub fn not_served(cert: Vec<u8>) -> Self {
+        Self { messages: Vec::new(), not_served: true, cert }
     }
 }
 
@@ -98,6 +108,28 @@ async fn read_frames<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<Vec<
         out.push(message);
     }
     Ok(out)
+}
+
+/// Reads a certificate: a length byte, then that many bytes.
+async fn read_cert<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<Vec<u8>> {
+    let mut len = [0u8; 1];
+    io.read_exact(&mut len).await?;
+    let len = usize::from(len[0]);
+    if len > MAX_CERT_BYTES {
+        return Err(invalid("device certificate too large"));
+    }
+    let mut cert = vec![0u8; len];
+    io.read_exact(&mut cert).await?;
+    Ok(cert)
+}
+
+async fn write_cert<T: AsyncWrite + Unpin + Send>(io: &mut T, cert: &[u8]) -> io::Result<()> {
+    let len = u8::try_from(cert.len())
+        .ok()
+        .filter(|n| usize::from(*n) <= MAX_CERT_BYTES)
+        .ok_or_else(|| invalid("device certificate too large"))?;
+    io.write_all(&[len]).await?;
+    io.write_all(cert).await
 }
 
 async fn write_frames<T: AsyncWrite + Unpin + Send>(
@@ -138,6 +170,7 @@ impl libp2p::request_response::Codec for SyncCodec {
                     room: RoomId::from_bytes(room),
                     messages: Vec::new(),
                     genesis: None,
+                    cert: Vec::new(),
                     refused: Some("genesis too large".into()),
                 })
             }
@@ -147,9 +180,15 @@ impl libp2p::request_response::Codec for SyncCodec {
                 Some(genesis)
             }
         };
-        let (messages, refused) = match read_frames(io).await {
-            Ok(messages) => (messages, None),
-            Err(e) if e.kind() == io::ErrorKind::InvalidData => (Vec::new(), Some(e.to_string())),
+        let read = match read_cert(io).await {
+            Ok(cert) => read_frames(io).await.map(|messages| (cert, messages)),
+            Err(e) => Err(e),
+        };
+        let (cert, messages, refused) = match read {
+            Ok((cert, messages)) => (cert, messages, None),
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                (Vec::new(), Vec::new(), Some(e.to_string()))
+            }
             Err(e) => return Err(e),
         };
         Ok(SyncRequest {
@@ -157,6 +196,7 @@ impl libp2p::request_response::Codec for SyncCodec {
             room: RoomId::from_bytes(room),
             messages,
             genesis,
+            cert,
             refused,
         })
     }
@@ -167,10 +207,11 @@ impl libp2p::request_response::Codec for SyncCodec {
     {
         let mut status = [0u8; 1];
         io.read_exact(&mut status).await?;
+        let cert = read_cert(io).await?;
         let messages = read_frames(io).await?;
         match status[0] {
-            ANSWERED => Ok(SyncResponse::answer(messages)),
-            NOT_SERVED => Ok(SyncResponse::not_served()),
+            ANSWERED => Ok(SyncResponse::answer(cert, messages)),
+            NOT_SERVED => Ok(SyncResponse::not_served(cert)),
             _ => Err(invalid("unknown sync response status")),
         }
     }
@@ -192,6 +233,7 @@ impl libp2p::request_response::Codec for SyncCodec {
         }
         io.write_all(&(genesis.len() as u16).to_be_bytes()).await?;
         io.write_all(genesis).await?;
+        write_cert(io, &req.cert).await?;
         write_frames(io, &req.messages).await
     }
 
@@ -205,6 +247,7 @@ impl libp2p::request_response::Codec for SyncCodec {
         T: AsyncWrite + Unpin + Send,
     {
         io.write_all(&[if res.not_served { NOT_SERVED } else { ANSWERED }]).await?;
+        write_cert(io, &res.cert).await?;
         write_frames(io, &res.messages).await
     }
 }

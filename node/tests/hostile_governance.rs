@@ -126,6 +126,7 @@ async fn test_forged_governance_by_gossip_and_sync_is_refused_and_changes_nothin
             room: id,
             messages: vec![message],
             genesis: None,
+            cert: Vec::new(),
             refused: None,
         };
         syncer.behaviour_mut().send_request(&a.node.peer_id(), request);

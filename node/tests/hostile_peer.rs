@@ -136,14 +136,25 @@ fn hostile_sync_requests(
     let mut forged = raw(real);
     let last = forged.envelope.len() - 1;
     forged.envelope[last] ^= 0x01;
-    let request =
-        |session, messages| SyncRequest { session, room, messages, genesis: None, refused: None };
+    let request = |session, messages| SyncRequest {
+        session,
+        room,
+        messages,
+        genesis: None,
+        cert: Vec::new(),
+        refused: None,
+    };
+    // A device certificate that is not one (it cannot name the attacker's
+    // peer id under a valid signature).
+    let mut forged_cert = request(5, Vec::new());
+    forged_cert.cert = b"CNCD\x01".iter().copied().chain([0x42; 100]).collect();
     vec![
         ("garbage", request(1, vec![vec![0x5A; 300], b"CNCS\x01 not a flight".to_vec()])),
         ("oversized", request(2, vec![vec![0u8; MAX_SYNC_MESSAGE_BYTES + 1]])),
         ("forged", request(3, vec![flight(vec![forged])])),
         // An envelope of another room replayed into this one.
         ("replayed", request(4, vec![flight(vec![raw(elsewhere)])])),
+        ("forged certificate", forged_cert),
     ]
 }
 
@@ -153,7 +164,7 @@ async fn test_hostile_sync_requests_are_refused_struck_and_banned() {
     let config = NodeConfig::default()
         .mdns(false)
         .sync_interval(Duration::from_millis(300))
-        .sync_strikes(4, Duration::from_secs(600));
+        .sync_strikes(5, Duration::from_secs(600));
     let a = peer_with(1, &clock, config);
     let b = peer(2, &clock);
     let room = a.replica.try_call(|r| r.create_room("guarded")).await.unwrap();
@@ -211,7 +222,7 @@ async fn test_hostile_sync_requests_are_refused_struck_and_banned() {
         assert_eq!(strikes, want, "{kind} request ({outcome}) was not struck");
     }
 
-    // Four strikes: banned and disconnected.
+    // Five strikes: banned and disconnected.
     let banned = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
             if let Ok(NodeEvent::Banned(peer)) = events.recv().await {

@@ -349,6 +349,7 @@ async fn test_a_flood_of_invalid_envelopes_is_cut_off_while_honest_devices_sync(
                             room: room.id(),
                             messages: vec![forged_flight(room.id(), &real, i)],
                             genesis: Some(genesis.clone()),
+                            cert: Vec::new(),
                             refused: None,
                         };
                         hostile.behaviour_mut().send_request(&relay_id, request);

@@ -101,6 +101,20 @@ impl<S: Store> Replica<S> {
         Ok(self.gov(room)?.state())
     }
 
+    /// Whether `author` may read the room: whether it holds a role there
+    /// now (in an open room, whether it is not banned). Peers and relays
+    /// serve a room's messages only to readers.
+    pub fn may_read(&self, room: &RoomId, author: &AuthorId) -> Result<bool> {
+        Ok(self.gov(room)?.state().role(author).is_some())
+    }
+
+    /// This device's certificate for its transport identity
+    /// `transport_id` (the libp2p peer id's bytes): how peers learn which
+    /// author is behind a connection.
+    pub fn device_cert(&self, transport_id: &[u8]) -> Result<Vec<u8>> {
+        Ok(crate::cert::DeviceCert::sign(&self.key, transport_id)?)
+    }
+
     /// The room's governance as of `heads`.
     pub fn governance_at(&self, room: &RoomId, heads: &[GovHead]) -> Result<GovState> {
         self.gov(room)?.state_at(heads).map_err(Error::Governance)

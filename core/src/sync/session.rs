@@ -31,7 +31,7 @@ use super::message::{
 use crate::envelope::{Delivery, Envelope};
 use crate::error::SyncError;
 use crate::governance::{GovChange, GovHead};
-use crate::ids::RoomId;
+use crate::ids::{AuthorId, RoomId};
 use crate::replica::{Applied, Replica};
 use crate::store::Store;
 
@@ -65,6 +65,10 @@ pub struct SyncStats {
     pub envelopes_rejected: u64,
     /// Blobs sent on their own (blobs travel with their envelopes otherwise).
     pub blobs_sent: u64,
+    /// Flights in which the peer asked for envelopes or blobs and was
+    /// answered with governance only, because its author may not read the
+    /// room (or is not known).
+    pub flights_withheld: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -79,6 +83,9 @@ enum Role {
 pub struct SyncSession {
     room: RoomId,
     role: Role,
+    /// The author behind the peer, once its certificate is verified: the
+    /// room's messages are served only to a reader.
+    peer: Option<AuthorId>,
     done: bool,
     failed: bool,
     deadline: u64,
@@ -102,6 +109,7 @@ impl SyncSession {
         Self {
             room,
             role,
+            peer: None,
             done: false,
             failed: false,
             deadline: now.saturating_add(SESSION_TIMEOUT_MILLIS),
@@ -161,6 +169,30 @@ impl SyncSession {
         let msg = SyncMessage::Fetch { room: *room, before, min_envelopes }.to_bytes();
         session.count_sent(&msg);
         Some((session, msg))
+    }
+
+    /// Names the author behind the peer (verified by the caller, e.g. from
+    /// the peer's device certificate). Until it is named, and whenever that
+    /// author holds no role in the room at this replica's current
+    /// governance, the session sends the peer governance only: no
+    /// envelopes, no blobs, no history. Governance still flows both ways,
+    /// so an invitee can learn the invite it redeems, and a member's
+    /// governance changes reach whoever it syncs with.
+    pub fn set_peer(&mut self, author: AuthorId) {
+        self.peer = Some(author);
+    }
+
+    /// The author behind the peer, if named.
+    pub fn peer(&self) -> Option<AuthorId> {
+        self.peer
+    }
+
+    /// Whether the peer may be sent the room's messages now.
+    fn serves_peer<S: Store>(&self, replica: &Replica<S>) -> Result<bool, SyncError> {
+        match &self.peer {
+            Some(author) => Ok(replica.may_read(&self.room, author)?),
+            None => Ok(false),
+        }
     }
 
     /// The room this session is about.
@@ -365,12 +397,22 @@ impl SyncSession {
             gov_wanted = !replica.knows_governance(&room, theirs)?;
         }
 
-        // What the peer lacks, by the versions it sent.
+        // What the peer lacks, by the versions it sent, if it may read the
+        // room (judged after its own governance changes are applied, so an
+        // invitee's join counts at once).
+        let serves = self.serves_peer(replica)?;
+        if !serves && !flight.versions.is_empty() {
+            self.stats.flights_withheld += 1;
+        }
         let mut out_deliveries = Vec::new();
         let mut out_blobs = Vec::new();
         let mut want: BTreeSet<u32> = BTreeSet::new();
         for theirs in &flight.versions {
             if theirs.bucket < peer_from {
+                continue;
+            }
+            want.insert(theirs.bucket);
+            if !serves {
                 continue;
             }
             for d in replica.deliveries_since(&room, theirs)? {
@@ -380,7 +422,6 @@ impl SyncSession {
             for b in replica.blobs(&room, &theirs.wanted_blobs)? {
                 out_blobs.push((theirs.bucket, b));
             }
-            want.insert(theirs.bucket);
         }
 
         // Which buckets differ, by the digests it sent.
@@ -446,6 +487,16 @@ impl SyncSession {
         min_envelopes: u32,
     ) -> Result<Vec<Vec<u8>>, SyncError> {
         let room = self.room;
+        if !self.serves_peer(replica)? {
+            // Nothing for a peer that may not read the room, and no claim
+            // that nothing is older.
+            self.stats.flights_withheld += 1;
+            let history = History { from: before, exhausted: false, ..History::default() };
+            let msg = SyncMessage::History { room, history }.to_bytes();
+            self.count_sent(&msg);
+            self.stats.flights_sent += 1;
+            return Ok(vec![msg]);
+        }
         let (buckets, none_older) =
             replica.buckets_before(&room, before, min_envelopes as usize)?;
         // A replica that keeps a window cannot vouch that nothing is older.

@@ -161,6 +161,9 @@ pub struct SyncRun {
     pub bytes: u64,
     /// Envelopes rejected by either side.
     pub rejected: u64,
+    /// Flights either side answered with governance only, the peer not
+    /// being a reader of the room.
+    pub withheld: u32,
     /// Every message, in the order sent.
     pub transcript: Vec<Vec<u8>>,
 }
@@ -176,6 +179,10 @@ pub fn sync_pair<S: Store, T: Store>(
     use concord_core::SyncSession;
     let (mut sa, mut to_b) = SyncSession::initiate(a, room, now).unwrap();
     let mut sb = SyncSession::respond(b, room, now);
+    // Each side knows who the other is (the node learns it from the peer's
+    // device certificate).
+    sa.set_peer(b.author());
+    sb.set_peer(a.author());
     let mut guard = 0;
     let mut transcript = to_b.clone();
     while !(sa.is_done() && sb.is_done()) {
@@ -198,6 +205,7 @@ pub fn sync_pair<S: Store, T: Store>(
         flights: sa.stats().flights_sent + sb.stats().flights_sent,
         bytes: sa.stats().bytes_sent + sb.stats().bytes_sent,
         rejected: sa.stats().envelopes_rejected + sb.stats().envelopes_rejected,
+        withheld: sa.stats().flights_withheld + sb.stats().flights_withheld,
         transcript,
     }
 }
