@@ -266,6 +266,10 @@ pub enum ClientEvent {
         envelopes_sent: u64,
         /// Envelopes received and refused (forged or malformed).
         envelopes_rejected: u64,
+        /// Flights answered with governance only, because the peer's author
+        /// may not read the room (not a member, removed or banned): nothing
+        /// of the room was sent to it.
+        flights_withheld: u32,
     },
     /// A catch-up failed (the peer went away, timed out, or misbehaved).
     SyncFailed {
@@ -313,13 +317,20 @@ impl ClientEvent {
             NodeEvent::PeerLost(p) => Self::PeerLost { peer_id: p.to_string() },
             NodeEvent::Discovered(p) => Self::Discovered { peer_id: p.to_string() },
             NodeEvent::Synced { peer, room, stats } => {
-                let SyncStats { envelopes_applied, envelopes_sent, envelopes_rejected, .. } = stats;
+                let SyncStats {
+                    envelopes_applied,
+                    envelopes_sent,
+                    envelopes_rejected,
+                    flights_withheld,
+                    ..
+                } = stats;
                 Self::Synced {
                     peer_id: peer.to_string(),
                     room_id: room.to_string(),
                     envelopes_applied,
                     envelopes_sent,
                     envelopes_rejected,
+                    flights_withheld,
                 }
             }
             NodeEvent::SyncFailed { peer, room, error } => {

@@ -147,16 +147,19 @@ impl Counters {
 
 /// What a replica task reports back to the actor.
 enum Internal {
-    /// A gossiped message judged; with `true` an accepted governance change.
-    Validated(gossipsub::MessageId, PeerId, MessageAcceptance, bool),
+    /// A gossiped message judged: the room whose topic it came on, and
+    /// whether it is a governance change.
+    Validated(gossipsub::MessageId, PeerId, MessageAcceptance, Option<RoomId>, bool),
     Outbound(Outbound, Vec<Vec<u8>>),
     Inbound(Served),
     Failed(Outbound, NodeError),
     /// A catch-up ended before it had a session.
     Ended(PeerId, RoomId),
     Delivered(RoomId, Hlc),
-    /// Gossip peers, and whether each may read every room it subscribes to.
-    Reviewed(Vec<(PeerId, bool)>),
+    /// Gossip peers, and whether each may read every room it subscribes
+    /// to; with a review of every peer, also whether this device may read
+    /// each of its rooms.
+    Reviewed(Vec<(PeerId, bool)>, Option<Vec<(RoomId, bool)>>),
     Confirm(RoomId),
     HistoryWanted(Vec<RoomId>),
     PublishSignal(RoomId, Vec<u8>),
@@ -243,8 +246,18 @@ struct State<S: Store> {
     /// The author behind each connected peer, with the certificate that
     /// proved it.
     authors: HashMap<PeerId, (Vec<u8>, AuthorId)>,
-    /// Gossip peers kept from the rooms' messages (scored down).
-    non_readers: HashSet<PeerId>,
+    /// Gossip peers kept from the rooms' messages (scored down), and since
+    /// when.
+    non_readers: HashMap<PeerId, Instant>,
+    /// When each room last had gossip published or forwarded: a peer let
+    /// back in after that catches up on what it was not sent.
+    activity: HashMap<RoomId, Instant>,
+    /// Catch-ups to run again once the running one with that peer ends.
+    again: HashSet<(PeerId, RoomId)>,
+    /// Rooms this device may not read (removed, banned, not yet admitted):
+    /// it stays off their gossip topics, and catches up on their
+    /// governance only.
+    unread: HashSet<RoomId>,
 }
 
 impl<S: Store + 'static> Actor<S> {
@@ -292,7 +305,10 @@ impl<S: Store + 'static> Actor<S> {
             counters,
             cert,
             authors: HashMap::new(),
-            non_readers: HashSet::new(),
+            non_readers: HashMap::new(),
+            activity: HashMap::new(),
+            again: HashSet::new(),
+            unread: HashSet::new(),
         };
         for room in rooms {
             if let Err(e) = state.join(room) {
@@ -347,6 +363,8 @@ impl<S: Store + 'static> State<S> {
         gossip.subscribe(&room_topic(&room)).map_err(net)?;
         gossip.subscribe(&signal_topic(&room)).map_err(net)?;
         self.rooms.insert(room);
+        // Listening now; the next review leaves again if it may not read.
+        self.unread.remove(&room);
         Ok(())
     }
 
@@ -379,6 +397,7 @@ impl<S: Store + 'static> State<S> {
                 let _ = reply.send(self.join(room));
             }
             Command::Publish(room, bytes, reply) => {
+                self.activity.insert(room, Instant::now());
                 let governance = bytes.starts_with(GOV_MAGIC);
                 let result = self.publish(room_topic(&room), bytes);
                 if governance {
@@ -648,14 +667,19 @@ impl<S: Store + 'static> State<S> {
 
     fn internal(&mut self, internal: Internal) {
         match internal {
-            Internal::Validated(id, source, acceptance, governance) => {
+            Internal::Validated(id, source, acceptance, room, governance) => {
                 let _ = self
                     .swarm
                     .behaviour_mut()
                     .gossipsub
                     .report_message_validation_result(&id, &source, acceptance);
-                if governance && acceptance == MessageAcceptance::Accept {
-                    self.review(None);
+                if acceptance == MessageAcceptance::Accept {
+                    if let Some(room) = room {
+                        self.activity.insert(room, Instant::now());
+                    }
+                    if governance {
+                        self.review(None);
+                    }
                 }
             }
             Internal::Outbound(mut out, messages) => {
@@ -695,17 +719,18 @@ impl<S: Store + 'static> State<S> {
                     }
                 }
             }
-            Internal::Ended(peer, room) => {
-                self.syncing.remove(&(peer, room));
-            }
+            Internal::Ended(peer, room) => self.sync_ended(peer, room),
             Internal::Failed(out, e) => {
                 let strike = matches!(e, NodeError::Sync(_));
                 self.end_outbound(out, e, strike);
             }
             Internal::Delivered(room, upto) => self.emit(NodeEvent::Delivered { room, upto }),
-            Internal::Reviewed(verdicts) => {
+            Internal::Reviewed(verdicts, own) => {
                 for (peer, reads) in verdicts {
                     self.score_reader(peer, reads);
+                }
+                for (room, reads) in own.unwrap_or_default() {
+                    self.listen_to(room, reads);
                 }
             }
             Internal::HistoryWanted(rooms) => {
@@ -744,7 +769,7 @@ impl<S: Store + 'static> State<S> {
     /// A catch-up this node started failed: report it, and with `strike`
     /// count it against the peer.
     fn end_outbound(&mut self, mut out: Outbound, error: NodeError, strike: bool) {
-        self.syncing.remove(&(out.peer, out.room));
+        self.sync_ended(out.peer, out.room);
         self.emit(NodeEvent::SyncFailed {
             peer: out.peer,
             room: out.room,
@@ -759,7 +784,7 @@ impl<S: Store + 'static> State<S> {
     }
 
     fn finish_sync(&mut self, mut out: Outbound) {
-        self.syncing.remove(&(out.peer, out.room));
+        self.sync_ended(out.peer, out.room);
         let stats = *out.session.stats();
         if let Some(reply) = out.reply.take() {
             let _ = reply.send(Ok(stats));
@@ -767,6 +792,11 @@ impl<S: Store + 'static> State<S> {
         self.emit(NodeEvent::Synced { peer: out.peer, room: out.room, stats });
         let room = out.room;
         let Some(watermark) = out.watermark else { return };
+        // A peer that may not read the room was sent none of it: nothing
+        // reached it.
+        if stats.flights_withheld > 0 {
+            return;
+        }
         self.spawn_job(
             move |r| r.mark_reached(&room, watermark),
             move |moved| match moved {
@@ -816,7 +846,8 @@ impl<S: Store + 'static> State<S> {
     }
 
     /// Reviews whether gossip peers (all, or `only`) may read every room of
-    /// ours they subscribe to, and scores them for it.
+    /// ours they subscribe to, and scores them for it; reviewing all, also
+    /// whether this device may read each of its rooms.
     fn review(&mut self, only: Option<PeerId>) {
         let mut topics = HashMap::new();
         for room in &self.rooms {
@@ -836,13 +867,16 @@ impl<S: Store + 'static> State<S> {
             let author = self.authors.get(peer).map(|(_, a)| *a);
             asks.push((*peer, author, rooms));
         }
-        if asks.is_empty() {
+        let mine: Option<Vec<RoomId>> =
+            only.is_none().then(|| self.rooms.iter().copied().collect());
+        if asks.is_empty() && mine.is_none() {
             return;
         }
         self.spawn_job(
             move |r| {
                 let reads = |author: &AuthorId, room: &RoomId| r.may_read(room, author);
-                asks.into_iter()
+                let verdicts = asks
+                    .into_iter()
                     .map(|(peer, author, rooms)| {
                         let ok = rooms.is_empty()
                             || author.is_some_and(|a| {
@@ -850,10 +884,47 @@ impl<S: Store + 'static> State<S> {
                             });
                         (peer, ok)
                     })
-                    .collect()
+                    .collect();
+                let me = r.author();
+                let own = mine.map(|rooms| {
+                    rooms
+                        .into_iter()
+                        .map(|room| (room, reads(&me, &room).unwrap_or(true)))
+                        .collect()
+                });
+                (verdicts, own)
             },
-            |verdicts| Some(Internal::Reviewed(verdicts.ok()?)),
+            |reviewed| {
+                let (verdicts, own) = reviewed.ok()?;
+                Some(Internal::Reviewed(verdicts, own))
+            },
         );
+    }
+
+    /// Joins or leaves a room's gossip topics as this device may or may not
+    /// read the room: a removed device stops asking for the room's gossip
+    /// (which honest peers would not send it) and keeps catching up, which
+    /// brings the governance that may admit it again.
+    fn listen_to(&mut self, room: RoomId, reads: bool) {
+        if !self.rooms.contains(&room) || reads != self.unread.contains(&room) {
+            return;
+        }
+        let gossip = &mut self.swarm.behaviour_mut().gossipsub;
+        if reads {
+            let joined =
+                gossip.subscribe(&room_topic(&room)).and(gossip.subscribe(&signal_topic(&room)));
+            if let Err(e) = joined {
+                tracing::warn!(%room, error = %e, "cannot subscribe to a room");
+                return;
+            }
+            self.unread.remove(&room);
+            tracing::info!(%room, "may read the room again: joined its gossip");
+        } else {
+            gossip.unsubscribe(&room_topic(&room));
+            gossip.unsubscribe(&signal_topic(&room));
+            self.unread.insert(room);
+            tracing::info!(%room, "may not read the room: left its gossip");
+        }
     }
 
     /// Lets `peer` have the rooms' gossip, or keeps it from them.
@@ -862,10 +933,50 @@ impl<S: Store + 'static> State<S> {
         // gossipsub keeps a disconnected peer's score for a while, so the
         // score is set on every verdict, not only on changes.
         self.swarm.behaviour_mut().gossipsub.set_application_score(&peer, score);
-        let changed =
-            if reads { self.non_readers.remove(&peer) } else { self.non_readers.insert(peer) };
-        if changed {
-            tracing::debug!(%peer, reads, "reviewed a gossip peer's right to its rooms");
+        if !reads {
+            if let std::collections::hash_map::Entry::Vacant(e) = self.non_readers.entry(peer) {
+                tracing::debug!(%peer, "kept a gossip peer from its rooms' gossip");
+                e.insert(Instant::now());
+            }
+            return;
+        }
+        let Some(since) = self.non_readers.remove(&peer) else { return };
+        tracing::debug!(%peer, "let a gossip peer have its rooms' gossip");
+        // What gossip it was not sent meanwhile (a new peer is kept out
+        // until its certificate arrives) it gets by catch-up.
+        let topics: HashSet<gossipsub::TopicHash> = self
+            .swarm
+            .behaviour()
+            .gossipsub
+            .all_peers()
+            .filter(|(p, _)| **p == peer)
+            .flat_map(|(_, t)| t.into_iter().cloned())
+            .collect();
+        let missed: Vec<RoomId> = self
+            .rooms
+            .iter()
+            .filter(|r| topics.contains(&room_topic(r).hash()))
+            .filter(|r| self.activity.get(r).is_some_and(|at| *at >= since))
+            .copied()
+            .collect();
+        for room in missed {
+            if self.syncing.insert((peer, room)) {
+                self.start_sync(peer, room, None);
+            } else {
+                self.again.insert((peer, room));
+            }
+        }
+    }
+
+    /// A catch-up with `peer` about `room` ended; runs one more if one was
+    /// asked for meanwhile.
+    fn sync_ended(&mut self, peer: PeerId, room: RoomId) {
+        self.syncing.remove(&(peer, room));
+        if self.again.remove(&(peer, room))
+            && self.swarm.is_connected(&peer)
+            && self.syncing.insert((peer, room))
+        {
+            self.start_sync(peer, room, None);
         }
     }
 
@@ -883,6 +994,7 @@ impl<S: Store + 'static> State<S> {
                 self.inbound.retain(|(peer, _), _| *peer != peer_id);
                 self.authors.remove(&peer_id);
                 self.non_readers.remove(&peer_id);
+                self.again.retain(|(peer, _)| *peer != peer_id);
                 self.emit(NodeEvent::PeerLost(peer_id));
             }
             SwarmEvent::NewListenAddr { listener_id, address } => {
@@ -998,12 +1110,13 @@ impl<S: Store + 'static> State<S> {
                 }
                 _ => MessageAcceptance::Reject,
             };
-            self.internal(Internal::Validated(id, source, acceptance, false));
+            self.internal(Internal::Validated(id, source, acceptance, None, false));
             return;
         }
         let rooms = self.rooms.clone();
         let rejected = self.counters.envelopes_rejected.clone();
         let governance = message.data.starts_with(GOV_MAGIC);
+        let topic_room = self.rooms.iter().find(|r| room_topic(r).hash() == message.topic).copied();
         self.spawn_job(
             move |r| {
                 if message.data.starts_with(GOV_MAGIC) {
@@ -1044,7 +1157,7 @@ impl<S: Store + 'static> State<S> {
                 if acceptance == MessageAcceptance::Reject {
                     rejected.inc();
                 }
-                Some(Internal::Validated(id, source, acceptance, governance))
+                Some(Internal::Validated(id, source, acceptance, topic_room, governance))
             },
         );
     }

@@ -2,13 +2,14 @@
 //! an invite redeemed by a device that joined with a ticket, roles and
 //! topic changes spreading by gossip and catch-up, a moderator's delete
 //! erasing a member's message everywhere, and a removed member whose posts
-//! every peer refuses.
+//! every peer refuses and whose device stops receiving the room.
 
 mod common;
 
 use common::{clock, config, peer, until, until_converged};
 use concord_core::{Action, Denied, Error, GovError, Role};
 use concord_node::NodeError;
+use std::time::Duration;
 
 fn loopback() -> concord_node::Multiaddr {
     "/ip4/127.0.0.1/tcp/0".parse().unwrap()
@@ -86,6 +87,30 @@ async fn test_members_invites_roles_and_removal_over_the_network() {
         c_room.send("still here?").await,
         Err(NodeError::Core(Error::Governance(GovError::Denied(Denied::NotMember))))
     ));
+
+    // C's device stops receiving the room: A's gossip leaves C out (from
+    // A's next gossip heartbeat after the removal, 0.5 s), and A's
+    // catch-up sends C governance only, whoever starts it.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    clock.advance(10);
+    room.send("after C left").await.unwrap();
+    clock.advance(10);
+    b_room.send("B answers").await.unwrap();
+    until_converged(&[&a.node, &b.node], room.id(), 3).await;
+    let from_c = c.node.sync(a.node.peer_id(), room.id()).await.unwrap();
+    assert_eq!(from_c.envelopes_applied, 0, "{from_c:?}");
+    let to_c = a.node.sync(c.node.peer_id(), room.id()).await.unwrap();
+    assert_eq!((to_c.envelopes_sent, to_c.flights_withheld > 0), (0, true), "{to_c:?}");
+    // Several catch-up periods later C still holds only what it had.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let held: Vec<String> = common::snapshot(&c.node, room.id())
+        .await
+        .messages
+        .into_iter()
+        .filter_map(|m| m.body)
+        .collect();
+    assert_eq!(held, ["B is here"], "the removed device received new messages");
+
     let trail = room.audit().await.unwrap();
     let actions: Vec<&Action> = trail.iter().map(|e| &e.action).collect();
     assert!(matches!(

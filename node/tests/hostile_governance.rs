@@ -5,7 +5,8 @@
 //! The honest node's governance never moves, the gossiping peer is scored
 //! down, the syncing one is struck and banned, and honest governance keeps
 //! spreading. The same kinds and many more are refused by direct apply in
-//! `core/src/governance/tests.rs` (10,000 of them).
+//! `core/src/governance/tests.rs` (10,000 of them). And a removed member's
+//! client that ignores its removal and stays subscribed hears nothing new.
 
 mod common;
 
@@ -165,6 +166,144 @@ async fn test_forged_governance_by_gossip_and_sync_is_refused_and_changes_nothin
     })
     .await;
     assert_eq!(room.governance().await.unwrap(), b_room.governance().await.unwrap());
+    for p in [a, b] {
+        p.node.shutdown().await.unwrap();
+    }
+}
+
+/// A client that speaks gossipsub and the sync protocol and ignores
+/// governance: a removed member's device modified to stay in the room.
+#[derive(libp2p::swarm::NetworkBehaviour)]
+struct Stayer {
+    gossipsub: libp2p::gossipsub::Behaviour,
+    sync: request_response::Behaviour<concord_node::SyncCodec>,
+}
+
+fn stayer(topic: &IdentTopic) -> libp2p::Swarm<Stayer> {
+    use libp2p::gossipsub::{self, MessageAuthenticity, ValidationMode};
+    let mut swarm = libp2p::SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_tcp(
+            libp2p::tcp::Config::default(),
+            libp2p::noise::Config::new,
+            libp2p::yamux::Config::default,
+        )
+        .unwrap()
+        .with_behaviour(|key| {
+            let config = gossipsub::ConfigBuilder::default()
+                .validation_mode(ValidationMode::Strict)
+                .heartbeat_interval(Duration::from_millis(200))
+                .build()
+                .unwrap();
+            Stayer {
+                gossipsub: gossipsub::Behaviour::new(
+                    MessageAuthenticity::Signed(key.clone()),
+                    config,
+                )
+                .unwrap(),
+                sync: request_response::Behaviour::new(
+                    [(concord_node::SYNC_PROTOCOL, request_response::ProtocolSupport::Full)],
+                    request_response::Config::default(),
+                ),
+            }
+        })
+        .unwrap()
+        .build();
+    swarm.behaviour_mut().gossipsub.subscribe(topic).unwrap();
+    swarm
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_a_removed_members_client_that_stays_subscribed_hears_nothing_new() {
+    let clock = clock();
+    let a = peer(1, &clock, config());
+    let b = peer(2, &clock, config());
+    // M's key, used by a client that never leaves.
+    let m = concord_core::Replica::open_with_seed(
+        concord_core::MemoryStore::new(),
+        clock.clone(),
+        [9; 32],
+    )
+    .unwrap();
+    let addr = a.node.listen("/ip4/127.0.0.1/tcp/0".parse().unwrap()).await.unwrap();
+    let members = vec![(b.node.author(), Role::Member), (m.author(), Role::Member)];
+    let room = a.node.create_room_with("crew", members).await.unwrap();
+    let b_room = b.node.join_ticket(&room.ticket().await.unwrap()).await.unwrap();
+    until("B is a member", || async {
+        b_room.governance().await.unwrap().role(&b.node.author()) == Some(Role::Member)
+    })
+    .await;
+
+    // The client joins A's gossip for the room, and tells A who it is with
+    // M's certificate for its own peer id.
+    let topic = IdentTopic::new(format!("concord/room/{}", room.id()));
+    let mut client = stayer(&topic);
+    let client_id = *client.local_peer_id();
+    let cert = m.device_cert(&client_id.to_bytes()).unwrap();
+    client.dial(addr).unwrap();
+    let heard = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Vec<u8>>::new()));
+    let a_peer = a.node.peer_id();
+    let room_id = room.id();
+    let driver = tokio::spawn({
+        let heard = heard.clone();
+        async move {
+            loop {
+                match client.select_next_some().await {
+                    SwarmEvent::ConnectionEstablished { .. } => {
+                        let request = SyncRequest {
+                            session: 1,
+                            room: room_id,
+                            messages: Vec::new(),
+                            genesis: None,
+                            cert: cert.clone(),
+                            refused: None,
+                        };
+                        client.behaviour_mut().sync.send_request(&a_peer, request);
+                    }
+                    SwarmEvent::Behaviour(StayerEvent::Gossipsub(
+                        libp2p::gossipsub::Event::Message { message, .. },
+                    )) => heard.lock().unwrap().push(message.data),
+                    _ => {}
+                }
+            }
+        }
+    });
+    // While M is a member, A's gossip reaches the client (so the check
+    // below can fail).
+    let mut sent = 0;
+    for i in 0.. {
+        clock.advance(10);
+        b_room.send(&format!("while M is in {i}")).await.unwrap();
+        sent += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if !heard.lock().unwrap().is_empty() {
+            break;
+        }
+        assert!(i < 100, "the client never heard the room while M was a member");
+    }
+
+    // A removes M; the client stays subscribed. From A's next heartbeat
+    // on, A's gossip leaves it out.
+    clock.advance(10);
+    room.kick(m.author()).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    heard.lock().unwrap().clear();
+    for i in 0..5 {
+        clock.advance(10);
+        b_room.send(&format!("after M left {i}")).await.unwrap();
+        room.send(&format!("A after M left {i}")).await.unwrap();
+        sent += 2;
+    }
+    until("A holds B's messages", || async {
+        common::snapshot(&a.node, room.id()).await.messages.len() == sent
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = heard.lock().unwrap().len();
+    assert_eq!(after, 0, "the removed member's client heard {after} gossip messages");
+    let score = a.node.peer_score(client_id).await.unwrap().unwrap();
+    assert!(score < -50.0, "the client's score at A is {score}");
+    driver.abort();
     for p in [a, b] {
         p.node.shutdown().await.unwrap();
     }

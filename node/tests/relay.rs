@@ -9,6 +9,9 @@
 //!   is; how many raw sled files still hold it is measured and printed;
 //! - a flood of invalid envelopes gets its sender disconnected and banned
 //!   while honest devices keep syncing through the relay;
+//! - a banned member's device receives nothing new from the relay, by
+//!   gossip or by catch-up; a room of members only reaches the relay only
+//!   once its key is a member, and the relay serves it to members only;
 //! - the metrics and health endpoints answer.
 
 mod common;
@@ -20,7 +23,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use concord_core::{Delivery, DeliveryState, Flight, RawDelivery, RoomId, SledStore, SyncMessage};
+use concord_core::{
+    AuthorId, Delivery, DeliveryState, Flight, RawDelivery, Role, RoomId, SledStore, SyncMessage,
+};
 use concord_node::relay::{RelayStore, SledRelayStore};
 use concord_node::{Multiaddr, Node, NodeEvent, Room, SyncRequest};
 use futures::StreamExt;
@@ -35,6 +40,9 @@ struct RelayProcess {
     child: Child,
     addr: Multiaddr,
     metrics: SocketAddr,
+    /// The relay's author key, which a room of members only lists for the
+    /// relay to store it.
+    author: AuthorId,
     lines: mpsc::Receiver<String>,
 }
 
@@ -76,10 +84,12 @@ impl RelayProcess {
                 }
             }
         });
-        let (mut addr, mut metrics) = (None, None);
+        let (mut addr, mut metrics, mut author) = (None, None, None);
         loop {
             let line = lines.recv_timeout(Duration::from_secs(60)).expect("the relay got ready");
-            if let Some(a) = line.strip_prefix("listening on ") {
+            if let Some(key) = line.strip_prefix("relay author ") {
+                author = Some(key.parse().expect("an author id"));
+            } else if let Some(a) = line.strip_prefix("listening on ") {
                 addr = Some(a.parse().expect("a multiaddr"));
             } else if let Some(rest) = line.strip_prefix("metrics on http://") {
                 let host = rest.split('/').next().expect("host:port");
@@ -88,7 +98,13 @@ impl RelayProcess {
                 break;
             }
         }
-        Self { child, addr: addr.expect("a listen address"), metrics: metrics.unwrap(), lines }
+        Self {
+            child,
+            addr: addr.expect("a listen address"),
+            metrics: metrics.unwrap(),
+            author: author.expect("the relay's author"),
+            lines,
+        }
     }
 
     /// SIGKILL: no shutdown, no flush.
@@ -289,6 +305,104 @@ async fn test_a_relay_whose_replica_was_lost_rebuilds_it_from_its_store() {
     relay.stop();
 }
 
+/// The relay's peer id, from its address.
+fn relay_peer(relay: &RelayProcess) -> libp2p::PeerId {
+    match relay.addr.iter().last() {
+        Some(libp2p::multiaddr::Protocol::P2p(id)) => id,
+        _ => panic!("the relay's address names no peer"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_a_banned_members_device_receives_nothing_new_from_the_relay() {
+    let relay_dir = tempfile::tempdir().unwrap();
+    let dirs = [(); 3].map(|_| tempfile::tempdir().unwrap());
+    let relay = RelayProcess::start(relay_dir.path());
+    let [a, b, c] = [0, 1, 2].map(|i| device(dirs[i].path()));
+    let room = a.create_room("moderated").await.unwrap();
+    let ticket = room.ticket().await.unwrap();
+    a.dial(relay.addr.clone()).await.unwrap();
+    let b_room = b.join_ticket(&ticket).await.unwrap();
+    let c_room = c.join_ticket(&ticket).await.unwrap();
+    b.dial(relay.addr.clone()).await.unwrap();
+    c.dial(relay.addr.clone()).await.unwrap();
+    room.send("before the ban").await.unwrap();
+    common::until("B and C to receive the first message", || async {
+        bodies(&b_room).await.len() == 1 && bodies(&c_room).await.len() == 1
+    })
+    .await;
+
+    // A bans C. Everyone, C included, learns of it through the relay.
+    room.ban(c.author()).await.unwrap();
+    common::until("B and C to see the ban", || async {
+        let banned = |g: concord_core::GovState| g.is_banned(&c.author());
+        banned(b_room.governance().await.unwrap()) && banned(c_room.governance().await.unwrap())
+    })
+    .await;
+    // The relay's next gossip heartbeat (0.5 s) drops C from its mesh.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    room.send("after the ban").await.unwrap();
+    common::until("B to receive the second message through the relay", || async {
+        bodies(&b_room).await.len() == 2
+    })
+    .await;
+    // C keeps catching up with the relay (every 300 ms, and once more
+    // here) and receives nothing new, by gossip or by catch-up.
+    let stats = c.sync(relay_peer(&relay), room.id()).await.unwrap();
+    assert_eq!(stats.envelopes_applied, 0, "{stats:?}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(bodies(&c_room).await, ["before the ban"]);
+    for device in [a, b, c] {
+        device.shutdown().await.unwrap();
+    }
+    relay.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_a_room_of_members_reaches_a_relay_only_once_the_relay_is_a_member() {
+    let relay_dir = tempfile::tempdir().unwrap();
+    let dirs = [(); 3].map(|_| tempfile::tempdir().unwrap());
+    let relay = RelayProcess::start(relay_dir.path());
+    let [a, b, c] = [0, 1, 2].map(|i| device(dirs[i].path()));
+    let room = a.create_room_with("private", vec![(b.author(), Role::Member)]).await.unwrap();
+    let ticket = room.ticket().await.unwrap();
+    a.dial(relay.addr.clone()).await.unwrap();
+    room.send("members only").await.unwrap();
+    // The relay takes the room up and holds its governance, but A sends
+    // it no envelopes: its key is not a member.
+    let stats = a.sync(relay_peer(&relay), room.id()).await.unwrap();
+    assert_eq!(stats.envelopes_sent, 0, "{stats:?}");
+    assert_eq!(relay.metric("concord_relay_envelopes_stored_total"), 0.0);
+    assert!(relay.metric("concord_rooms_taken_up_total") >= 1.0);
+
+    // A lists the relay as a read-only member: now it stores the room.
+    room.set_role(relay.author, Role::ReadOnly).await.unwrap();
+    until_reached(&room).await;
+    assert!(relay.metric("concord_relay_envelopes_stored_total") >= 1.0);
+    a.shutdown().await.unwrap();
+
+    // B, a member, receives the room from the relay alone; C, who holds
+    // the ticket but is no member, receives its governance and nothing else.
+    let b_room = b.join_ticket(&ticket).await.unwrap();
+    let c_room = c.join_ticket(&ticket).await.unwrap();
+    b.dial(relay.addr.clone()).await.unwrap();
+    c.dial(relay.addr.clone()).await.unwrap();
+    common::until("B to receive the room from the relay", || async {
+        bodies(&b_room).await == ["members only"]
+    })
+    .await;
+    common::until("C to receive the governance", || async {
+        c_room.governance().await.unwrap().role(&relay.author) == Some(Role::ReadOnly)
+    })
+    .await;
+    let stats = c.sync(relay_peer(&relay), room.id()).await.unwrap();
+    assert_eq!((stats.envelopes_applied, bodies(&c_room).await.len()), (0, 0), "{stats:?}");
+    for device in [b, c] {
+        device.shutdown().await.unwrap();
+    }
+    relay.stop();
+}
+
 /// Flights of forged envelopes: `real` with one signature bit flipped.
 fn forged_flight(room: RoomId, real: &Delivery, nth: usize) -> Vec<u8> {
     let mut envelope = real.envelope.as_bytes().to_vec();
@@ -330,10 +444,7 @@ async fn test_a_flood_of_invalid_envelopes_is_cut_off_while_honest_devices_sync(
     // The attacker: a plain request-response swarm speaking the sync
     // protocol, sending flights of forged envelopes as fast as it can.
     let mut hostile = common::sync_attacker();
-    let relay_id = match relay.addr.iter().last() {
-        Some(libp2p::multiaddr::Protocol::P2p(id)) => id,
-        _ => panic!("the relay's address names no peer"),
-    };
+    let relay_id = relay_peer(&relay);
     hostile.dial(relay.addr.clone()).unwrap();
     let mut answered = 0usize;
     let mut failed = 0usize;

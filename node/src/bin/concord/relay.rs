@@ -2,8 +2,9 @@
 //! parts of it), and `concord relay init-store` creates the relay store's
 //! tables.
 //!
-//! On start it prints, one line each, its peer id, every address it
-//! listens on, and the metrics endpoint, then `relay ready`. It runs until
+//! On start it prints, one line each, its peer id, its author key (which a
+//! room of members only must list for the relay to store it), every
+//! address it listens on, and the metrics endpoint, then `relay ready`. It runs until
 //! SIGINT or SIGTERM and then shuts down cleanly; a SIGKILL loses nothing
 //! either (see `docs/relay.md`).
 
@@ -181,6 +182,9 @@ async fn run_with<R: RelayStore>(config: RelayConfig, store: R) -> CliResult<Exi
     let relay = Relay::start(config, store).await.context("cannot start the relay")?;
     let node = relay.node();
     say!("relay {} on the {} store", node.peer_id(), relay.backend());
+    // The key an admin adds to a room of members only for this relay to
+    // store it.
+    say!("relay author {}", node.author());
     for addr in node.addresses().await.context("cannot read the relay's addresses")? {
         say!("listening on {addr}");
     }
