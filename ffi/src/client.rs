@@ -137,6 +137,12 @@ impl Client {
     }
 
     /// Joins the room a ticket names and connects to the peers it lists.
+    /// A ticket with an invite (`Room::invite_ticket`) is redeemed in the
+    /// background once the room's governance arrives, and
+    /// [`ClientEvent::InviteRedeemed`] or [`ClientEvent::InviteFailed`]
+    /// tells how it ended. Joining with it again is harmless; a redemption
+    /// still waiting when the app exits resumes when it joins with the
+    /// ticket again.
     pub async fn join_room(&self, ticket: String) -> Result<Arc<Room>> {
         let (node, ticket) = (self.node.clone(), error::ticket(&ticket)?);
         run(async move { Ok(Arc::new(Room::new(node.join_ticket(&ticket).await?))) }).await

@@ -82,6 +82,8 @@ impl From<NodeError> for ConcordError {
             NodeError::Network(e) => Self::Network(e),
             NodeError::InvalidConfig(e) => Self::InvalidInput(e),
             NodeError::Sync(e) => Self::Sync(e),
+            NodeError::Ticket(e) => e.into(),
+            NodeError::Invite(e) => Self::NotAllowed(e),
             NodeError::Core(e) => e.into(),
             NodeError::Panicked(e) => Self::Internal(e),
             other => Self::Internal(other.to_string()),
@@ -189,5 +191,12 @@ mod tests {
         assert_eq!(ConcordError::from(e), ConcordError::InvalidInput("zero".into()));
         let e = NodeError::Core(CoreError::NotAuthor(concord_node::MessageId::from_bytes([7; 16])));
         assert!(matches!(ConcordError::from(e), ConcordError::NotAuthor(_)));
+        let e = NodeError::Invite("the invite was revoked".into());
+        assert_eq!(
+            ConcordError::from(e),
+            ConcordError::NotAllowed("the invite was revoked".into())
+        );
+        let e = NodeError::Ticket(TicketError::Malformed("trailing bytes"));
+        assert!(matches!(ConcordError::from(e), ConcordError::InvalidTicket(_)));
     }
 }

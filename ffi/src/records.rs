@@ -236,7 +236,8 @@ impl SignalKind {
     }
 }
 
-/// What a client tells its app: peers, sync progress, delivery, presence.
+/// What a client tells its app: peers, sync progress, delivery, presence,
+/// and how redeeming a ticket's invite ended.
 #[derive(Clone, Debug, PartialEq, Eq, uniffi::Enum)]
 pub enum ClientEvent {
     /// A connection to a new peer was established.
@@ -302,6 +303,21 @@ pub enum ClientEvent {
         /// The peer id.
         peer_id: String,
     },
+    /// This device is a member of a room it joined with a ticket carrying
+    /// an invite (or was one already).
+    InviteRedeemed {
+        /// The room id.
+        room_id: String,
+    },
+    /// The invite of a ticket this device joined a room with did not make
+    /// it a member: refused (used, revoked, expired, for another key), or
+    /// the room's governance did not arrive in time.
+    InviteFailed {
+        /// The room id.
+        room_id: String,
+        /// Why.
+        error: String,
+    },
     /// The listener fell behind and this many events were dropped.
     Lagged {
         /// How many.
@@ -345,6 +361,12 @@ impl ClientEvent {
                 kind: SignalKind::from_node(kind)?,
             },
             NodeEvent::Banned(p) => Self::Banned { peer_id: p.to_string() },
+            NodeEvent::InviteRedeemed { room } => {
+                Self::InviteRedeemed { room_id: room.to_string() }
+            }
+            NodeEvent::InviteFailed { room, error } => {
+                Self::InviteFailed { room_id: room.to_string(), error }
+            }
             _ => return None,
         })
     }

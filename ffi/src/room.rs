@@ -175,6 +175,24 @@ impl Room {
         .await
     }
 
+    /// Issues and registers an invite like [`Room::invite`], and returns
+    /// this room's ticket carrying it: whoever joins with it
+    /// (`Client::join_room`) becomes a member by itself once the room's
+    /// governance reaches them.
+    pub async fn invite_ticket(
+        &self,
+        role: MemberRole,
+        invitee_id: Option<String>,
+        expires_ms: Option<u64>,
+    ) -> Result<String> {
+        let invitee = invitee_id.as_deref().map(error::author_id).transpose()?;
+        let room = self.room.clone();
+        run(async move {
+            Ok(room.invite_ticket(role.into(), invitee, expires_ms).await?.to_string())
+        })
+        .await
+    }
+
     /// Joins this room as a member by redeeming an invite (hex, as
     /// `invite` gives). The room's governance must have arrived: a
     /// catch-up with any member brings it.

@@ -33,6 +33,13 @@ pub const DEFAULT_STORE_CACHE_BYTES: u64 = 4 * 1024 * 1024;
 /// per second, 10 MiB per node.
 pub const DEFAULT_GOSSIP_SEEN_TTL: Duration = Duration::from_secs(10);
 
+/// How long a node waits, by default, for a room's governance to bring the
+/// invite of a ticket it joined with (see [`NodeConfig::invite_wait`]).
+/// Catch-up brings it within a round trip of reaching any peer that holds
+/// the room; ten minutes covers an issuer or relay that comes online a
+/// little later. Past it the app calls `join_ticket` again to resume.
+pub const DEFAULT_INVITE_WAIT: Duration = Duration::from_secs(600);
+
 /// The shortest [`NodeConfig::gossip_seen_ttl`]: the window in which gossip
 /// may still offer a message (1.5 s) and a requested copy may arrive (3 s).
 /// Shorter, and a node would ask again for messages it just had.
@@ -79,6 +86,10 @@ pub struct NodeConfig {
     /// catch-up about it and presents its signed genesis. Off on devices;
     /// the relay turns it on.
     pub serve_rooms_on_request: bool,
+    /// How long joining with a ticket that carries an invite waits for the
+    /// room's governance to bring the invite's registration before it gives
+    /// up ([`crate::NodeEvent::InviteFailed`]); see [`DEFAULT_INVITE_WAIT`].
+    pub invite_wait: Duration,
 }
 
 impl Default for NodeConfig {
@@ -97,6 +108,7 @@ impl Default for NodeConfig {
             store_cache_bytes: DEFAULT_STORE_CACHE_BYTES,
             gossip_seen_ttl: DEFAULT_GOSSIP_SEEN_TTL,
             serve_rooms_on_request: false,
+            invite_wait: DEFAULT_INVITE_WAIT,
         }
     }
 }
@@ -125,6 +137,9 @@ impl NodeConfig {
         }
         if self.gossip_seen_ttl < MIN_GOSSIP_SEEN_TTL {
             return bad("gossip_seen_ttl must be at least 5 s");
+        }
+        if self.invite_wait.is_zero() {
+            return bad("invite_wait must be above zero");
         }
         Ok(())
     }
@@ -181,6 +196,12 @@ impl NodeConfig {
     /// Sets how long gossip remembers the ids of messages it has seen.
     pub fn gossip_seen_ttl(mut self, ttl: Duration) -> Self {
         self.gossip_seen_ttl = ttl;
+        self
+    }
+
+    /// Sets how long joining with an invite ticket waits for the invite.
+    pub fn invite_wait(mut self, wait: Duration) -> Self {
+        self.invite_wait = wait;
         self
     }
 

@@ -24,6 +24,13 @@ pub enum NodeError {
     /// A catch-up session failed.
     #[error("sync: {0}")]
     Sync(String),
+    /// A ticket could not be made.
+    #[error(transparent)]
+    Ticket(#[from] crate::ticket::TicketError),
+    /// The invite a ticket carried could not be redeemed (refused, or the
+    /// room's governance never brought it); see [`crate::NodeEvent::InviteFailed`].
+    #[error("invite: {0}")]
+    Invite(String),
     /// The replica refused or failed an operation.
     #[error(transparent)]
     Core(#[from] concord_core::Error),

@@ -1,4 +1,5 @@
-//! What a node tells its app: peers, sync progress, delivery and presence.
+//! What a node tells its app: peers, sync progress, delivery, presence, and
+//! how redeeming a ticket's invite ended.
 
 use concord_core::{AuthorId, Hlc, RoomId, SignalKind, SyncStats};
 use libp2p::PeerId;
@@ -59,6 +60,24 @@ pub enum NodeEvent {
         room: RoomId,
         /// The peer that presented it.
         peer: PeerId,
+    },
+    /// This device is a member of a room it joined with a ticket carrying
+    /// an invite: its Join was accepted, or it was a listed member already
+    /// (joining with the ticket again).
+    InviteRedeemed {
+        /// The room.
+        room: RoomId,
+    },
+    /// The invite of a ticket this device joined a room with did not make
+    /// it a member: refused (used, revoked, expired, for another key) or
+    /// the room's governance did not bring it within
+    /// [`crate::NodeConfig::invite_wait`]. The device holds the room still,
+    /// and may post only if the room is open.
+    InviteFailed {
+        /// The room.
+        room: RoomId,
+        /// Why.
+        error: String,
     },
 }
 

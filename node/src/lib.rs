@@ -5,7 +5,8 @@
 //! and one actor owning the libp2p swarm (gossip per room, catch-up sync over
 //! request-response, mDNS, relay client and DCUtR), and hands out [`Room`]
 //! handles to send, edit, delete, react, page and watch a room. Room tickets
-//! carry a room and the addresses to reach it in one string. The core is
+//! carry a room, the addresses to reach it and perhaps an invite in one
+//! string. The core is
 //! re-exported as [`core`]. See `docs/architecture.md`.
 #![deny(missing_docs)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
@@ -16,6 +17,7 @@ mod config;
 mod error;
 mod events;
 mod node;
+mod redeem;
 pub mod relay;
 mod replica_actor;
 mod room;
@@ -29,14 +31,15 @@ pub use concord_core::{
     MessageId, Role, RoomId, RoomInfo, SignalKind, Subscription, TimelineDiff, TimelineListener,
 };
 pub use config::{
-    NodeConfig, DEFAULT_GOSSIP_SEEN_TTL, DEFAULT_STORE_CACHE_BYTES, DEFAULT_SYNC_INTERVAL,
-    MIN_GOSSIP_SEEN_TTL,
+    NodeConfig, DEFAULT_GOSSIP_SEEN_TTL, DEFAULT_INVITE_WAIT, DEFAULT_STORE_CACHE_BYTES,
+    DEFAULT_SYNC_INTERVAL, MIN_GOSSIP_SEEN_TTL,
 };
 pub use error::{NodeError, Result};
 pub use events::{NodeEvent, EVENT_QUEUE};
 pub use libp2p::PeerId;
 pub use multiaddr::{Multiaddr, Protocol};
 pub use node::{Node, COMMAND_QUEUE};
+pub use redeem::INVITE_POLL;
 pub use replica_actor::{ReplicaHandle, ReplicaThread, REPLICA_QUEUE};
 pub use room::{Room, TimelineItem, TimelinePage};
 pub use sync_codec::{SyncCodec, SyncRequest, SyncResponse, SYNC_PROTOCOL};

@@ -5,6 +5,7 @@
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use concord_core::{
     AuthorId, Clock, Delivery, Replica, Role, RoomId, RoomInfo, SignalKind, SledStore, Store,
@@ -20,6 +21,7 @@ use crate::behaviour::build_swarm;
 use crate::config::NodeConfig;
 use crate::error::{NodeError, Result};
 use crate::events::{NodeEvent, EVENT_QUEUE};
+use crate::redeem::{self, Redeeming};
 use crate::replica_actor::{ReplicaHandle, ReplicaThread};
 use crate::room::Room;
 use crate::ticket::{RoomTicket, MAX_TICKET_ADDRESSES};
@@ -36,6 +38,10 @@ pub struct Node<S: Store = SledStore> {
     peer_id: PeerId,
     author: AuthorId,
     thread: Arc<Mutex<Option<ReplicaThread>>>,
+    /// Invites of joined tickets being redeemed in the background.
+    redeeming: Redeeming,
+    /// [`NodeConfig::invite_wait`].
+    invite_wait: Duration,
 }
 
 impl<S: Store> Clone for Node<S> {
@@ -47,6 +53,8 @@ impl<S: Store> Clone for Node<S> {
             peer_id: self.peer_id,
             author: self.author,
             thread: self.thread.clone(),
+            redeeming: self.redeeming.clone(),
+            invite_wait: self.invite_wait,
         }
     }
 }
@@ -100,6 +108,7 @@ impl<S: Store + 'static> Node<S> {
             ReplicaHandle::spawn(replica).map_err(|e| NodeError::Network(e.to_string()))?;
         let (commands, inbox) = mpsc::channel(COMMAND_QUEUE);
         let (events, _) = broadcast::channel(EVENT_QUEUE);
+        let invite_wait = config.invite_wait;
         let actor = Actor {
             swarm,
             replica: replica.clone(),
@@ -120,6 +129,8 @@ impl<S: Store + 'static> Node<S> {
             peer_id,
             author,
             thread: Arc::new(Mutex::new(Some(thread))),
+            redeeming: Redeeming::default(),
+            invite_wait,
         })
     }
 
@@ -141,6 +152,12 @@ impl<S: Store + 'static> Node<S> {
     /// A receiver of this node's events from now on.
     pub fn events(&self) -> broadcast::Receiver<NodeEvent> {
         self.events.subscribe()
+    }
+
+    /// Tells whoever listens.
+    pub(crate) fn emit(&self, event: NodeEvent) {
+        // No receiver is fine: events are for whoever listens.
+        let _ = self.events.send(event);
     }
 
     async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T> {
@@ -244,16 +261,32 @@ impl<S: Store + 'static> Node<S> {
     /// Joins the room a ticket names, serves it, and dials the ticket's
     /// addresses (those that fail are skipped: any one reachable peer is
     /// enough, and mDNS or later dials may find others).
+    ///
+    /// When the ticket carries an invite, the node redeems it by itself in
+    /// the background as soon as the room's governance (with the invite's
+    /// registration) arrives, and tells how that ended with
+    /// [`NodeEvent::InviteRedeemed`] or [`NodeEvent::InviteFailed`]; the
+    /// device may post in a room of members once redeemed. Joining with the
+    /// same ticket again is harmless: a listed member has nothing to redeem,
+    /// and a redemption already waiting is not started twice. A waiting
+    /// redemption lives in memory only: after a restart, call this again
+    /// with the ticket to resume it.
     pub async fn join_ticket(&self, ticket: &RoomTicket) -> Result<Room<S>> {
         let genesis = ticket.genesis().as_bytes().to_vec();
         let id = self.replica.try_call(move |r| r.join_room(&genesis)).await?;
         self.join(id).await?;
+        let room = Room::new(self.clone(), id);
+        if let Some(invite) = ticket.invite() {
+            // Subscribed before dialing, so the first catch-up is seen.
+            let events = self.events();
+            redeem::spawn(room.clone(), invite.clone(), events, &self.redeeming, self.invite_wait);
+        }
         for addr in ticket.addresses() {
             if let Err(e) = self.dial(addr.clone()).await {
                 tracing::debug!(%addr, error = %e, "ticket address not dialable");
             }
         }
-        Ok(Room::new(self.clone(), id))
+        Ok(room)
     }
 
     /// A room the replica holds.
@@ -272,7 +305,7 @@ impl<S: Store + 'static> Node<S> {
         let genesis = self.replica.try_call(move |r| Ok(r.genesis(&room)?.clone())).await?;
         let mut addresses = self.addresses().await?;
         addresses.truncate(MAX_TICKET_ADDRESSES);
-        RoomTicket::new(genesis, addresses).map_err(|e| NodeError::Network(e.to_string()))
+        Ok(RoomTicket::new(genesis, addresses)?)
     }
 
     /// What other members' devices last said about themselves in `room`.

@@ -296,6 +296,22 @@ impl<S: Store + 'static> Room<S> {
         Ok(invite)
     }
 
+    /// Issues and registers an invite like [`Room::invite`], and returns
+    /// this room's ticket ([`Room::ticket`]) carrying it: whoever joins with
+    /// the ticket ([`Node::join_ticket`]) becomes a member by itself.
+    pub async fn invite_ticket(
+        &self,
+        role: Role,
+        invitee: Option<AuthorId>,
+        expires_millis: Option<u64>,
+    ) -> Result<RoomTicket> {
+        // The ticket first: an invite is registered only if its ticket can
+        // be made.
+        let ticket = self.ticket().await?;
+        let invite = self.invite(role, invitee, expires_millis).await?;
+        Ok(ticket.with_invite(invite)?)
+    }
+
     /// Joins this room by redeeming an invite (its governance must have
     /// arrived: a catch-up with any member brings it).
     pub async fn redeem(&self, invite: Invite) -> Result<()> {

@@ -1,8 +1,9 @@
 //! The `concord` binary end to end, as a user runs it: the demo converges
 //! and says so; two `concord chat` processes on 127.0.0.1 exchange
-//! messages, an edit and a delete, and quit cleanly; `concord room` creates,
-//! lists and hands out tickets; bad input ends in a clear error and a
-//! non-zero exit, never a panic.
+//! messages, an edit and a delete, and quit cleanly; an invite ticket from
+//! `/invite` makes the chat that joins with it a member of a room of
+//! members; `concord room` creates, lists and hands out tickets; bad input
+//! ends in a clear error and a non-zero exit, never a panic.
 
 mod common;
 
@@ -144,6 +145,45 @@ fn test_chat_governance_roles_topic_moderation_and_audit() {
     a.send("/quit");
     b.send("/quit");
     assert!(a.wait_exit() && b.wait_exit(), "a chat did not exit cleanly");
+}
+
+#[test]
+fn test_chat_invite_ticket_makes_its_holder_a_member() {
+    let (dir_a, dir_c) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    // A room of members only; alice's chat opens it as the store's first.
+    let out =
+        run(&["room", "create", "crew", "--members-only", "--data-dir", dir_arg(dir_a.path())]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let local = ["--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns"];
+    let mut a = Chat::spawn(
+        "alice",
+        &[&["--name", "alice", "--data-dir", dir_arg(dir_a.path())][..], &local[..]].concat(),
+    );
+    a.wait_for("a ticket", |l| l.starts_with("ticket: "));
+    a.send("/invite");
+    let ticket = a.wait_for("an invite ticket", |l| l.starts_with("invite ticket: "));
+    let ticket = ticket.trim_start_matches("invite ticket: ").to_owned();
+    assert!(RoomTicket::from_str(&ticket).expect("it parses").invite().is_some());
+    a.wait_for("what it carries", |l| l.contains("an invite as member for whoever uses it first"));
+
+    // Carol joins with the invite ticket alone and becomes a member by
+    // herself, then posts, and alice sees it.
+    let mut c = Chat::spawn(
+        "carol",
+        &[
+            &["--name", "carol", "--join", &ticket, "--data-dir", dir_arg(dir_c.path())][..],
+            &local[..],
+        ]
+        .concat(),
+    );
+    c.wait_for("the invite noted", |l| l.starts_with("* the ticket carries an invite"));
+    c.wait_for("membership", |l| l == "* you are a member of the room (by the ticket's invite)");
+    c.send("carol is in");
+    c.wait_for("its own message", |l| l.contains("carol (you): carol is in"));
+    a.wait_for("carol's message", |l| l.contains("carol is in") && !l.contains("(you)"));
+    a.send("/quit");
+    c.send("/quit");
+    assert!(a.wait_exit() && c.wait_exit(), "a chat did not exit cleanly");
 }
 
 #[test]

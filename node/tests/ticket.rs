@@ -1,20 +1,31 @@
-//! Room tickets: round trips, caps, and hostile text (random, mutated,
-//! oversized) that never panics and never yields a room its genesis did not
-//! found.
+//! Room tickets: round trips, caps, a ticket in the format before invites,
+//! and hostile text (random, mutated, oversized) that never panics and never
+//! yields a room its genesis did not found or an invite its issuer did not
+//! sign.
 
 use std::sync::Arc;
 
-use concord_core::{ManualClock, MemoryStore, Replica};
+use concord_core::{Invite, ManualClock, MemoryStore, Replica, Role};
 use concord_node::{Multiaddr, RoomTicket, TicketError, MAX_TICKET_CHARS, TICKET_PREFIX};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngSeed, TestRunner};
 
 fn genesis() -> concord_core::Genesis {
+    genesis_and_invite().0
+}
+
+/// The room's genesis, and an invite to it for whoever redeems it first.
+fn genesis_and_invite() -> (concord_core::Genesis, Invite) {
     let clock = Arc::new(ManualClock::new(1_750_000_000_000));
     let mut r = Replica::open_with_seed(MemoryStore::new(), clock, [3; 32]).unwrap();
     let room = r.create_room("ticketed").unwrap();
-    r.genesis(&room).unwrap().clone()
+    let (invite, _) = r.invite(&room, Role::Member, None, None).unwrap();
+    (r.genesis(&room).unwrap().clone(), invite)
 }
+
+/// What `RoomTicket::new(genesis(), addresses())` printed before tickets
+/// carried invites (format version 1).
+const VERSION_ONE_TICKET: &str = "concord1aeaioq2oindqf3kjfddcruocy3vosazysbmzkyjjlettuxdd7e3dnqkgcswion6raglxiig4aaaaacdunfrwwzlumvsaclba2oxni5rl4a4xeffirxoglt6vrtgu5djoknpe7d4iot4wwnatqd4xzvrdt5ntgozwf4t3nhrtc7m2m7pssbg3df4p6dw54eujpfin3krfgtc4ujrezylnmdar7qmqqayabach6aaaaeda7iiac4uqaaaaaaaaaaaaaaaaaaaaaaaadeicb6q42ayacy3bc4tfnrqxsltfpbqw24dmmuxg64thaya3w";
 
 fn addresses() -> Vec<Multiaddr> {
     vec![
@@ -59,6 +70,28 @@ fn test_ticket_round_trips_and_names_its_room() {
 }
 
 #[test]
+fn test_a_ticket_from_before_invites_still_parses_and_is_still_written() {
+    let ticket = RoomTicket::new(genesis(), addresses()).unwrap();
+    assert_eq!(VERSION_ONE_TICKET.parse::<RoomTicket>().unwrap(), ticket);
+    // Without an invite, a ticket is written as before, so older builds
+    // still read it.
+    assert_eq!(ticket.to_string(), VERSION_ONE_TICKET);
+    assert!(ticket.invite().is_none());
+}
+
+#[test]
+fn test_ticket_with_an_invite_round_trips_as_text() {
+    let (g, invite) = genesis_and_invite();
+    let ticket = RoomTicket::new(g, addresses()).unwrap().with_invite(invite.clone()).unwrap();
+    let text = ticket.to_string();
+    assert!(text.starts_with(TICKET_PREFIX) && text.len() <= MAX_TICKET_CHARS, "{text}");
+    let parsed: RoomTicket = text.parse().unwrap();
+    assert_eq!(parsed, ticket);
+    assert_eq!(parsed.invite(), Some(&invite));
+    assert_eq!(parsed.addresses(), addresses().as_slice());
+}
+
+#[test]
 fn test_bad_tickets_are_typed_errors() {
     let ticket = RoomTicket::new(genesis(), addresses()).unwrap().to_string();
     assert_eq!("hello".parse::<RoomTicket>(), Err(TicketError::Prefix));
@@ -95,11 +128,15 @@ fn test_random_text_never_panics_and_is_refused() {
 }
 
 #[test]
-fn test_mutated_tickets_never_yield_another_room() {
-    let g = genesis();
-    let text = RoomTicket::new(g.clone(), addresses()).unwrap().to_string();
+fn test_mutated_tickets_never_yield_another_room_or_invite() {
+    let (g, invite) = genesis_and_invite();
+    let text = RoomTicket::new(g.clone(), addresses())
+        .unwrap()
+        .with_invite(invite.clone())
+        .unwrap()
+        .to_string();
     let body = text[TICKET_PREFIX.len()..].to_owned();
-    let mut runner = runner("test_mutated_tickets_never_yield_another_room");
+    let mut runner = runner("test_mutated_tickets_never_yield_another_room_or_invite");
     let strategy = prop::collection::vec((any::<prop::sample::Index>(), "[a-z2-7]"), 1..6);
     runner
         .run(&strategy, |edits| {
@@ -110,8 +147,10 @@ fn test_mutated_tickets_never_yield_another_room() {
             }
             let mutated = format!("{TICKET_PREFIX}{}", chars.iter().collect::<String>());
             if let Ok(t) = mutated.parse::<RoomTicket>() {
-                // Only the addresses can change; the genesis is signed.
+                // Only the addresses can change; the genesis and the
+                // invite are signed.
                 prop_assert_eq!(t.room_id(), g.room_id());
+                prop_assert_eq!(t.invite(), Some(&invite));
             }
             Ok(())
         })

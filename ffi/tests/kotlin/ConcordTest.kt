@@ -1,7 +1,8 @@
 // The Python suite's scenario from Kotlin on the JVM, through the generated
 // bindings (JNA) and the real engine: two clients on loopback create and
 // join a room, chat, edit, delete (the body is gone from both), react, page
-// back; errors are typed exceptions; the listener fires on Rust threads;
+// back; a device joins a room of members with an invite ticket alone and
+// posts; errors are typed exceptions; the listener fires on Rust threads;
 // suspend functions work under coroutines. Run by ffi/test-kotlin.sh.
 
 import java.nio.file.Files
@@ -13,6 +14,7 @@ import kotlinx.coroutines.runBlocking
 import uniffi.concord.Client
 import uniffi.concord.ClientConfig
 import uniffi.concord.ConcordException
+import uniffi.concord.MemberRole
 import uniffi.concord.Room
 import uniffi.concord.TimelineDiff
 import uniffi.concord.TimelineListener
@@ -127,6 +129,17 @@ fun main() = runBlocking {
     } while (page.hasMore)
     check(seen.toSet() == sent.toSet() && seen.size == 25)
     check(seen == history.page(null, 100u).items.map { it.id }) { "pages run newest first" }
+    checks++
+
+    // A room of members: B joins with an invite ticket alone, becomes a
+    // member by itself once the governance arrives, and posts; A gets it.
+    val crew = a.createRoomWith("crew", listOf())
+    val crewB = b.joinRoom(crew.inviteTicket(MemberRole.MEMBER, b.authorId(), null))
+    eventually("B to become a member") {
+        crewB.governance().members.any { it.authorId == b.authorId() && it.role == MemberRole.MEMBER }
+    }
+    crewB.send("B joined by ticket")
+    eventually("A to get B's post") { "B joined by ticket" in bodies(crew) }
     checks++
 
     // Typed exceptions.

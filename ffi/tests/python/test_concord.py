@@ -84,6 +84,14 @@ class Events(concord.EventListener):
         with self.lock:
             return [e.peer_id for e in self.events if e.is_peer_connected()]
 
+    def invite_outcomes(self, room_id):
+        """InviteRedeemed and InviteFailed events about `room_id`, in order."""
+        with self.lock:
+            return [
+                e for e in self.events
+                if (e.is_invite_redeemed() or e.is_invite_failed()) and e.room_id == room_id
+            ]
+
 
 class ClientsTestCase(unittest.IsolatedAsyncioTestCase):
     """Two clients, A and B, each on its own data directory."""
@@ -244,6 +252,45 @@ class TestGovernance(ClientsTestCase):
             await room_b.send("still here?")
         trail = [e.description.split(" ")[0] for e in await room_a.audit()]
         self.assertEqual(trail, ["created", "invited", "joined", "set", "removed"])
+
+    async def test_invite_ticket_alone_makes_its_holder_a_member(self):
+        from concord import MemberRole
+
+        events = Events()
+        subscription = self.b.subscribe_events(events)
+        room_a = await self.a.create_room_with("crew", [])
+        ticket = await room_a.invite_ticket(MemberRole.MEMBER, self.b.author_id(), None)
+        self.assertTrue(ticket.startswith("concord1"))
+        # B joins with the ticket alone: its client redeems the invite by
+        # itself once the room's governance arrives.
+        room_b = await self.b.join_room(ticket)
+        self.assertEqual(room_a.id(), room_b.id())
+
+        async def outcomes():
+            return events.invite_outcomes(room_b.id())
+
+        first = (await eventually(outcomes, "B's invite to be redeemed"))[0]
+        self.assertTrue(first.is_invite_redeemed(), first)
+        self.assertTrue(await self._member(room_b, self.b.author_id()))
+        await room_b.send("B joined by ticket")
+        await eventually(
+            lambda: self._has(room_a, "B joined by ticket"), "A to see B's message"
+        )
+        self.assertTrue(await self._member(room_a, self.b.author_id()))
+        # Joining with the same ticket again is harmless: B is a member.
+        await self.b.join_room(ticket)
+
+        async def second():
+            return len(events.invite_outcomes(room_b.id())) == 2
+
+        await eventually(second, "the second join's outcome")
+        self.assertTrue(events.invite_outcomes(room_b.id())[1].is_invite_redeemed())
+        trail = [e.description.split(" ")[0] for e in await room_a.audit()]
+        self.assertEqual(trail, ["created", "invited", "joined"])
+        # Bad arguments are typed errors.
+        with self.assertRaises(ConcordError.InvalidId):
+            await room_a.invite_ticket(MemberRole.MEMBER, "not an author", None)
+        subscription.cancel()
 
     @staticmethod
     async def _founded(room):

@@ -12,7 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use concord_core::{ManualClock, Replica, RoomId, RoomSnapshot, SledStore};
-use concord_node::{Node, NodeConfig};
+use concord_node::{Node, NodeConfig, NodeEvent};
+use tokio::sync::broadcast;
 
 pub const EPOCH_MILLIS: u64 = 1_750_000_000_000;
 
@@ -78,6 +79,32 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("timed out waiting for {what}");
+}
+
+/// The first event on `events` that `pick` takes something from, or a
+/// panic after 30 s.
+pub async fn until_event<T>(
+    what: &str,
+    events: &mut broadcast::Receiver<NodeEvent>,
+    mut pick: impl FnMut(NodeEvent) -> Option<T>,
+) -> T {
+    let wait = async {
+        loop {
+            match events.recv().await {
+                Ok(event) => {
+                    if let Some(found) = pick(event) {
+                        return found;
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => panic!("events closed before {what}"),
+            }
+        }
+    };
+    match tokio::time::timeout(Duration::from_secs(30), wait).await {
+        Ok(found) => found,
+        Err(_) => panic!("timed out waiting for {what}"),
+    }
 }
 
 /// An attacker's swarm: plain TCP + Noise + Yamux and request-response

@@ -20,6 +20,7 @@ use concord_node::core::SledStore;
 use concord_node::{
     AuthorId, DeliveryState, Invite, Message, MessageId, Multiaddr, Node, NodeConfig, NodeError,
     NodeEvent, Role, Room, RoomId, RoomTicket, SignalKind, TimelineDiff, TimelineListener,
+    TICKET_PREFIX,
 };
 use data_encoding::HEXLOWER_PERMISSIVE;
 use tokio::sync::{broadcast, mpsc};
@@ -55,8 +56,9 @@ Each line you type is sent as a message. Lines starting with / are commands:
   /role KEY ROLE   set a member's role (admin, moderator, member, read-only)
   /kick KEY        remove a member          /ban KEY   /unban KEY
   /topic TEXT      set the topic            /rename NAME   rename the room
-  /invite [KEY]    print an invite, for one author id or for whoever uses it first
-  /redeem INVITE   join a room of members with an invite you were given
+  /invite [KEY]    print a ticket carrying an invite as member, for one author id
+                   or for whoever uses it first: joining with it makes its holder a member
+  /redeem INVITE   redeem an invite you were given (an invite ticket, or hex) in this room
   /audit           who changed the room's governance, what and when
   /whoami          your author id
   /quit            leave (end of input does the same)
@@ -76,7 +78,9 @@ pub struct ChatArgs {
     #[arg(long)]
     name: String,
     /// Join the room of this ticket (the `ticket:` line another chat
-    /// prints) instead of creating a room or reusing the store's first.
+    /// prints) instead of creating a room or reusing the store's first. A
+    /// ticket with an invite (`/invite`) makes you a member by itself once
+    /// the room's governance arrives.
     #[arg(long, value_name = "TICKET")]
     join: Option<RoomTicket>,
     /// The data directory [default: $XDG_DATA_HOME/concord/NAME, or
@@ -154,6 +158,9 @@ async fn session(node: &Node, args: &ChatArgs) -> CliResult<()> {
     say!("ticket: {ticket}");
     say!("room: {} ({})", info.name, room.id());
     say!("you: {} (author {})", args.name, short(&node.author()));
+    if args.join.as_ref().is_some_and(|t| t.invite().is_some()) {
+        say!("* the ticket carries an invite: you become a member once the room's governance arrives");
+    }
     say!("type a message and press enter; /help lists the commands");
 
     let (diff_tx, mut diffs) = mpsc::channel(DIFF_QUEUE);
@@ -424,6 +431,12 @@ impl View {
                     _ => {}
                 }
             }
+            NodeEvent::InviteRedeemed { room } if room == self.room.id() => {
+                say!("* you are a member of the room (by the ticket's invite)");
+            }
+            NodeEvent::InviteFailed { room, error } if room == self.room.id() => {
+                say!("* the ticket's invite did not make you a member: {error}");
+            }
             NodeEvent::SyncFailed { peer, error, .. } => {
                 tracing::debug!(%peer, %error, "catch-up failed");
             }
@@ -535,25 +548,45 @@ impl View {
             "rename" => self.room.set_name(rest).await.map_err(|e| failed("rename", e))?,
             "invite" => {
                 let invitee = if rest.is_empty() { None } else { Some(self.author(rest).await?) };
-                let invite = self
+                let ticket = self
                     .room
-                    .invite(Role::Member, invitee, None)
+                    .invite_ticket(Role::Member, invitee, None)
                     .await
                     .map_err(|e| failed("invite", e))?;
-                say!("invite: {}", HEXLOWER_PERMISSIVE.encode(invite.as_bytes()));
+                let whom =
+                    invitee.map_or_else(|| "whoever uses it first".to_owned(), |k| short(&k));
+                say!("invite ticket: {ticket}");
+                say!(
+                    "* this ticket carries an invite as member for {whom}: \
+                     `concord chat --join` with it makes its holder a member"
+                );
             }
             "redeem" => {
-                let invite = HEXLOWER_PERMISSIVE
-                    .decode(rest.as_bytes())
-                    .ok()
-                    .and_then(|b| Invite::from_bytes(&b).ok())
-                    .ok_or_else(|| Mistake::Said("usage: /redeem INVITE (hex)".into()))?;
+                let invite = self.invite_arg(rest)?;
                 self.room.redeem(invite).await.map_err(|e| failed("redeem the invite", e))?;
                 say!("* you are a member");
             }
             _ => return Err(Mistake::Said(format!("unknown command /{verb} (try /help)"))),
         }
         Ok(Flow::Continue)
+    }
+
+    /// An invite to this room from an invite ticket or an invite's hex.
+    fn invite_arg(&self, arg: &str) -> Result<Invite, Mistake> {
+        let usage = || Mistake::Said("usage: /redeem INVITE (an invite ticket, or hex)".into());
+        if !arg.starts_with(TICKET_PREFIX) {
+            return HEXLOWER_PERMISSIVE
+                .decode(arg.as_bytes())
+                .ok()
+                .and_then(|b| Invite::from_bytes(&b).ok())
+                .ok_or_else(usage);
+        }
+        let ticket: RoomTicket =
+            arg.parse().map_err(|e| Mistake::Said(format!("not a ticket: {e}")))?;
+        if ticket.room_id() != self.room.id() {
+            return Err(Mistake::Said("the ticket is for another room".into()));
+        }
+        ticket.invite().cloned().ok_or_else(|| Mistake::Said("the ticket carries no invite".into()))
     }
 
     /// Parses `N rest` into the message numbered N and the rest.
