@@ -180,35 +180,10 @@ struct Stayer {
 }
 
 fn stayer(topic: &IdentTopic) -> libp2p::Swarm<Stayer> {
-    use libp2p::gossipsub::{self, MessageAuthenticity, ValidationMode};
-    let mut swarm = libp2p::SwarmBuilder::with_new_identity()
-        .with_tokio()
-        .with_tcp(
-            libp2p::tcp::Config::default(),
-            libp2p::noise::Config::new,
-            libp2p::yamux::Config::default,
-        )
-        .unwrap()
-        .with_behaviour(|key| {
-            let config = gossipsub::ConfigBuilder::default()
-                .validation_mode(ValidationMode::Strict)
-                .heartbeat_interval(Duration::from_millis(200))
-                .build()
-                .unwrap();
-            Stayer {
-                gossipsub: gossipsub::Behaviour::new(
-                    MessageAuthenticity::Signed(key.clone()),
-                    config,
-                )
-                .unwrap(),
-                sync: request_response::Behaviour::new(
-                    [(concord_node::SYNC_PROTOCOL, request_response::ProtocolSupport::Full)],
-                    request_response::Config::default(),
-                ),
-            }
-        })
-        .unwrap()
-        .build();
+    let mut swarm = common::attacker_swarm(|key| Stayer {
+        gossipsub: common::attacker_gossip(key),
+        sync: common::attacker_sync(),
+    });
     swarm.behaviour_mut().gossipsub.subscribe(topic).unwrap();
     swarm
 }

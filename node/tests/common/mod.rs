@@ -107,11 +107,11 @@ pub async fn until_event<T>(
     }
 }
 
-/// An attacker's swarm: plain TCP + Noise + Yamux and request-response
-/// speaking Concord's sync protocol, nothing else.
-pub fn sync_attacker() -> libp2p::Swarm<libp2p::request_response::Behaviour<concord_node::SyncCodec>>
-{
-    use libp2p::request_response::{self, ProtocolSupport};
+/// An attacker's swarm: plain TCP + Noise + Yamux under a fresh identity,
+/// with the behaviour `build` makes from its key.
+pub fn attacker_swarm<B: libp2p::swarm::NetworkBehaviour>(
+    build: impl FnOnce(&libp2p::identity::Keypair) -> B,
+) -> libp2p::Swarm<B> {
     libp2p::SwarmBuilder::with_new_identity()
         .with_tokio()
         .with_tcp(
@@ -120,41 +120,43 @@ pub fn sync_attacker() -> libp2p::Swarm<libp2p::request_response::Behaviour<conc
             libp2p::yamux::Config::default,
         )
         .unwrap()
-        .with_behaviour(|_| {
-            request_response::Behaviour::<concord_node::SyncCodec>::new(
-                [(concord_node::SYNC_PROTOCOL, ProtocolSupport::Full)],
-                request_response::Config::default().with_request_timeout(Duration::from_secs(10)),
-            )
-        })
+        .with_behaviour(|key| build(key))
         .unwrap()
         .build()
 }
 
-/// An attacker's swarm: plain TCP + Noise + Yamux and a gossipsub that
-/// validates nothing and sends up to 128 KiB, subscribed to `topic`.
+/// Request-response speaking Concord's sync protocol.
+pub fn attacker_sync() -> libp2p::request_response::Behaviour<concord_node::SyncCodec> {
+    use libp2p::request_response::{self, ProtocolSupport};
+    request_response::Behaviour::new(
+        [(concord_node::SYNC_PROTOCOL, ProtocolSupport::Full)],
+        request_response::Config::default().with_request_timeout(Duration::from_secs(10)),
+    )
+}
+
+/// A gossipsub that validates nothing and sends up to 128 KiB.
+pub fn attacker_gossip(key: &libp2p::identity::Keypair) -> libp2p::gossipsub::Behaviour {
+    use libp2p::gossipsub::{self, MessageAuthenticity, ValidationMode};
+    let config = gossipsub::ConfigBuilder::default()
+        .validation_mode(ValidationMode::Strict)
+        .max_transmit_size(128 * 1024)
+        .heartbeat_interval(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    gossipsub::Behaviour::new(MessageAuthenticity::Signed(key.clone()), config).unwrap()
+}
+
+/// An attacker's swarm speaking Concord's sync protocol, nothing else.
+pub fn sync_attacker() -> libp2p::Swarm<libp2p::request_response::Behaviour<concord_node::SyncCodec>>
+{
+    attacker_swarm(|_| attacker_sync())
+}
+
+/// An attacker's swarm with [`attacker_gossip`] subscribed to `topic`.
 pub fn gossip_attacker(
     topic: &libp2p::gossipsub::IdentTopic,
 ) -> libp2p::Swarm<libp2p::gossipsub::Behaviour> {
-    use libp2p::gossipsub::{self, MessageAuthenticity, ValidationMode};
-    let mut swarm = libp2p::SwarmBuilder::with_new_identity()
-        .with_tokio()
-        .with_tcp(
-            libp2p::tcp::Config::default(),
-            libp2p::noise::Config::new,
-            libp2p::yamux::Config::default,
-        )
-        .unwrap()
-        .with_behaviour(|key| {
-            let config = gossipsub::ConfigBuilder::default()
-                .validation_mode(ValidationMode::Strict)
-                .max_transmit_size(128 * 1024)
-                .heartbeat_interval(Duration::from_millis(200))
-                .build()
-                .unwrap();
-            gossipsub::Behaviour::new(MessageAuthenticity::Signed(key.clone()), config).unwrap()
-        })
-        .unwrap()
-        .build();
+    let mut swarm = attacker_swarm(attacker_gossip);
     swarm.behaviour_mut().subscribe(topic).unwrap();
     swarm
 }
