@@ -90,6 +90,12 @@ pub enum EnvelopeError {
     /// not a fault of the sender; it can be offered again once they arrive.
     #[error("envelope cites governance changes this replica does not hold yet")]
     UnknownGovernance,
+    /// The envelope would have to wait (for its author's earlier changes or
+    /// for governance this replica does not hold), and the room already
+    /// keeps as much waiting as it may: not a fault of the sender; a later
+    /// catch-up offers it again once what it waits for is held.
+    #[error("too much of the room is waiting for earlier changes; offer it again later")]
+    PendingFull,
     /// The author may not write this change at the governance heads it cites
     /// (not a member, a read-only member posting, a member deleting others'
     /// messages).

@@ -1121,3 +1121,82 @@ fn test_random_signal_mutations_are_refused() {
         },
     );
 }
+
+/// Outcomes counted: (waiting, refused as `PendingFull`).
+fn waits_and_refusals(outcomes: &[Result<Applied, EnvelopeError>]) -> (usize, usize) {
+    let waiting = outcomes.iter().filter(|o| **o == Ok(Applied::Pending)).count();
+    let full = outcomes.iter().filter(|o| **o == Err(EnvelopeError::PendingFull)).count();
+    (waiting, full)
+}
+
+#[test]
+fn test_what_waits_forever_is_capped_per_room_and_honest_envelopes_still_apply() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(common::EPOCH_MILLIS));
+    let open_bob = || {
+        let store = concord_core::SledStore::open(dir.path()).unwrap();
+        let mut bob = Replica::open_with_seed(store, clock.clone(), [2; 32]).unwrap();
+        bob.set_pending_limit(20, u64::MAX);
+        bob
+    };
+    let mut alice = common::memory_replica(1, &clock);
+    let room = alice.create_room("open").unwrap();
+    let mut bob = open_bob();
+    common::join(&mut bob, &alice, &room);
+    // Mallory, a member of the open room, posts 41 messages; Bob is offered
+    // all but the first, so they all wait for it, and may wait forever.
+    let mut mallory = common::memory_replica(3, &clock);
+    common::join(&mut mallory, &alice, &room);
+    let posts: Vec<Delivery> = (0..41)
+        .map(|i| {
+            clock.advance(1);
+            mallory.post(&room, Draft::text(format!("junk {i}"))).unwrap().delivery
+        })
+        .collect();
+    let outcomes = bob.apply(&room, posts[1..].to_vec()).unwrap();
+    assert_eq!(waits_and_refusals(&outcomes), (20, 20));
+    assert_eq!(bob.pending_use(&room).unwrap().0, 20);
+    // Offering the same ones again changes nothing.
+    let again = bob.apply(&room, posts[1..21].to_vec()).unwrap();
+    assert_eq!(waits_and_refusals(&again), (20, 0));
+    assert_eq!(bob.pending_use(&room).unwrap().0, 20);
+
+    // An honest envelope in order still applies.
+    clock.advance(1);
+    let hello = alice.post(&room, Draft::text("hello")).unwrap();
+    assert_eq!(bob.apply(&room, vec![hello.delivery]).unwrap(), vec![Ok(Applied::Applied)]);
+
+    // The count survives a reopen (it is counted from the store).
+    drop(bob);
+    let mut bob = open_bob();
+    let outcomes = bob.apply(&room, posts[21..].to_vec()).unwrap();
+    assert_eq!(waits_and_refusals(&outcomes), (0, 20));
+    assert_eq!(bob.pending_use(&room).unwrap().0, 20);
+
+    // The gap fills: the twenty integrate, the room's pending empties, and
+    // the refused ones, offered again, apply.
+    assert_eq!(bob.apply(&room, vec![posts[0].clone()]).unwrap(), vec![Ok(Applied::Applied)]);
+    assert_eq!(bob.pending_use(&room).unwrap(), (0, 0));
+    assert_eq!(bob.snapshot(&room).unwrap().messages.len(), 22);
+    let rest = bob.apply(&room, posts[21..].to_vec()).unwrap();
+    assert!(rest.iter().all(|o| *o == Ok(Applied::Applied)), "{rest:?}");
+    assert_eq!(bob.snapshot(&room).unwrap(), alice_and_mallory(&mut alice, &posts, &room));
+
+    // The byte limit holds as well: room for three records, not four.
+    let mut carol = common::memory_replica(4, &clock);
+    common::join(&mut carol, &alice, &room);
+    let record = posts[1].to_bytes().len() as u64 + 64;
+    carol.set_pending_limit(usize::MAX, 3 * record);
+    let outcomes = carol.apply(&room, posts[1..10].to_vec()).unwrap();
+    assert_eq!(waits_and_refusals(&outcomes), (3, 6));
+}
+
+/// Alice's view once she holds Mallory's posts too.
+fn alice_and_mallory(
+    alice: &mut Replica<MemoryStore>,
+    posts: &[Delivery],
+    room: &RoomId,
+) -> concord_core::RoomSnapshot {
+    alice.apply(room, posts.to_vec()).unwrap();
+    alice.snapshot(room).unwrap()
+}

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use concord_core::{
-    AuthorId, Clock, Delivery, DeviceCert, GovApplied, GovChange, Hlc, Replica, RoomId, Signal,
-    SignalKind, Store, SyncSession, SyncStats, GOV_MAGIC,
+    AuthorId, Clock, Delivery, DeviceCert, EnvelopeError, GovApplied, GovChange, Hlc, Replica,
+    RoomId, Signal, SignalKind, Store, SyncSession, SyncStats, GOV_MAGIC,
 };
 use futures::future::BoxFuture;
 use futures::StreamExt;
@@ -1147,6 +1147,9 @@ impl<S: Store + 'static> State<S> {
                 }
                 match r.apply(&room, vec![delivery]).map(|mut v| v.pop()) {
                     Ok(Some(Ok(_))) => MessageAcceptance::Accept,
+                    // Too much of the room waits: kept back, not the
+                    // sender's fault; catch-up brings it in order.
+                    Ok(Some(Err(EnvelopeError::PendingFull))) => MessageAcceptance::Ignore,
                     Ok(Some(Err(_))) => MessageAcceptance::Reject,
                     // A store failure is ours, not the sender's fault.
                     _ => MessageAcceptance::Ignore,

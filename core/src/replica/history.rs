@@ -108,6 +108,8 @@ impl<S: Store> Replica<S> {
             }
         }
         batch.put(Tree::Windows, room.as_bytes().to_vec(), oldest.to_be_bytes());
+        // Pending records of evicted buckets go too: count the room again.
+        self.pending_use.remove(room);
         self.store.commit(batch)?;
         self.windows.insert(*room, oldest);
         self.docs.retain(|(r, b, _), _| r != room || *b >= oldest);

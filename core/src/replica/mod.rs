@@ -247,6 +247,8 @@ struct Tx {
     deleted: HashSet<(RoomId, MessageId)>,
     /// Pending deliveries staged in this transaction, by `pending-1` key.
     pending: BTreeMap<Vec<u8>, Delivery>,
+    /// How this transaction changes each room's pending use.
+    pending_delta: HashMap<RoomId, PendingUse>,
     /// Timeline diffs to announce after the commit.
     diffs: BTreeMap<RoomId, Vec<TimelineDiff>>,
 }
@@ -279,6 +281,30 @@ impl Tx {
 /// and rebuilt from their envelopes when needed again.
 pub const DEFAULT_DOC_CACHE: usize = 256;
 
+/// Most deliveries one room keeps waiting in `pending-1` by default (for
+/// their author's earlier changes, or for the governance they cite). Honest
+/// catch-up sends governance first and each author's changes in order, so
+/// little waits; what waits for something that never comes (a gap never
+/// filled, heads that do not exist) would otherwise stay forever.
+pub const DEFAULT_PENDING_PER_ROOM: usize = 16_384;
+/// Most bytes of deliveries one room keeps waiting, by default.
+pub const DEFAULT_PENDING_BYTES_PER_ROOM: u64 = 64 << 20;
+
+/// What a room keeps waiting in `pending-1`: records and bytes (signed, so
+/// that a transaction's changes can be added).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct PendingUse {
+    count: i64,
+    bytes: i64,
+}
+
+impl PendingUse {
+    fn add(&mut self, other: PendingUse) {
+        self.count += other.count;
+        self.bytes += other.bytes;
+    }
+}
+
 /// One device's replica of its rooms, over a [`Store`].
 pub struct Replica<S: Store> {
     store: S,
@@ -300,6 +326,11 @@ pub struct Replica<S: Store> {
     next_listener: u64,
     /// Each room's governance.
     govs: HashMap<RoomId, Governance>,
+    /// Each room's committed pending use, counted from the store when first
+    /// needed and kept up to date by every commit.
+    pending_use: HashMap<RoomId, PendingUse>,
+    /// The pending limits per room: records and bytes.
+    pending_limit: (usize, u64),
 }
 
 impl<S: Store> std::fmt::Debug for Replica<S> {
@@ -398,6 +429,8 @@ impl<S: Store> Replica<S> {
             doc_cache: DEFAULT_DOC_CACHE,
             listeners: Arc::new(Mutex::new(BTreeMap::new())),
             next_listener: 0,
+            pending_use: HashMap::new(),
+            pending_limit: (DEFAULT_PENDING_PER_ROOM, DEFAULT_PENDING_BYTES_PER_ROOM),
         })
     }
 
@@ -869,14 +902,24 @@ impl<S: Store> Replica<S> {
         }
         let Some(role) = role.filter(|_| start == next) else {
             // A gap in the author's clock, or governance not held yet.
-            let waiting = self
-                .staged_get(Some(&tx.batch), Tree::Pending, &ekey)?
-                .and_then(|raw| Delivery::from_bytes(&raw).ok())
+            let stored = self.staged_get(Some(&tx.batch), Tree::Pending, &ekey)?;
+            let waiting = stored
+                .as_deref()
+                .and_then(|raw| Delivery::from_bytes(raw).ok())
                 .map(|p| p.envelope.as_bytes().to_vec());
-            if waiting.is_some_and(|w| w != env.as_bytes()) {
+            if waiting.as_ref().is_some_and(|w| w.as_slice() != env.as_bytes()) {
                 return Ok(Err(EnvelopeError::Equivocation));
             }
-            tx.batch.put(Tree::Pending, ekey.clone(), d.to_bytes());
+            let bytes = d.to_bytes();
+            let grows = PendingUse {
+                count: i64::from(stored.is_none()),
+                bytes: bytes.len() as i64 - stored.as_ref().map_or(0, |s| s.len() as i64),
+            };
+            if stored.is_none() && !self.pending_fits(tx, room, grows)? {
+                return Ok(Err(EnvelopeError::PendingFull));
+            }
+            tx.pending_delta.entry(*room).or_default().add(grows);
+            tx.batch.put(Tree::Pending, ekey.clone(), bytes);
             tx.pending.insert(ekey, d);
             return Ok(Ok(Applied::Pending));
         };
@@ -945,7 +988,8 @@ impl<S: Store> Replica<S> {
     fn drain_pending(&mut self, tx: &mut Tx, dk: DocKey) -> Result<()> {
         let (room, bucket, author) = dk;
         let prefix = tables::doc_key(&room, bucket, &author);
-        let mut waiting: BTreeMap<Vec<u8>, Delivery> = BTreeMap::new();
+        // Each waiting delivery with the bytes its record takes.
+        let mut waiting: BTreeMap<Vec<u8>, (Delivery, usize)> = BTreeMap::new();
         for (k, v) in self.store.scan(
             Tree::Pending,
             &KeyRange::prefix(&prefix),
@@ -957,26 +1001,36 @@ impl<S: Store> Replica<S> {
             }
             match Delivery::from_bytes(&v) {
                 Ok(d) => {
-                    waiting.insert(k, d);
+                    waiting.insert(k, (d, v.len()));
                 }
                 // A record that no longer decodes can never apply; drop it.
-                Err(_) => tx.batch.delete(Tree::Pending, k),
+                Err(_) => {
+                    tx.pending_delta
+                        .entry(room)
+                        .or_default()
+                        .add(PendingUse { count: -1, bytes: -(v.len() as i64) });
+                    tx.batch.delete(Tree::Pending, k);
+                }
             }
         }
         for (k, d) in tx.pending.range(prefix.clone()..) {
             if !k.starts_with(&prefix) {
                 break;
             }
-            waiting.insert(k.clone(), d.clone());
+            waiting.insert(k.clone(), (d.clone(), d.to_bytes().len()));
         }
         // Keys end in the big-endian clock_start, so `waiting` is in clock
         // order and the ready deliveries are always at its front.
         while let Some(entry) = waiting.first_entry() {
             let next = self.docs.get(&dk).map_or(0, AuthorDoc::next_clock);
-            if entry.get().envelope.clock_range().0 > next {
+            if entry.get().0.envelope.clock_range().0 > next {
                 return Ok(());
             }
-            let (k, d) = entry.remove_entry();
+            let (k, (d, len)) = entry.remove_entry();
+            tx.pending_delta
+                .entry(room)
+                .or_default()
+                .add(PendingUse { count: -1, bytes: -(len as i64) });
             tx.batch.delete(Tree::Pending, k.clone());
             tx.pending.remove(&k);
             // Its outcome was reported when it arrived; a late rejection (for
@@ -1039,6 +1093,52 @@ impl<S: Store> Replica<S> {
         self.trim_doc_cache();
     }
 
+    /// Sets how much one room may keep waiting in `pending-1`: at most
+    /// `deliveries` records and `bytes` bytes (defaults
+    /// [`DEFAULT_PENDING_PER_ROOM`] and [`DEFAULT_PENDING_BYTES_PER_ROOM`]).
+    /// A delivery that would wait beyond either is refused with
+    /// [`EnvelopeError::PendingFull`], which is nobody's fault: it is
+    /// offered again by a later catch-up, once what it waits for is held.
+    pub fn set_pending_limit(&mut self, deliveries: usize, bytes: u64) {
+        self.pending_limit = (deliveries.max(1), bytes.max(1));
+    }
+
+    /// How many deliveries of `room` wait in `pending-1`, and their bytes.
+    pub fn pending_use(&mut self, room: &RoomId) -> Result<(usize, u64)> {
+        let used = self.committed_pending(room)?;
+        Ok((used.count.max(0) as usize, used.bytes.max(0) as u64))
+    }
+
+    /// The room's committed pending use, counted from the store once.
+    fn committed_pending(&mut self, room: &RoomId) -> Result<PendingUse> {
+        if let Some(used) = self.pending_use.get(room) {
+            return Ok(*used);
+        }
+        let mut used = PendingUse::default();
+        for (_, v) in self.store.scan(
+            Tree::Pending,
+            &KeyRange::prefix(room.as_bytes()),
+            Order::Ascending,
+            usize::MAX,
+        )? {
+            used.add(PendingUse { count: 1, bytes: v.len() as i64 });
+        }
+        self.pending_use.insert(*room, used);
+        Ok(used)
+    }
+
+    /// Whether `grows` more fits in the room's pending, counting what the
+    /// transaction already staged.
+    fn pending_fits(&mut self, tx: &Tx, room: &RoomId, grows: PendingUse) -> Result<bool> {
+        let mut used = self.committed_pending(room)?;
+        used.add(tx.pending_delta.get(room).copied().unwrap_or_default());
+        used.add(grows);
+        let (count, bytes) = self.pending_limit;
+        let count = i64::try_from(count).unwrap_or(i64::MAX);
+        let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
+        Ok(used.count <= count && used.bytes <= bytes)
+    }
+
     /// How many author documents are in memory now.
     pub fn cached_docs(&self) -> usize {
         self.docs.len()
@@ -1094,6 +1194,11 @@ impl<S: Store> Replica<S> {
         }
         for (room, bucket) in std::mem::take(&mut tx.windows) {
             self.windows.insert(room, bucket);
+        }
+        for (room, delta) in std::mem::take(&mut tx.pending_delta) {
+            if let Some(used) = self.pending_use.get_mut(&room) {
+                used.add(delta);
+            }
         }
         self.trim_doc_cache();
         self.announce(std::mem::take(&mut tx.diffs));

@@ -336,7 +336,8 @@ impl SyncSession {
         for r in results {
             match r {
                 Ok(Applied::Applied | Applied::Pending) => self.stats.envelopes_applied += 1,
-                Ok(_) => {}
+                // Dropped for now, nobody's fault: offered again later.
+                Ok(_) | Err(crate::error::EnvelopeError::PendingFull) => {}
                 Err(_) => self.stats.envelopes_rejected += 1,
             }
         }
