@@ -96,12 +96,7 @@ impl<S: Store> Replica<S> {
             batch.delete(Tree::Bodies, k.clone());
             batch.delete(Tree::Timeline, k);
         }
-        for (k, _) in self.store.scan(
-            Tree::Reads,
-            &KeyRange::prefix(room.as_bytes()),
-            Order::Ascending,
-            usize::MAX,
-        )? {
+        for (k, _) in self.room_records(Tree::Reads, room)? {
             let bucket = k.get(64..68).and_then(|b| b.try_into().ok()).map(u32::from_be_bytes);
             if bucket.is_some_and(|b| b < oldest) {
                 batch.delete(Tree::Reads, k);
@@ -149,12 +144,7 @@ impl<S: Store> Replica<S> {
     pub fn bucket_digests(&self, room: &RoomId) -> Result<Vec<BucketDigest>> {
         self.check_room(room)?;
         let mut versions: BTreeMap<u32, Vec<(AuthorId, u32)>> = BTreeMap::new();
-        for (k, v) in self.store.scan(
-            Tree::Docs,
-            &KeyRange::prefix(room.as_bytes()),
-            Order::Ascending,
-            usize::MAX,
-        )? {
+        for (k, v) in self.room_records(Tree::Docs, room)? {
             let (bucket, author, clock) = decode_doc_entry(&k, &v)?;
             versions.entry(bucket).or_default().push((author, clock));
         }

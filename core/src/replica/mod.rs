@@ -961,12 +961,7 @@ impl<S: Store> Replica<S> {
     /// arrived: those that waited only for them integrate now.
     fn retry_pending(&mut self, room: &RoomId) -> Result<()> {
         let mut dks: BTreeSet<DocKey> = BTreeSet::new();
-        for (k, _) in self.store.scan(
-            Tree::Pending,
-            &KeyRange::prefix(room.as_bytes()),
-            Order::Ascending,
-            usize::MAX,
-        )? {
+        for (k, _) in self.room_records(Tree::Pending, room)? {
             if let (Some(bucket), Some(author)) =
                 (tables::key_bucket(&k), tables::doc_key_author(&k))
             {
@@ -1109,18 +1104,23 @@ impl<S: Store> Replica<S> {
         Ok((used.count.max(0) as usize, used.bytes.max(0) as u64))
     }
 
+    /// Every record of `room` in `tree` (keys begin with the room id).
+    fn room_records(&self, tree: Tree, room: &RoomId) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        Ok(self.store.scan(
+            tree,
+            &KeyRange::prefix(room.as_bytes()),
+            Order::Ascending,
+            usize::MAX,
+        )?)
+    }
+
     /// The room's committed pending use, counted from the store once.
     fn committed_pending(&mut self, room: &RoomId) -> Result<PendingUse> {
         if let Some(used) = self.pending_use.get(room) {
             return Ok(*used);
         }
         let mut used = PendingUse::default();
-        for (_, v) in self.store.scan(
-            Tree::Pending,
-            &KeyRange::prefix(room.as_bytes()),
-            Order::Ascending,
-            usize::MAX,
-        )? {
+        for (_, v) in self.room_records(Tree::Pending, room)? {
             used.add(PendingUse { count: 1, bytes: v.len() as i64 });
         }
         self.pending_use.insert(*room, used);
@@ -1569,12 +1569,7 @@ impl<S: Store> Replica<S> {
     pub fn read_markers(&self, room: &RoomId) -> Result<BTreeMap<AuthorId, Cursor>> {
         self.check_room(room)?;
         let mut out: BTreeMap<AuthorId, Cursor> = BTreeMap::new();
-        for (k, v) in self.store.scan(
-            Tree::Reads,
-            &KeyRange::prefix(room.as_bytes()),
-            Order::Ascending,
-            usize::MAX,
-        )? {
+        for (k, v) in self.room_records(Tree::Reads, room)? {
             let author =
                 k.get(32..64).and_then(|a| <[u8; 32]>::try_from(a).ok()).map(AuthorId::from_bytes);
             let author = author.ok_or_else(|| corrupt(Tree::Reads, "short key"))?;
@@ -1605,12 +1600,7 @@ impl<S: Store> Replica<S> {
     pub fn tombstones(&self, room: &RoomId) -> Result<Vec<Tombstone>> {
         self.check_room(room)?;
         let mut out = Vec::new();
-        for (k, v) in self.store.scan(
-            Tree::Tombstones,
-            &KeyRange::prefix(room.as_bytes()),
-            Order::Ascending,
-            usize::MAX,
-        )? {
+        for (k, v) in self.room_records(Tree::Tombstones, room)? {
             out.push(decode_tombstone(&k, &v)?);
         }
         out.sort();
@@ -1645,23 +1635,13 @@ impl<S: Store> Replica<S> {
     pub fn deliveries(&self, room: &RoomId) -> Result<Vec<Delivery>> {
         self.check_room(room)?;
         let mut out = Vec::new();
-        for (_, v) in self.store.scan(
-            Tree::Envelopes,
-            &KeyRange::prefix(room.as_bytes()),
-            Order::Ascending,
-            usize::MAX,
-        )? {
+        for (_, v) in self.room_records(Tree::Envelopes, room)? {
             let envelope =
                 Envelope::from_stored_bytes(&v).map_err(|e| corrupt(Tree::Envelopes, e))?;
             let blobs = self.blobs(room, envelope.blob_hashes())?;
             out.push(Delivery { envelope, blobs });
         }
-        for (_, v) in self.store.scan(
-            Tree::Pending,
-            &KeyRange::prefix(room.as_bytes()),
-            Order::Ascending,
-            usize::MAX,
-        )? {
+        for (_, v) in self.room_records(Tree::Pending, room)? {
             out.push(Delivery::from_bytes(&v).map_err(|e| corrupt(Tree::Pending, e))?);
         }
         Ok(out)
