@@ -32,6 +32,23 @@ fn dir_arg(dir: &Path) -> &str {
     dir.to_str().expect("a UTF-8 temporary path")
 }
 
+/// A chat named `name` on 127.0.0.1 without mDNS, keeping its data in
+/// `dir`, joining by `ticket` if given.
+fn local_chat(name: &'static str, dir: &Path, ticket: Option<&str>) -> Chat {
+    let mut args = vec!["--name", name, "--data-dir", dir_arg(dir)];
+    args.extend(["--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns"]);
+    if let Some(ticket) = ticket {
+        args.extend(["--join", ticket]);
+    }
+    Chat::spawn(name, &args)
+}
+
+/// The ticket `chat` prints after `label`.
+fn printed_ticket(chat: &mut Chat, label: &str) -> String {
+    let line = chat.wait_for("a ticket", |l| l.starts_with(label));
+    line.trim_start_matches(label).to_owned()
+}
+
 #[test]
 fn test_demo_exits_zero_and_says_all_peers_converged() {
     let out = run(&["demo", "--seed", "42"]);
@@ -46,22 +63,10 @@ fn test_demo_exits_zero_and_says_all_peers_converged() {
 #[test]
 fn test_two_chats_exchange_messages_an_edit_and_a_delete_then_quit() {
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let local = ["--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns"];
-    let mut a = Chat::spawn(
-        "alice",
-        &[&["--name", "alice", "--data-dir", dir_arg(dir_a.path())][..], &local[..]].concat(),
-    );
-    let ticket = a.wait_for("a ticket", |l| l.starts_with("ticket: "));
-    let ticket = ticket.trim_start_matches("ticket: ").to_owned();
+    let mut a = local_chat("alice", dir_a.path(), None);
+    let ticket = printed_ticket(&mut a, "ticket: ");
     RoomTicket::from_str(&ticket).expect("the printed ticket parses");
-    let mut b = Chat::spawn(
-        "bob",
-        &[
-            &["--name", "bob", "--join", &ticket, "--data-dir", dir_arg(dir_b.path())][..],
-            &local[..],
-        ]
-        .concat(),
-    );
+    let mut b = local_chat("bob", dir_b.path(), Some(&ticket));
     a.wait_for("a connection", |l| l.starts_with("* connected to peer"));
     b.wait_for("a connection", |l| l.starts_with("* connected to peer"));
 
@@ -93,21 +98,9 @@ fn test_two_chats_exchange_messages_an_edit_and_a_delete_then_quit() {
 #[test]
 fn test_chat_governance_roles_topic_moderation_and_audit() {
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let local = ["--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns"];
-    let mut a = Chat::spawn(
-        "alice",
-        &[&["--name", "alice", "--data-dir", dir_arg(dir_a.path())][..], &local[..]].concat(),
-    );
-    let ticket = a.wait_for("a ticket", |l| l.starts_with("ticket: "));
-    let ticket = ticket.trim_start_matches("ticket: ").to_owned();
-    let mut b = Chat::spawn(
-        "bob",
-        &[
-            &["--name", "bob", "--join", &ticket, "--data-dir", dir_arg(dir_b.path())][..],
-            &local[..],
-        ]
-        .concat(),
-    );
+    let mut a = local_chat("alice", dir_a.path(), None);
+    let ticket = printed_ticket(&mut a, "ticket: ");
+    let mut b = local_chat("bob", dir_b.path(), Some(&ticket));
     b.wait_for("a connection", |l| l.starts_with("* connected to peer"));
     b.send("/whoami");
     let bob = b.wait_for("its author id", |l| l.starts_with("you are "));
@@ -154,28 +147,16 @@ fn test_chat_invite_ticket_makes_its_holder_a_member() {
     let out =
         run(&["room", "create", "crew", "--members-only", "--data-dir", dir_arg(dir_a.path())]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let local = ["--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns"];
-    let mut a = Chat::spawn(
-        "alice",
-        &[&["--name", "alice", "--data-dir", dir_arg(dir_a.path())][..], &local[..]].concat(),
-    );
-    a.wait_for("a ticket", |l| l.starts_with("ticket: "));
+    let mut a = local_chat("alice", dir_a.path(), None);
+    printed_ticket(&mut a, "ticket: ");
     a.send("/invite");
-    let ticket = a.wait_for("an invite ticket", |l| l.starts_with("invite ticket: "));
-    let ticket = ticket.trim_start_matches("invite ticket: ").to_owned();
+    let ticket = printed_ticket(&mut a, "invite ticket: ");
     assert!(RoomTicket::from_str(&ticket).expect("it parses").invite().is_some());
     a.wait_for("what it carries", |l| l.contains("an invite as member for whoever uses it first"));
 
     // Carol joins with the invite ticket alone and becomes a member by
     // herself, then posts, and alice sees it.
-    let mut c = Chat::spawn(
-        "carol",
-        &[
-            &["--name", "carol", "--join", &ticket, "--data-dir", dir_arg(dir_c.path())][..],
-            &local[..],
-        ]
-        .concat(),
-    );
+    let mut c = local_chat("carol", dir_c.path(), Some(&ticket));
     c.wait_for("the invite noted", |l| l.starts_with("* the ticket carries an invite"));
     c.wait_for("membership", |l| l == "* you are a member of the room (by the ticket's invite)");
     c.send("carol is in");
