@@ -324,6 +324,42 @@ fn test_windowed_replica_fetches_older_buckets_when_paging_back() {
 // ----- bounded memory -----------------------------------------------------------
 
 #[test]
+fn test_document_cache_keeps_to_its_item_budget_but_never_drops_the_hot_document() {
+    let clock = Arc::new(ManualClock::new(EPOCH_MILLIS));
+    let mut x = common::memory_replica(1, &clock);
+    let room = x.create_room("a busy day, then a quiet one").unwrap();
+    x.set_doc_cache_items(100);
+    // One day's document grows past the budget: every post uses it, so it
+    // stays (dropping it would mean rebuilding it for the next post).
+    let mut first = None;
+    for i in 0..150u64 {
+        let sent = x.post(&room, Draft::text("busy")).unwrap();
+        first.get_or_insert(sent.id);
+        assert_eq!(x.cached_docs(), 1, "post {i}: the day's document stays in memory");
+        assert_eq!(x.cached_doc_items(), i + 1);
+        clock.advance(1);
+    }
+    // The next day's post uses only the next day's document: the big one
+    // goes, and the cache is back within its budget.
+    clock.advance(BUCKET_SPAN_MILLIS);
+    x.post(&room, Draft::text("quiet")).unwrap();
+    assert_eq!(x.cached_docs(), 1);
+    assert_eq!(x.cached_doc_items(), 1);
+    // The dropped document reloads when an edit needs it, and goes again
+    // once the quiet day is used.
+    let first = first.unwrap();
+    x.edit(&room, &first, "edited the next day").unwrap();
+    assert_eq!(x.cached_docs(), 1, "the quiet day's document went instead");
+    assert_eq!(x.cached_doc_items(), 151);
+    assert_eq!(
+        x.message_by_id(&room, &first).unwrap().unwrap().body.as_deref(),
+        Some("edited the next day")
+    );
+    x.post(&room, Draft::text("quiet again")).unwrap();
+    assert_eq!((x.cached_docs(), x.cached_doc_items()), (1, 2));
+}
+
+#[test]
 fn test_document_cache_stays_bounded_and_evicted_documents_reload() {
     let clock = Arc::new(ManualClock::new(EPOCH_MILLIS));
     let mut x = common::memory_replica(1, &clock);

@@ -370,6 +370,7 @@ fn calls_ffi(opts: &Options, dir: &Path) -> Result<()> {
         sync_interval_ms: SYNC_INTERVAL.as_millis() as u64,
         listen_addresses: Vec::new(),
         store_cache_mib: opts.store_cache_mib,
+        doc_cache_items: concord_ffi::node::core::DEFAULT_DOC_CACHE_ITEMS,
     };
     let data_dir = dir.join("ffi").to_string_lossy().into_owned();
     let client = rt.block_on(Client::open(data_dir, config))?;

@@ -54,7 +54,8 @@ impl Client {
         let node_config = NodeConfig::default()
             .mdns(config.mdns)
             .sync_interval(Duration::from_millis(config.sync_interval_ms))
-            .store_cache_bytes(u64::from(config.store_cache_mib) << 20);
+            .store_cache_bytes(u64::from(config.store_cache_mib) << 20)
+            .doc_cache_items(config.doc_cache_items);
         run(async move {
             // Opening sled reads and may recover the store: blocking work, on
             // a blocking thread (which is inside the runtime, as `Node::open`

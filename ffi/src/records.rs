@@ -28,10 +28,18 @@ pub struct ClientConfig {
     /// with big rooms may give it more, for fewer reads from the file.
     #[uniffi(default = 4)]
     pub store_cache_mib: u32,
+    /// Items the room documents kept in memory may hold in all (each item
+    /// one post, edit, delete, reaction or read marker, about 400 bytes):
+    /// with the default, 65536, about 25 MiB. The documents in use stay
+    /// whatever their size; the least recently used others go first and
+    /// are rebuilt from the store when needed again.
+    #[uniffi(default = 65536)]
+    pub doc_cache_items: u64,
 }
 
-// `store_cache_mib`'s default is the node's default cache.
+// `store_cache_mib`'s and `doc_cache_items`' defaults are the node's.
 const _: () = assert!(concord_node::DEFAULT_STORE_CACHE_BYTES == 4 << 20);
+const _: () = assert!(concord_node::core::DEFAULT_DOC_CACHE_ITEMS == 65536);
 
 /// A room this device holds.
 #[derive(Clone, Debug, PartialEq, Eq, uniffi::Record)]

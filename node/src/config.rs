@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use concord_core::DEFAULT_DOC_CACHE_ITEMS;
+
 use crate::error::NodeError;
 
 /// How often a node runs catch-up with every connected peer, by default.
@@ -79,6 +81,11 @@ pub struct NodeConfig {
     /// bytes (see [`DEFAULT_STORE_CACHE_BYTES`]). A node started on a
     /// store opened elsewhere ([`crate::Node::start`]) ignores it.
     pub store_cache_bytes: u64,
+    /// Items the replica's cached author documents may hold in all (see
+    /// `concord_core::DEFAULT_DOC_CACHE_ITEMS`), for the replica
+    /// [`crate::Node::open`] opens; like `store_cache_bytes`, a node started
+    /// on a replica opened elsewhere ignores it.
+    pub doc_cache_items: u64,
     /// How long gossip remembers a message id to drop copies of it (see
     /// [`DEFAULT_GOSSIP_SEEN_TTL`]); at least [`MIN_GOSSIP_SEEN_TTL`].
     pub gossip_seen_ttl: Duration,
@@ -106,6 +113,7 @@ impl Default for NodeConfig {
             max_sync_strikes: 3,
             ban_time: Duration::from_secs(600),
             store_cache_bytes: DEFAULT_STORE_CACHE_BYTES,
+            doc_cache_items: DEFAULT_DOC_CACHE_ITEMS,
             gossip_seen_ttl: DEFAULT_GOSSIP_SEEN_TTL,
             serve_rooms_on_request: false,
             invite_wait: DEFAULT_INVITE_WAIT,
@@ -190,6 +198,12 @@ impl NodeConfig {
     /// Sets sled's page cache of the store [`crate::Node::open`] opens.
     pub fn store_cache_bytes(mut self, bytes: u64) -> Self {
         self.store_cache_bytes = bytes;
+        self
+    }
+
+    /// Sets how many items the cached author documents may hold in all.
+    pub fn doc_cache_items(mut self, items: u64) -> Self {
+        self.doc_cache_items = items;
         self
     }
 

@@ -76,7 +76,9 @@ impl Node<SledStore> {
         config.validate()?;
         let store = SledStore::open_with_cache(dir.as_ref(), config.store_cache_bytes)
             .map_err(concord_core::Error::from)?;
-        Self::start(Replica::open(store, Arc::new(SystemClock))?, Arc::new(SystemClock), config)
+        let mut replica = Replica::open(store, Arc::new(SystemClock))?;
+        replica.set_doc_cache_items(config.doc_cache_items);
+        Self::start(replica, Arc::new(SystemClock), config)
     }
 }
 

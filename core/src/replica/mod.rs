@@ -237,6 +237,8 @@ struct Tx {
     docs: HashSet<DocKey>,
     /// Documents created in this transaction (not yet listed in `docs-1`).
     new_docs: BTreeSet<DocKey>,
+    /// Documents this transaction loaded or used: the cache keeps them.
+    used: HashSet<DocKey>,
     /// Blobs offered by local posts, remote deliveries or sync, per (room,
     /// bucket), kept only if a live message there references them.
     blobs: BTreeMap<(RoomId, u32), HashMap<BlobHash, Vec<u8>>>,
@@ -281,6 +283,21 @@ impl Tx {
 /// and rebuilt from their envelopes when needed again.
 pub const DEFAULT_DOC_CACHE: usize = 256;
 
+/// Items the cached author documents may hold in all, by default: each item
+/// one change an author wrote (a post, edit, delete, reaction or read
+/// marker), about 400 bytes in memory while it is live, so about 25 MiB.
+/// The documents a transaction used stay whatever their size (a busy day's
+/// document is the one every message touches); the least recently used of
+/// the others go first.
+pub const DEFAULT_DOC_CACHE_ITEMS: u64 = 1 << 16;
+
+/// When a cached document was last used, and how many items it holds.
+#[derive(Clone, Copy, Debug)]
+struct DocUse {
+    tick: u64,
+    items: u64,
+}
+
 /// Most deliveries one room keeps waiting in `pending-1` by default (for
 /// their author's earlier changes, or for the governance they cite). Honest
 /// catch-up sends governance first and each author's changes in order, so
@@ -318,10 +335,13 @@ pub struct Replica<S: Store> {
     /// there, for sync to fetch what lies before it.
     history_wanted: Mutex<BTreeMap<RoomId, u32>>,
     docs: HashMap<DocKey, AuthorDoc>,
-    /// Last use of each cached document (a logical tick), for eviction.
-    doc_use: HashMap<DocKey, u64>,
+    /// Last use of each cached document (a logical tick) and its size, for
+    /// eviction.
+    doc_use: HashMap<DocKey, DocUse>,
     doc_tick: u64,
+    /// Most documents and most items (in all) the cache keeps.
     doc_cache: usize,
+    doc_cache_items: u64,
     listeners: Arc<Listeners>,
     next_listener: u64,
     /// Each room's governance.
@@ -427,6 +447,7 @@ impl<S: Store> Replica<S> {
             doc_use: HashMap::new(),
             doc_tick: 0,
             doc_cache: DEFAULT_DOC_CACHE,
+            doc_cache_items: DEFAULT_DOC_CACHE_ITEMS,
             listeners: Arc::new(Mutex::new(BTreeMap::new())),
             next_listener: 0,
             pending_use: HashMap::new(),
@@ -1040,8 +1061,11 @@ impl<S: Store> Replica<S> {
     /// Ensures the document is in memory, rebuilding it from stored envelopes.
     fn load_doc(&mut self, tx: &mut Tx, dk: DocKey) -> Result<()> {
         self.doc_tick += 1;
-        self.doc_use.insert(dk, self.doc_tick);
+        tx.used.insert(dk);
         if self.docs.contains_key(&dk) {
+            if let Some(used) = self.doc_use.get_mut(&dk) {
+                used.tick = self.doc_tick;
+            }
             return Ok(());
         }
         let (room, bucket, author) = dk;
@@ -1063,29 +1087,58 @@ impl<S: Store> Replica<S> {
         }
         // What the stored envelopes say is already rendered.
         doc.take_changes();
+        let items = u64::from(doc.next_clock());
+        self.doc_use.insert(dk, DocUse { tick: self.doc_tick, items });
         self.docs.insert(dk, doc);
         Ok(())
     }
 
-    /// Drops the least recently used documents beyond the cache size. They
-    /// are durable in `envelopes-1` and reload on their next use.
-    fn trim_doc_cache(&mut self) {
-        if self.docs.len() <= self.doc_cache {
+    /// Drops the least recently used documents while the cache holds more
+    /// documents or more items than it may, sparing those in `keep` (the
+    /// ones the last transaction used, which its next likely uses again).
+    /// Dropped documents are durable in `envelopes-1` and reload on their
+    /// next use.
+    fn trim_doc_cache(&mut self, keep: &HashSet<DocKey>) {
+        let mut items: u64 = self.doc_use.values().map(|u| u.items).sum();
+        if self.docs.len() <= self.doc_cache && items <= self.doc_cache_items {
             return;
         }
-        let mut by_use: Vec<(u64, DocKey)> = self.doc_use.iter().map(|(k, t)| (*t, *k)).collect();
+        let mut by_use: Vec<(u64, DocKey)> = self
+            .doc_use
+            .iter()
+            .filter(|(k, _)| !keep.contains(k))
+            .map(|(k, u)| (u.tick, *k))
+            .collect();
         by_use.sort_unstable();
-        let excess = self.docs.len() - self.doc_cache;
-        for (_, dk) in by_use.into_iter().take(excess) {
+        for (_, dk) in by_use {
+            if self.docs.len() <= self.doc_cache && items <= self.doc_cache_items {
+                break;
+            }
             self.docs.remove(&dk);
-            self.doc_use.remove(&dk);
+            if let Some(u) = self.doc_use.remove(&dk) {
+                items -= u.items;
+            }
         }
     }
 
     /// Sets how many author documents stay in memory (at least one).
     pub fn set_doc_cache(&mut self, docs: usize) {
         self.doc_cache = docs.max(1);
-        self.trim_doc_cache();
+        self.trim_doc_cache(&HashSet::new());
+    }
+
+    /// Sets how many items the cached author documents may hold in all
+    /// (default [`DEFAULT_DOC_CACHE_ITEMS`]). The documents the last
+    /// transaction used stay, even if they alone hold more; the least
+    /// recently used of the others go first.
+    pub fn set_doc_cache_items(&mut self, items: u64) {
+        self.doc_cache_items = items;
+        self.trim_doc_cache(&HashSet::new());
+    }
+
+    /// How many items the cached author documents hold in all.
+    pub fn cached_doc_items(&self) -> u64 {
+        self.doc_use.values().map(|u| u.items).sum()
     }
 
     /// Sets how much one room may keep waiting in `pending-1`: at most
@@ -1176,11 +1229,11 @@ impl<S: Store> Replica<S> {
         }
         for dk in &tx.docs {
             if let Some(doc) = self.docs.get(dk) {
-                tx.batch.put(
-                    Tree::Docs,
-                    tables::doc_key(&dk.0, dk.1, &dk.2),
-                    doc.next_clock().to_be_bytes(),
-                );
+                let next = doc.next_clock();
+                tx.batch.put(Tree::Docs, tables::doc_key(&dk.0, dk.1, &dk.2), next.to_be_bytes());
+                if let Some(used) = self.doc_use.get_mut(dk) {
+                    used.items = u64::from(next);
+                }
             }
         }
         for (room, bucket) in &tx.windows {
@@ -1200,7 +1253,7 @@ impl<S: Store> Replica<S> {
                 used.add(delta);
             }
         }
-        self.trim_doc_cache();
+        self.trim_doc_cache(&tx.used);
         self.announce(std::mem::take(&mut tx.diffs));
         Ok(())
     }
