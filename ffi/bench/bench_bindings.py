@@ -21,8 +21,13 @@ example), and the runs alternate between Python and Rust:
   off grows less in the second half), and for Python the objects the
   garbage collector tracks; the baseline is two `concord_node` nodes doing
   the same in a Rust process, which also reports its live heap (counted by
-  its global allocator) beside its VmRSS. `--store-cache-mib` sets the
-  store's page cache of every client on both sides (default: the
+  its global allocator) beside its VmRSS. A third process, the example's
+  `docs` mode, is the raw baseline of the memory growth: raw yrs holding
+  the same number of messages as the room's author document does, twice
+  (A's document in A and its copy in B). `--rate R` paces A's sends at R
+  messages per second (default: unpaced), so that gossip's time-bound
+  records (kept 10 s and 120 s) level off within a run; `--store-cache-mib`
+  sets the store's page cache of every client on both sides (default: the
   library's).
 - calls (`--runs` runs): one client alone, `--calls` timed calls each of
   `peer_id`, `unread_count` and `send` (after 100 untimed ones), through the
@@ -212,6 +217,8 @@ async def child_messages(concord, args):
     sent_texts = take_texts(args.seed, args.messages)
     start = time.perf_counter()
     for i, text in enumerate(sent_texts, 1):
+        if args.rate > 0:
+            await asyncio.sleep(max(0.0, start + (i - 1) / args.rate - time.perf_counter()))
         await room_a.send(text)
         if i % args.every == 0 or i == args.messages:
             await wait_for(arrivals, base + i, "B to receive A's messages")
@@ -317,7 +324,10 @@ class Sides:
 
     def messages(self, api):
         a = self.args
-        opts = ["--messages", a.messages, "--every", a.every, "--seed", a.seed, *self._dir()]
+        opts = ["--messages", a.messages, "--every", a.every, "--seed", a.seed]
+        if api == "yrs":
+            return run_json([self.binary, "docs", *opts])
+        opts += ["--rate", a.rate, *self._dir()]
         if api == "python":
             return run_json([*self.python, "--child", "messages", *opts])
         return run_json([self.binary, "messages", *opts])
@@ -412,9 +422,10 @@ def summarise(run, warmup):
     return out
 
 
-def messages_table(args, py_runs, rust_runs):
+def messages_table(args, py_runs, rust_runs, yrs_runs):
     py = [summarise(r, args.warmup) for r in py_runs]
     rs = [summarise(r, args.warmup) for r in rust_runs]
+    ys = [summarise(r, args.warmup) for r in yrs_runs]
     warm, middle, end = py[0]["warm_sent"], py[0]["middle_sent"], py[0]["end_sent"]
     rows = [
         ("messages sent by A and received by B's listener", "received", show_count),
@@ -428,14 +439,18 @@ def messages_table(args, py_runs, rust_runs):
     ]
     cache = (f"store cache {args.store_cache_mib} MiB" if args.store_cache_mib is not None
              else "store cache: the default")
+    pace = f"{args.rate:,.0f} messages per second" if args.rate > 0 else "unpaced"
     lines = [
-        f"messages: seed {args.seed}, {args.messages:,} messages, VmRSS every {args.every:,}, "
-        f"warm-up {args.warmup:,}, {cache}, {args.message_runs} runs",
+        f"messages: seed {args.seed}, {args.messages:,} messages, {pace}, VmRSS every "
+        f"{args.every:,}, warm-up {args.warmup:,}, {cache}, {args.message_runs} runs",
         "",
         "| metric | Python bindings | Python min – max | Rust `concord_node` "
-        "| Rust min – max | bindings / Rust |",
-        "|---|--:|--:|--:|--:|--:|",
+        "| Rust min – max | bindings / Rust | raw yrs, A's document twice | bindings / raw yrs |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|",
     ]
+    # The raw documents are compared on memory growth only.
+    against_docs = ("growth", "growth_first", "growth_second", "heap_growth",
+                    "heap_growth_first", "heap_growth_second")
     for name, key, show in rows:
         p = [x[key] for x in py if x[key] is not None]
         r = [x[key] for x in rs if x[key] is not None]
@@ -443,11 +458,14 @@ def messages_table(args, py_runs, rust_runs):
             continue
         compare = ("–" if key in ("received", "growth_ratio")
                    else ratio(statistics.median(p), statistics.median(r)))
+        y = [x[key] for x in ys if x[key] is not None] if key in against_docs else []
+        docs = (f"{show(statistics.median(y))} | {ratio(statistics.median(p), statistics.median(y))}"
+                if y else "– | –")
         lines.append(f"| {name} | {' | '.join(spread(p, show))} | {' | '.join(spread(r, show))} "
-                     f"| {compare} |")
+                     f"| {compare} | {docs} |")
     objects = [x["objects_end"] - x["objects_warm"] for x in py]
     lines.append("| Python objects tracked by gc, growth after warm-up | "
-                 + " | ".join(spread(objects, lambda n: f"{n:+,.0f}")) + " | – | – | – |")
+                 + " | ".join(spread(objects, lambda n: f"{n:+,.0f}")) + " | – | – | – | – | – |")
     heap_rows = [
         ("live heap growth per message after warm-up", "heap_growth", show_bytes),
         (f"… from {warm:,} to {middle:,} messages", "heap_growth_first", show_bytes),
@@ -456,8 +474,11 @@ def messages_table(args, py_runs, rust_runs):
     ]
     for name, key, show in heap_rows:
         r = [x[key] for x in rs if x[key] is not None]
+        y = [x[key] for x in ys if x[key] is not None]
+        docs = show(statistics.median(y)) if y else "–"
         if r:
-            lines.append(f"| {name} | – | – | {' | '.join(spread(r, show))} | – |")
+            lines.append(f"| {name} | – | – | {' | '.join(spread(r, show))} | – | {docs} "
+                         f"| – |")
     lines += [
         "",
         "| messages | VmRSS, Python bindings (median) | VmRSS, Rust `concord_node` (median) "
@@ -517,12 +538,13 @@ def bench(args):
     expected_calls = digest(take_texts(args.seed, args.calls))
     try:
         sides = Sides(args, binary, scratch)
-        py_runs, rust_runs = [], []
+        py_runs, rust_runs, yrs_runs = [], [], []
         for r in range(args.message_runs):
             progress(f"messages: run {r + 1} of {args.message_runs}, {args.messages:,} each ...")
-            for api, runs in (("python", py_runs), ("node", rust_runs)):
+            for api, runs in (("python", py_runs), ("node", rust_runs), ("yrs", yrs_runs)):
                 lines = sides.messages(api)
-                check_digests(lines, expected_messages)
+                if api != "yrs":
+                    check_digests(lines, expected_messages)
                 runs.append(lines)
                 end = [s for s in lines if "sent" in s][-1]
                 progress(f"  {api}: {end['received']:,} received in {end['elapsed_s']:.1f} s, "
@@ -540,7 +562,7 @@ def bench(args):
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     print()
-    print(messages_table(args, py_runs, rust_runs))
+    print(messages_table(args, py_runs, rust_runs, yrs_runs))
     print()
     print(calls_table(args, per_run))
     progress(f"done in {time.monotonic() - started:.0f} s")
@@ -551,6 +573,8 @@ def main():
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--messages", type=int, default=10_000)
     parser.add_argument("--every", type=int, default=1_000, help="VmRSS sample period (messages)")
+    parser.add_argument("--rate", type=float, default=0.0,
+                        help="messages sent per second in the messages part [default: 0, unpaced]")
     parser.add_argument("--warmup", type=int, help="messages before the warm-up sample "
                         "[default: a fifth of --messages, at least --every]")
     parser.add_argument("--message-runs", type=int, default=3, help="runs of the messages part")
@@ -568,6 +592,8 @@ def main():
     args.bindings = os.path.abspath(args.bindings)
     if min(args.messages, args.every, args.calls, args.runs, args.message_runs) <= 0:
         parser.error("--messages, --every, --calls, --runs and --message-runs must be positive")
+    if not args.rate >= 0:
+        parser.error("--rate must be 0 (unpaced) or a number of messages per second")
     if args.store_cache_mib is not None and args.store_cache_mib <= 0:
         parser.error("--store-cache-mib must be positive")
     if args.warmup is None:

@@ -25,6 +25,14 @@
 //!   every `--every` messages the run waits until B has them all and
 //!   samples the process's resident memory (VmRSS).
 //!
+//! - `docs`: the raw baseline of what `messages` must keep: raw yrs holding
+//!   the same messages as the room's author document does, twice (A's
+//!   document in A, and its copy in B). Each message is one transaction on
+//!   A's document that sets a map key of 32 hex digits (a UUIDv7, as a
+//!   message id) to a 43-byte record (the size of a post record of a text
+//!   message), and B's document applies the update it produces. Every
+//!   `--every` messages the run samples VmRSS and the live heap.
+//!
 //! `--store-cache-mib` sets the store's page cache of every node (default:
 //! the node's, `DEFAULT_STORE_CACHE_BYTES`).
 //!
@@ -137,14 +145,16 @@ fn main() -> Result<()> {
             other => Err(format!("unknown --api {other:?} (node or ffi)").into()),
         },
         "messages" => messages(&opts, scratch.path()),
+        "docs" => docs(&opts),
         other => Err(format!("unknown mode {other:?}\n{USAGE}").into()),
     }
 }
 
 const USAGE: &str = "usage: call_overhead calls [--api node|ffi] [--calls N] [--seed S] [--dir D]
                             [--store-cache-mib C]
-       call_overhead messages [--messages M] [--every K] [--seed S] [--dir D]
-                              [--store-cache-mib C]";
+       call_overhead messages [--messages M] [--every K] [--rate R] [--seed S]
+                              [--dir D] [--store-cache-mib C]
+       call_overhead docs [--messages M] [--every K] [--seed S]";
 
 /// Command-line options (the same names as the Python script's).
 struct Options {
@@ -152,6 +162,7 @@ struct Options {
     calls: usize,
     messages: usize,
     every: usize,
+    rate: f64,
     seed: u64,
     dir: Option<PathBuf>,
     store_cache_mib: u32,
@@ -164,6 +175,7 @@ impl Options {
             calls: 2_000,
             messages: 10_000,
             every: 1_000,
+            rate: 0.0,
             seed: 42,
             dir: None,
             store_cache_mib: u32::try_from(DEFAULT_STORE_CACHE_BYTES >> 20)?,
@@ -176,11 +188,15 @@ impl Options {
                 "--calls" => o.calls = value.parse()?,
                 "--messages" => o.messages = value.parse()?,
                 "--every" => o.every = value.parse()?,
+                "--rate" => o.rate = value.parse()?,
                 "--seed" => o.seed = value.parse()?,
                 "--dir" => o.dir = Some(PathBuf::from(value)),
                 "--store-cache-mib" => o.store_cache_mib = value.parse()?,
                 _ => return Err(format!("unknown option {flag}\n{USAGE}").into()),
             }
+        }
+        if !(o.rate.is_finite() && o.rate >= 0.0) {
+            return Err("--rate must be a number of messages per second, 0 for no pacing".into());
         }
         if o.calls == 0 || o.messages == 0 || o.every == 0 || o.store_cache_mib == 0 {
             return Err(
@@ -188,6 +204,12 @@ impl Options {
             );
         }
         Ok(o)
+    }
+
+    /// When message `i` (from 0) is due after the first send, if `--rate`
+    /// paces the sends.
+    fn due(&self, i: usize) -> Option<Duration> {
+        (self.rate > 0.0).then(|| Duration::from_secs_f64(i as f64 / self.rate))
     }
 
     /// The node settings of every run.
@@ -481,6 +503,9 @@ fn messages(opts: &Options, dir: &Path) -> Result<()> {
     let start = Instant::now();
     for (i, text) in Texts::new(opts.seed).take(opts.messages).enumerate() {
         digest.add(&text);
+        if let Some(due) = opts.due(i) {
+            std::thread::sleep(due.saturating_sub(start.elapsed()));
+        }
         rt.block_on(room_a.send(&text))?;
         let sent = i + 1;
         if sent % opts.every == 0 || sent == opts.messages {
@@ -501,5 +526,53 @@ fn messages(opts: &Options, dir: &Path) -> Result<()> {
         b.shutdown().await?;
         Ok::<_, Box<dyn Error>>(())
     })?;
+    Ok(())
+}
+
+/// `docs`: raw yrs holding A's messages twice, as the two nodes of
+/// `messages` do (see the module's documentation).
+fn docs(opts: &Options) -> Result<()> {
+    use yrs::updates::decoder::Decode;
+    use yrs::{Any, Doc, Map, Options as DocOptions, Transact, Update};
+
+    let doc = |client| {
+        let options = DocOptions { client_id: yrs::ClientID::new(client), ..DocOptions::default() };
+        let doc = Doc::with_options(options);
+        let map = doc.get_or_insert_map("m");
+        (doc, map)
+    };
+    let (a, map_a) = doc(1);
+    let (b, _map_b) = doc(2);
+    // Ids and records are drawn from the seeded generator, one after another.
+    let mut bits = Texts::new(opts.seed);
+    let start = Instant::now();
+    for i in 0..opts.messages {
+        let millis = 1_800_000_000_000 + i as u64;
+        // A UUIDv7's 32 hex digits: the time, the version, 12 bits of
+        // sequence, then 64 random bits with the variant's top bits 10.
+        let id = format!("{millis:012x}7{:03x}{:016x}", i & 0xfff, bits.next_u64() >> 2 | 1 << 63);
+        let mut record = vec![1u8];
+        record.extend_from_slice(&millis.to_be_bytes());
+        for _ in 0..4 {
+            record.extend_from_slice(&bits.next_u64().to_le_bytes());
+        }
+        record.extend_from_slice(&[0, 0]);
+        let update = {
+            let mut txn = a.transact_mut();
+            map_a.insert(&mut txn, id, Any::Buffer(record.into()));
+            txn.encode_update_v1()
+        };
+        b.transact_mut().apply_update(Update::decode_v1(&update)?)?;
+        let sent = i + 1;
+        if sent % opts.every == 0 || sent == opts.messages {
+            println!(
+                r#"{{"api":"yrs","sent":{sent},"received":{sent},"rss_kib":{},"heap_kib":{},"elapsed_s":{:.3}}}"#,
+                rss_kib()?,
+                heap_kib(),
+                start.elapsed().as_secs_f64()
+            );
+        }
+    }
+    black_box((&a, &b));
     Ok(())
 }
