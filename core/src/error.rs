@@ -86,8 +86,10 @@ pub enum EnvelopeError {
     /// The author signed two different envelopes for the same place in its document.
     #[error("author signed two different envelopes for the same clock range")]
     Equivocation,
-    /// The envelope cites governance heads this replica does not hold yet:
-    /// not a fault of the sender; it can be offered again once they arrive.
+    /// The envelope cites governance heads this replica does not hold yet,
+    /// and its author may not read the room by the governance held now, so
+    /// it is not kept waiting: not a fault of the sender; it can be offered
+    /// again once the governance arrives (catch-up sends it first).
     #[error("envelope cites governance changes this replica does not hold yet")]
     UnknownGovernance,
     /// The envelope would have to wait (for its author's earlier changes or
@@ -101,6 +103,16 @@ pub enum EnvelopeError {
     /// messages).
     #[error("envelope not allowed by the room's governance: {0}")]
     Denied(crate::governance::Denied),
+}
+
+impl EnvelopeError {
+    /// Whether the sender of an envelope refused with this error is at
+    /// fault (a strike in catch-up, a rejection in gossip). An envelope
+    /// refused only for now, because of what this replica holds or keeps
+    /// waiting, is nobody's fault: a later catch-up offers it again.
+    pub fn is_senders_fault(&self) -> bool {
+        !matches!(self, Self::PendingFull | Self::UnknownGovernance)
+    }
 }
 
 /// Errors from the storage layer.

@@ -74,7 +74,7 @@ pub use keys::{client_id, DeviceKey};
 pub use replica::{
     Anchor, Applied, DeliveryState, Draft, Op, Page, Replica, RoomInfo, RoomSnapshot, Sent,
     Subscription, TimelineListener, DEFAULT_DOC_CACHE, DEFAULT_DOC_CACHE_ITEMS,
-    DEFAULT_PENDING_BYTES_PER_ROOM, DEFAULT_PENDING_PER_ROOM, MAX_PAGE,
+    DEFAULT_PENDING_BYTES_PER_ROOM, DEFAULT_PENDING_PER_ROOM, MAX_PAGE, PENDING_AUTHOR_SHARE,
 };
 pub use signal::{Signal, SignalKind, SIGNAL_BYTES, SIGNAL_FRESH_MILLIS};
 pub use store::{

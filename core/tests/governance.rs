@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use concord_core::{
     Action, Applied, Clock, Delivery, Denied, DeviceKey, Draft, EnvelopeError, Error, GovApplied,
-    GovError, ManualClock, MemoryStore, Replica, Role, RoomId, Sent, SledStore, SyncMessage,
-    SyncSession,
+    GovChange, GovError, ManualClock, MemoryStore, Replica, Role, RoomId, Sent, SledStore,
+    SyncMessage, SyncSession, MAX_PENDING_GOV_CHANGES,
 };
 use yrs::updates::decoder::Decode;
 use yrs::{Any, Map, ReadTxn, Transact};
@@ -32,15 +32,15 @@ fn test_governance_is_founded_shared_refused_and_kept_across_restarts() {
     clock.advance(5);
     let (invite, _) = alice.invite(&room, Role::Member, Some(carol.author()), None).unwrap();
 
-    // Bob joins and receives Alice's governance, newest first: it waits,
-    // then lands whole.
+    // Bob joins and receives Alice's governance, newest first, one change
+    // at a time: it waits, then lands whole.
     bob.join_room(alice.genesis(&room).unwrap().as_bytes()).unwrap();
-    let mut changes = alice.governance_since(&room, &[]).unwrap();
+    let changes = alice.governance_since(&room, &[]).unwrap();
     assert_eq!(changes.len(), 2);
-    changes.reverse();
-    let outcomes = bob.apply_governance(&room, changes).unwrap();
+    let outcomes = bob.apply_governance(&room, vec![changes[1].clone()]).unwrap();
     assert!(matches!(outcomes[0], Ok(GovApplied::Pending { .. })));
-    assert!(matches!(&outcomes[1], Ok(GovApplied::Applied { accepted }) if accepted.len() == 2));
+    let outcomes = bob.apply_governance(&room, vec![changes[0].clone()]).unwrap();
+    assert!(matches!(&outcomes[0], Ok(GovApplied::Applied { accepted }) if accepted.len() == 2));
     assert_eq!(bob.governance(&room).unwrap(), alice.governance(&room).unwrap());
     assert_eq!(bob.governance(&room).unwrap().role(&bob.author()), Some(Role::Moderator));
 
@@ -320,6 +320,76 @@ fn test_a_removed_members_later_messages_are_refused_and_concurrent_ones_stand()
     let ban = c.alice.govern(&room, Action::Ban { member: c.rob.author() }).unwrap();
     c.rob.apply_governance(&room, vec![removal, ban]).unwrap();
     assert!(c.rob.mark_read(&room, &like.id).is_err());
+}
+
+#[test]
+fn test_a_key_outside_a_room_of_members_waits_for_nothing() {
+    let mut c = crew();
+    let room = c.room;
+    // Alice admits Eve; Eve posts citing the admission, which Mia lacks.
+    let admit = c
+        .alice
+        .govern(&room, Action::SetRole { member: c.eve.author(), role: Role::Member })
+        .unwrap();
+    c.eve.apply_governance(&room, vec![admit.clone()]).unwrap();
+    c.clock.advance(10);
+    let post = c.eve.post(&room, Draft::text("just admitted")).unwrap();
+    // To Mia, Eve is no member: her post is not kept waiting for governance
+    // that may never come (anyone could send such posts), and says nothing
+    // against the sender.
+    assert_eq!(
+        c.mia.apply(&room, vec![post.delivery.clone()]).unwrap(),
+        vec![Err(EnvelopeError::UnknownGovernance)]
+    );
+    assert_eq!(c.mia.pending_use(&room).unwrap(), (0, 0));
+    // Catch-up brings governance before envelopes, and then it applies.
+    c.mia.apply_governance(&room, vec![admit]).unwrap();
+    assert_eq!(c.mia.apply(&room, vec![post.delivery]).unwrap(), vec![Ok(Applied::Applied)]);
+}
+
+#[test]
+fn test_governance_from_a_stranger_waits_for_nothing_and_batches_apply_in_causal_order() {
+    let mut c = crew();
+    let room = c.room;
+    // Alice invites Eve; Eve redeems it, so her Join depends on the invite.
+    let (invite, registered) =
+        c.alice.invite(&room, Role::Member, Some(c.eve.author()), None).unwrap();
+    c.eve.apply_governance(&room, vec![registered.clone()]).unwrap();
+    let join = c.eve.govern(&room, Action::Join(invite)).unwrap();
+    // To Mia, who lacks the invite, Eve is no reader: her Join is not kept.
+    let outcome = c.mia.apply_governance(&room, vec![join.clone()]).unwrap();
+    assert_eq!(outcome, vec![Err(GovError::MissingDependencies)]);
+    assert!(!outcome[0].as_ref().unwrap_err().is_senders_fault());
+    // Both in one batch, the Join first (a store's order is by hash): the
+    // batch is applied dependencies first, outcomes in the order given.
+    let outcomes = c.mia.apply_governance(&room, vec![join.clone(), registered]).unwrap();
+    assert!(outcomes.iter().all(|o| matches!(o, Ok(GovApplied::Applied { .. }))), "{outcomes:?}");
+    assert_eq!(c.mia.governance(&room).unwrap().role(&c.eve.author()), Some(Role::Member));
+    assert_eq!(c.mia.governance_heads(&room).unwrap(), vec![join.head()]);
+}
+
+#[test]
+fn test_one_key_fills_only_its_share_of_the_governance_that_waits() {
+    let mut c = crew();
+    let room = c.room;
+    // Alice renames the room's topic many times, each change on the last;
+    // Mia misses the first, so all the others wait for it.
+    let share = MAX_PENDING_GOV_CHANGES / concord_core::PENDING_AUTHOR_SHARE as usize;
+    let changes: Vec<GovChange> = (0..share + 2)
+        .map(|i| c.alice.govern(&room, Action::SetTopic(format!("topic {i}"))).unwrap())
+        .collect();
+    let outcomes = c.mia.apply_governance(&room, changes[1..].to_vec()).unwrap();
+    let waiting = outcomes.iter().filter(|o| matches!(o, Ok(GovApplied::Pending { .. }))).count();
+    assert_eq!(waiting, share, "one author's share waits");
+    assert_eq!(outcomes.last(), Some(&Err(GovError::TooManyPending)));
+    assert!(!GovError::TooManyPending.is_senders_fault());
+    // The missing one arrives: everything waiting applies, and the refused
+    // one, offered again, too.
+    c.mia.apply_governance(&room, vec![changes[0].clone()]).unwrap();
+    let last = changes.last().unwrap().clone();
+    let outcomes = c.mia.apply_governance(&room, vec![last.clone()]).unwrap();
+    assert!(matches!(outcomes[0], Ok(GovApplied::Applied { .. })), "{outcomes:?}");
+    assert_eq!(c.mia.governance_heads(&room).unwrap(), vec![last.head()]);
 }
 
 #[test]

@@ -1136,7 +1136,8 @@ fn test_what_waits_forever_is_capped_per_room_and_honest_envelopes_still_apply()
     let open_bob = || {
         let store = concord_core::SledStore::open(dir.path()).unwrap();
         let mut bob = Replica::open_with_seed(store, clock.clone(), [2; 32]).unwrap();
-        bob.set_pending_limit(20, u64::MAX);
+        // A share of a quarter: one author may keep 20 waiting.
+        bob.set_pending_limit(80, u64::MAX);
         bob
     };
     let mut alice = common::memory_replica(1, &clock);
@@ -1182,13 +1183,52 @@ fn test_what_waits_forever_is_capped_per_room_and_honest_envelopes_still_apply()
     assert!(rest.iter().all(|o| *o == Ok(Applied::Applied)), "{rest:?}");
     assert_eq!(bob.snapshot(&room).unwrap(), alice_and_mallory(&mut alice, &posts, &room));
 
-    // The byte limit holds as well: room for three records, not four.
+    // The byte limit holds as well: an author's share has room for three
+    // records, not four.
     let mut carol = common::memory_replica(4, &clock);
     common::join(&mut carol, &alice, &room);
     let record = posts[1].to_bytes().len() as u64 + 64;
-    carol.set_pending_limit(usize::MAX, 3 * record);
+    carol.set_pending_limit(usize::MAX, 4 * 3 * record);
     let outcomes = carol.apply(&room, posts[1..10].to_vec()).unwrap();
     assert_eq!(waits_and_refusals(&outcomes), (3, 6));
+}
+
+#[test]
+fn test_one_key_fills_only_its_share_of_what_waits() {
+    let clock = Arc::new(ManualClock::new(common::EPOCH_MILLIS));
+    let mut alice = common::memory_replica(1, &clock);
+    let room = alice.create_room("open").unwrap();
+    let mut bob = common::memory_replica(2, &clock);
+    common::join(&mut bob, &alice, &room);
+    bob.set_pending_limit(8, u64::MAX);
+    assert_eq!(concord_core::PENDING_AUTHOR_SHARE, 4, "the numbers below assume a quarter");
+    // Five keys each send three posts whose first never comes: each of the
+    // first four gets two waiting (its quarter of eight), the fifth none
+    // (the room's eight are taken).
+    let mut expected = Vec::new();
+    let mut firsts = Vec::new();
+    for seed in 10..15u8 {
+        let mut junk = common::memory_replica(seed, &clock);
+        common::join(&mut junk, &alice, &room);
+        let posts: Vec<Delivery> = (0..4)
+            .map(|i| {
+                clock.advance(1);
+                junk.post(&room, Draft::text(format!("junk {i}"))).unwrap().delivery
+            })
+            .collect();
+        let outcomes = bob.apply(&room, posts[1..].to_vec()).unwrap();
+        expected.push(if seed < 14 { (2, 1) } else { (0, 3) });
+        assert_eq!(waits_and_refusals(&outcomes), *expected.last().unwrap(), "key {seed}");
+        firsts.push(posts[0].clone());
+    }
+    assert_eq!(bob.pending_use(&room).unwrap().0, 8);
+    // An author's first post in order needs no waiting and applies.
+    clock.advance(1);
+    let hello = alice.post(&room, Draft::text("hello")).unwrap();
+    assert_eq!(bob.apply(&room, vec![hello.delivery]).unwrap(), vec![Ok(Applied::Applied)]);
+    // One gap filled frees that author's share: its waiting posts integrate.
+    assert_eq!(bob.apply(&room, vec![firsts[0].clone()]).unwrap(), vec![Ok(Applied::Applied)]);
+    assert_eq!(bob.pending_use(&room).unwrap().0, 6);
 }
 
 /// Alice's view once she holds Mallory's posts too.

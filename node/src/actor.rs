@@ -1134,7 +1134,7 @@ impl<S: Store + 'static> State<S> {
                         // forwarded: catch-up brings honest ones in order.
                         Ok(Some(Ok(GovApplied::Pending { .. }))) => MessageAcceptance::Ignore,
                         Ok(Some(Ok(_))) => MessageAcceptance::Accept,
-                        Ok(Some(Err(_))) => MessageAcceptance::Reject,
+                        Ok(Some(Err(e))) if e.is_senders_fault() => MessageAcceptance::Reject,
                         _ => MessageAcceptance::Ignore,
                     };
                 }
@@ -1147,9 +1147,11 @@ impl<S: Store + 'static> State<S> {
                 }
                 match r.apply(&room, vec![delivery]).map(|mut v| v.pop()) {
                     Ok(Some(Ok(_))) => MessageAcceptance::Accept,
-                    // Too much of the room waits: kept back, not the
-                    // sender's fault; catch-up brings it in order.
-                    Ok(Some(Err(EnvelopeError::PendingFull))) => MessageAcceptance::Ignore,
+                    // Kept back for now (too much of the room waits, or
+                    // it cites governance not held yet from a key that is
+                    // no reader here), not the sender's fault; catch-up
+                    // brings it in order.
+                    Ok(Some(Err(e))) if !e.is_senders_fault() => MessageAcceptance::Ignore,
                     Ok(Some(Err(_))) => MessageAcceptance::Reject,
                     // A store failure is ours, not the sender's fault.
                     _ => MessageAcceptance::Ignore,

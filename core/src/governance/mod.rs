@@ -197,9 +197,17 @@ pub enum GovError {
     /// The change's operations are not exactly what its action writes.
     #[error("governance change does not match its action")]
     Forged,
-    /// Too many changes wait for dependencies.
+    /// Too many changes wait for dependencies, in the room or from the
+    /// change's author (a [`crate::PENDING_AUTHOR_SHARE`]th of
+    /// [`MAX_PENDING_GOV_CHANGES`]).
     #[error("too many governance changes wait for their dependencies")]
     TooManyPending,
+    /// The change depends on changes this replica does not hold, and its
+    /// author may not read the room by the governance held now, so it is
+    /// not kept waiting: catch-up, which sends dependencies first, brings
+    /// it again.
+    #[error("governance change depends on changes not held here, from a key that is no reader")]
+    MissingDependencies,
     /// Named heads are not in this room's governance.
     #[error("unknown governance heads")]
     UnknownHeads,
@@ -209,6 +217,20 @@ pub enum GovError {
     /// The document could not be changed or read (a bug, not bad input).
     #[error("governance document: {0}")]
     Document(String),
+}
+
+impl GovError {
+    /// Whether the sender of a change refused with this error is at fault
+    /// (a strike in catch-up, a rejection in gossip). A change refused only
+    /// for now, because of what this replica holds or keeps waiting, is
+    /// nobody's fault; neither is a failure of this replica's own document.
+    pub fn is_senders_fault(&self) -> bool {
+        match self {
+            Self::Envelope(e) => e.is_senders_fault(),
+            Self::TooManyPending | Self::MissingDependencies | Self::Document(_) => false,
+            _ => true,
+        }
+    }
 }
 
 fn doc_error(e: automerge::AutomergeError) -> GovError {
@@ -397,7 +419,20 @@ impl Governance {
         let missing: Vec<GovHead> =
             change.deps().into_iter().filter(|d| !self.changes.contains_key(d)).collect();
         if !missing.is_empty() {
-            if !self.pending.contains_key(&head) && self.pending.len() >= MAX_PENDING_GOV_CHANGES {
+            if self.pending.contains_key(&head) {
+                return Ok(GovApplied::Pending { missing });
+            }
+            // Only a key that may read the room now gets to wait (an
+            // invitee's Join comes after the invite it redeems in honest
+            // catch-up), and only up to its share, so that junk from keys
+            // never admitted, or from one key, cannot crowd out the rest.
+            let author = change.author();
+            if self.state.role(&author).is_none() {
+                return Err(GovError::MissingDependencies);
+            }
+            let share = MAX_PENDING_GOV_CHANGES / crate::PENDING_AUTHOR_SHARE as usize;
+            let mine = self.pending.values().filter(|c| c.author() == author).count();
+            if self.pending.len() >= MAX_PENDING_GOV_CHANGES || mine >= share {
                 return Err(GovError::TooManyPending);
             }
             self.pending.insert(head, change);

@@ -45,6 +45,38 @@ pub(super) fn load<S: Store>(
     Ok(govs)
 }
 
+/// The changes with their positions, each after those it depends on within
+/// the list (otherwise in the order given).
+fn causal_order(changes: Vec<GovChange>) -> Vec<(usize, GovChange)> {
+    let heads: HashMap<GovHead, usize> =
+        changes.iter().enumerate().map(|(i, c)| (c.head(), i)).collect();
+    let deps: Vec<Vec<usize>> = changes
+        .iter()
+        .map(|c| c.deps().iter().filter_map(|d| heads.get(d).copied()).collect())
+        .collect();
+    let mut slots: Vec<Option<GovChange>> = changes.into_iter().map(Some).collect();
+    // Depth first from each change in turn, dependencies first. A change is
+    // entered once (`entered`), so even a cycle (which only colliding hashes
+    // could make) ends.
+    let mut entered = vec![false; slots.len()];
+    let mut out = Vec::with_capacity(slots.len());
+    for start in 0..slots.len() {
+        let mut stack = vec![(start, false)];
+        while let Some((i, ready)) = stack.pop() {
+            if ready {
+                if let Some(change) = slots[i].take() {
+                    out.push((i, change));
+                }
+            } else if !entered[i] {
+                entered[i] = true;
+                stack.push((i, true));
+                stack.extend(deps[i].iter().rev().map(|&j| (j, false)));
+            }
+        }
+    }
+    out
+}
+
 fn stage(batch: &mut WriteBatch, change: &GovChange) {
     batch.put(
         Tree::Governance,
@@ -211,9 +243,12 @@ impl<S: Store> Replica<S> {
     ) -> Result<Vec<Result<GovApplied, GovError>>> {
         let gov = self.gov_mut(room)?;
         let mut batch = WriteBatch::new();
-        let mut outcomes = Vec::with_capacity(changes.len());
+        let mut outcomes = vec![Ok(GovApplied::Duplicate); changes.len()];
         let mut accepted = 0;
-        for change in changes {
+        // Dependencies within the batch first, whatever order it came in
+        // (a store's order is by hash), so that only what is really missing
+        // waits; outcomes are reported in the order given.
+        for (at, change) in causal_order(changes) {
             let outcome = gov.receive(change);
             if let Ok(GovApplied::Applied { accepted: heads }) = &outcome {
                 for change in heads.iter().filter_map(|h| gov.change(h)) {
@@ -221,7 +256,7 @@ impl<S: Store> Replica<S> {
                     accepted += 1;
                 }
             }
-            outcomes.push(outcome);
+            outcomes[at] = outcome;
         }
         if accepted > 0 {
             self.commit_governance(room, batch)?;

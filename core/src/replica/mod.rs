@@ -249,8 +249,8 @@ struct Tx {
     deleted: HashSet<(RoomId, MessageId)>,
     /// Pending deliveries staged in this transaction, by `pending-1` key.
     pending: BTreeMap<Vec<u8>, Delivery>,
-    /// How this transaction changes each room's pending use.
-    pending_delta: HashMap<RoomId, PendingUse>,
+    /// How this transaction changes each room's pending use, per author.
+    pending_delta: HashMap<(RoomId, AuthorId), PendingUse>,
     /// Timeline diffs to announce after the commit.
     diffs: BTreeMap<RoomId, Vec<TimelineDiff>>,
 }
@@ -306,6 +306,10 @@ struct DocUse {
 pub const DEFAULT_PENDING_PER_ROOM: usize = 16_384;
 /// Most bytes of deliveries one room keeps waiting, by default.
 pub const DEFAULT_PENDING_BYTES_PER_ROOM: u64 = 64 << 20;
+/// One author may fill at most this fraction (1/N) of a room's pending
+/// limits, in deliveries and in bytes, so that one key's junk cannot fill
+/// them for everyone.
+pub const PENDING_AUTHOR_SHARE: u64 = 4;
 
 /// What a room keeps waiting in `pending-1`: records and bytes (signed, so
 /// that a transaction's changes can be added).
@@ -319,6 +323,29 @@ impl PendingUse {
     fn add(&mut self, other: PendingUse) {
         self.count += other.count;
         self.bytes += other.bytes;
+    }
+
+    fn within(&self, count: u64, bytes: u64) -> bool {
+        let limit = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        self.count <= limit(count) && self.bytes <= limit(bytes)
+    }
+}
+
+/// What one room keeps waiting in `pending-1`, in all and per author.
+#[derive(Clone, Debug, Default)]
+struct RoomPending {
+    total: PendingUse,
+    authors: HashMap<AuthorId, PendingUse>,
+}
+
+impl RoomPending {
+    fn add(&mut self, author: AuthorId, delta: PendingUse) {
+        self.total.add(delta);
+        let mine = self.authors.entry(author).or_default();
+        mine.add(delta);
+        if mine.count <= 0 {
+            self.authors.remove(&author);
+        }
     }
 }
 
@@ -348,7 +375,7 @@ pub struct Replica<S: Store> {
     govs: HashMap<RoomId, Governance>,
     /// Each room's committed pending use, counted from the store when first
     /// needed and kept up to date by every commit.
-    pending_use: HashMap<RoomId, PendingUse>,
+    pending_use: HashMap<RoomId, RoomPending>,
     /// The pending limits per room: records and bytes.
     pending_limit: (usize, u64),
 }
@@ -931,15 +958,25 @@ impl<S: Store> Replica<S> {
             if waiting.as_ref().is_some_and(|w| w.as_slice() != env.as_bytes()) {
                 return Ok(Err(EnvelopeError::Equivocation));
             }
+            // Governance this replica lacks may yet make the author a
+            // member; meanwhile only a key that may read the room now gets
+            // to wait for it, so keys that were never admitted cannot fill a
+            // room of members with deliveries that wait for nothing.
+            if role.is_none()
+                && stored.is_none()
+                && !self.govs.get(room).is_some_and(|g| g.state().role(&author).is_some())
+            {
+                return Ok(Err(EnvelopeError::UnknownGovernance));
+            }
             let bytes = d.to_bytes();
             let grows = PendingUse {
                 count: i64::from(stored.is_none()),
                 bytes: bytes.len() as i64 - stored.as_ref().map_or(0, |s| s.len() as i64),
             };
-            if stored.is_none() && !self.pending_fits(tx, room, grows)? {
+            if stored.is_none() && !self.pending_fits(tx, room, &author, grows)? {
                 return Ok(Err(EnvelopeError::PendingFull));
             }
-            tx.pending_delta.entry(*room).or_default().add(grows);
+            tx.pending_delta.entry((*room, author)).or_default().add(grows);
             tx.batch.put(Tree::Pending, ekey.clone(), bytes);
             tx.pending.insert(ekey, d);
             return Ok(Ok(Applied::Pending));
@@ -1022,7 +1059,7 @@ impl<S: Store> Replica<S> {
                 // A record that no longer decodes can never apply; drop it.
                 Err(_) => {
                     tx.pending_delta
-                        .entry(room)
+                        .entry((room, author))
                         .or_default()
                         .add(PendingUse { count: -1, bytes: -(v.len() as i64) });
                     tx.batch.delete(Tree::Pending, k);
@@ -1044,7 +1081,7 @@ impl<S: Store> Replica<S> {
             }
             let (k, (d, len)) = entry.remove_entry();
             tx.pending_delta
-                .entry(room)
+                .entry((room, author))
                 .or_default()
                 .add(PendingUse { count: -1, bytes: -(len as i64) });
             tx.batch.delete(Tree::Pending, k.clone());
@@ -1143,8 +1180,9 @@ impl<S: Store> Replica<S> {
 
     /// Sets how much one room may keep waiting in `pending-1`: at most
     /// `deliveries` records and `bytes` bytes (defaults
-    /// [`DEFAULT_PENDING_PER_ROOM`] and [`DEFAULT_PENDING_BYTES_PER_ROOM`]).
-    /// A delivery that would wait beyond either is refused with
+    /// [`DEFAULT_PENDING_PER_ROOM`] and [`DEFAULT_PENDING_BYTES_PER_ROOM`]),
+    /// and one author at most a [`PENDING_AUTHOR_SHARE`]th of each.
+    /// A delivery that would wait beyond these is refused with
     /// [`EnvelopeError::PendingFull`], which is nobody's fault: it is
     /// offered again by a later catch-up, once what it waits for is held.
     pub fn set_pending_limit(&mut self, deliveries: usize, bytes: u64) {
@@ -1153,7 +1191,7 @@ impl<S: Store> Replica<S> {
 
     /// How many deliveries of `room` wait in `pending-1`, and their bytes.
     pub fn pending_use(&mut self, room: &RoomId) -> Result<(usize, u64)> {
-        let used = self.committed_pending(room)?;
+        let used = self.committed_pending(room)?.total;
         Ok((used.count.max(0) as usize, used.bytes.max(0) as u64))
     }
 
@@ -1168,28 +1206,46 @@ impl<S: Store> Replica<S> {
     }
 
     /// The room's committed pending use, counted from the store once.
-    fn committed_pending(&mut self, room: &RoomId) -> Result<PendingUse> {
-        if let Some(used) = self.pending_use.get(room) {
-            return Ok(*used);
+    fn committed_pending(&mut self, room: &RoomId) -> Result<&RoomPending> {
+        if !self.pending_use.contains_key(room) {
+            let mut used = RoomPending::default();
+            for (k, v) in self.room_records(Tree::Pending, room)? {
+                // `pending-1` keys are envelope keys: room, bucket, author, clock.
+                let author = tables::doc_key_author(&k)
+                    .ok_or_else(|| corrupt(Tree::Pending, format!("key of {} bytes", k.len())))?;
+                used.add(author, PendingUse { count: 1, bytes: v.len() as i64 });
+            }
+            self.pending_use.insert(*room, used);
         }
-        let mut used = PendingUse::default();
-        for (_, v) in self.room_records(Tree::Pending, room)? {
-            used.add(PendingUse { count: 1, bytes: v.len() as i64 });
-        }
-        self.pending_use.insert(*room, used);
-        Ok(used)
+        Ok(&self.pending_use[room])
     }
 
-    /// Whether `grows` more fits in the room's pending, counting what the
-    /// transaction already staged.
-    fn pending_fits(&mut self, tx: &Tx, room: &RoomId, grows: PendingUse) -> Result<bool> {
-        let mut used = self.committed_pending(room)?;
-        used.add(tx.pending_delta.get(room).copied().unwrap_or_default());
-        used.add(grows);
+    /// Whether `grows` more from `author` fits in the room's pending, in all
+    /// and in the author's share, counting what the transaction already
+    /// staged.
+    fn pending_fits(
+        &mut self,
+        tx: &Tx,
+        room: &RoomId,
+        author: &AuthorId,
+        grows: PendingUse,
+    ) -> Result<bool> {
+        let counted = self.committed_pending(room)?;
+        let mut total = counted.total;
+        let mut mine = counted.authors.get(author).copied().unwrap_or_default();
+        for ((r, a), delta) in &tx.pending_delta {
+            if r == room {
+                total.add(*delta);
+                if a == author {
+                    mine.add(*delta);
+                }
+            }
+        }
+        total.add(grows);
+        mine.add(grows);
         let (count, bytes) = self.pending_limit;
-        let count = i64::try_from(count).unwrap_or(i64::MAX);
-        let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
-        Ok(used.count <= count && used.bytes <= bytes)
+        let share = |n: u64| (n / PENDING_AUTHOR_SHARE).max(1);
+        Ok(total.within(count as u64, bytes) && mine.within(share(count as u64), share(bytes)))
     }
 
     /// How many author documents are in memory now.
@@ -1248,9 +1304,9 @@ impl<S: Store> Replica<S> {
         for (room, bucket) in std::mem::take(&mut tx.windows) {
             self.windows.insert(room, bucket);
         }
-        for (room, delta) in std::mem::take(&mut tx.pending_delta) {
+        for ((room, author), delta) in std::mem::take(&mut tx.pending_delta) {
             if let Some(used) = self.pending_use.get_mut(&room) {
-                used.add(delta);
+                used.add(author, delta);
             }
         }
         self.trim_doc_cache(&tx.used);

@@ -336,8 +336,9 @@ impl SyncSession {
         for r in results {
             match r {
                 Ok(Applied::Applied | Applied::Pending) => self.stats.envelopes_applied += 1,
+                Ok(_) => {}
                 // Dropped for now, nobody's fault: offered again later.
-                Ok(_) | Err(crate::error::EnvelopeError::PendingFull) => {}
+                Err(e) if !e.is_senders_fault() => {}
                 Err(_) => self.stats.envelopes_rejected += 1,
             }
         }
@@ -363,7 +364,7 @@ impl SyncSession {
         }
         if !changes.is_empty() {
             for outcome in replica.apply_governance(&room, changes)? {
-                if outcome.is_err() {
+                if outcome.is_err_and(|e| e.is_senders_fault()) {
                     self.stats.envelopes_rejected += 1;
                 }
             }
