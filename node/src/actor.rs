@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use concord_core::{
-    AuthorId, Clock, Delivery, DeviceCert, EnvelopeError, GovApplied, GovChange, Hlc, Replica,
-    RoomId, Signal, SignalKind, Store, SyncSession, SyncStats, GOV_MAGIC,
+    AuthorId, Clock, Delivery, DeviceCert, GovApplied, GovChange, Hlc, Replica, RoomId, Signal,
+    SignalKind, Store, SyncSession, SyncStats, GOV_MAGIC,
 };
 use futures::future::BoxFuture;
 use futures::StreamExt;

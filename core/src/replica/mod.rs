@@ -964,7 +964,7 @@ impl<S: Store> Replica<S> {
             // room of members with deliveries that wait for nothing.
             if role.is_none()
                 && stored.is_none()
-                && !self.govs.get(room).is_some_and(|g| g.state().role(&author).is_some())
+                && self.govs.get(room).is_none_or(|g| g.state().role(&author).is_none())
             {
                 return Ok(Err(EnvelopeError::UnknownGovernance));
             }
