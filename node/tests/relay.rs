@@ -279,8 +279,29 @@ async fn test_store_and_forward_survives_sigkill_and_erases_deleted_bodies() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn test_a_relay_whose_replica_was_lost_rebuilds_it_from_its_store() {
     let relay_dir = tempfile::tempdir().unwrap();
+    // The key file lives apart from the data directory, as on a volume or
+    // in a secret store, so the rebuilt relay keeps its identity.
+    let key_dir = tempfile::tempdir().unwrap();
+    let key_file = key_dir.path().join("relay.key");
+    let start = || {
+        RelayProcess::start_with(&[
+            "--data-dir".as_ref(),
+            relay_dir.path().as_os_str(),
+            "--key-file".as_ref(),
+            key_file.as_os_str(),
+        ])
+    };
     let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let relay = RelayProcess::start(relay_dir.path());
+    let relay = start();
+    let written = std::fs::read_to_string(&key_file).unwrap();
+    assert_eq!(written.trim().len(), 64, "the first start wrote the relay's key");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&key_file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "only the relay's owner may read its key");
+    }
+    let (peer, author) = (relay_peer(&relay), relay.author);
     let a = device(a_dir.path());
     let room = a.create_room("rebuilt").await.unwrap();
     let ticket = room.ticket().await.unwrap();
@@ -293,9 +314,11 @@ async fn test_a_relay_whose_replica_was_lost_rebuilds_it_from_its_store() {
     a.shutdown().await.unwrap();
     relay.kill();
 
-    // The relay's replica is gone; its store is not.
+    // The relay's replica is gone; its store and key file are not.
     std::fs::remove_dir_all(relay_dir.path().join("replica")).unwrap();
-    let relay = RelayProcess::start(relay_dir.path());
+    let relay = start();
+    assert_eq!((relay_peer(&relay), relay.author), (peer, author), "the same relay again");
+    assert_eq!(std::fs::read_to_string(&key_file).unwrap(), written);
     let b = device(b_dir.path());
     let b_room = b.join_ticket(&ticket).await.unwrap();
     b.dial(relay.addr.clone()).await.unwrap();
@@ -552,6 +575,60 @@ fn test_relay_rejects_a_wrong_config_with_a_clear_error() {
         assert!(stderr.starts_with("error: ") && stderr.contains(says), "{text:?}: {stderr}");
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
+}
+
+/// Runs `concord relay` with `args`, which must make it fail before it
+/// serves; returns its stderr. Killed and failed if it is still running
+/// after 30 s.
+fn relay_failure(args: &[&std::ffi::OsStr]) -> String {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_concord"))
+        .arg("relay")
+        .args(args)
+        .args(["--listen", "/ip4/127.0.0.1/tcp/0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start concord relay");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("concord relay {args:?} kept running");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    assert!(!status.success(), "concord relay {args:?} succeeded");
+    assert!(stderr.starts_with("error: ") && !stderr.contains("panicked"), "{stderr}");
+    stderr
+}
+
+#[test]
+fn test_a_relay_refuses_a_key_file_that_is_not_a_key_or_not_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, key) = (dir.path().join("data"), dir.path().join("relay.key"));
+    let args = ["--data-dir".as_ref(), data.as_os_str(), "--key-file".as_ref(), key.as_os_str()];
+    std::fs::write(&key, "not a key\n").unwrap();
+    assert!(relay_failure(&args).contains("not a key"));
+    // A data directory that already holds another key keeps it: a key file
+    // of another relay is refused, and nothing is overwritten.
+    let relay = RelayProcess::start(&data);
+    let author = relay.author;
+    relay.stop();
+    let other = "ab".repeat(32);
+    std::fs::write(&key, format!("{other}\n")).unwrap();
+    assert!(relay_failure(&args).contains("different device key"));
+    assert_eq!(std::fs::read_to_string(&key).unwrap().trim(), other);
+    // Without its key file the relay starts as itself and writes it.
+    std::fs::remove_file(&key).unwrap();
+    let relay = RelayProcess::start_with(&args);
+    assert_eq!(relay.author, author);
+    relay.stop();
+    assert_eq!(std::fs::read_to_string(&key).unwrap().trim().len(), 64);
 }
 
 /// The relay on the DynamoDB API (DynamoDB Local), through a TCP front the

@@ -487,6 +487,14 @@ impl<S: Store> Replica<S> {
         self.key.author()
     }
 
+    /// The device key's secret seed, to keep a copy of the device's
+    /// identity apart from its store (a relay's key file). Whoever holds it
+    /// can sign as this device; [`Replica::open_with_seed`] opens a fresh
+    /// store as this device again.
+    pub fn device_seed(&self) -> [u8; 32] {
+        self.key.seed()
+    }
+
     /// A secret derived from the device key for the device's network
     /// identity (its libp2p key), so the device keeps one peer id across
     /// restarts without the signing key itself leaving the core.

@@ -157,6 +157,14 @@ impl Default for StoreConfig {
 pub struct RelayConfig {
     /// Where the relay keeps its replica (and the sled relay store).
     pub data_dir: PathBuf,
+    /// A file holding the relay's device key (its seed, 64 hex digits),
+    /// kept apart from `data_dir` so that a relay rebuilt on a new disk
+    /// keeps its identity: its peer id, its addresses and the author key
+    /// rooms list. Written on first start if absent (mode 0600), with the
+    /// key `data_dir` holds or a new one; a `data_dir` holding another key
+    /// is refused. Unset: the key lives in `data_dir` only.
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
     /// Multiaddrs to listen on.
     #[serde(default = "default_listen")]
     pub listen: Vec<String>,
@@ -211,6 +219,7 @@ impl RelayConfig {
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
         Self {
             data_dir: data_dir.into(),
+            key_file: None,
             listen: default_listen(),
             metrics: None,
             serve_rooms: true,
@@ -513,9 +522,11 @@ impl Relay {
         let mut registry = Registry::default();
         let metrics = RelayMetrics::new(&mut registry);
         let replica_dir = config.replica_dir();
-        let (replica, outbox) = tokio::task::spawn_blocking(move || open_replica(&replica_dir))
-            .await
-            .map_err(|e| RelayError::Io(e.to_string()))??;
+        let key_file = config.key_file.clone();
+        let (replica, outbox) =
+            tokio::task::spawn_blocking(move || open_replica(&replica_dir, key_file.as_deref()))
+                .await
+                .map_err(|e| RelayError::Io(e.to_string()))??;
         let mirror = Arc::new(Mirror {
             outbox,
             store: Arc::new(store),
@@ -599,13 +610,66 @@ impl Relay {
     }
 }
 
-/// Opens the replica on its outbox store.
-fn open_replica(dir: &Path) -> Result<(Replica<RelayReplicaStore>, Outbox<SledStore>), RelayError> {
+/// Opens the replica on its outbox store, as the device `key_file` names
+/// if it is set (see [`RelayConfig::key_file`]).
+fn open_replica(
+    dir: &Path,
+    key_file: Option<&Path>,
+) -> Result<(Replica<RelayReplicaStore>, Outbox<SledStore>), RelayError> {
     std::fs::create_dir_all(dir).map_err(|e| RelayError::Io(format!("{}: {e}", dir.display())))?;
     let store = OutboxStore::new(SledStore::open(dir)?)?;
     let outbox = store.outbox();
-    let replica = Replica::open(store, Arc::new(SystemClock))?;
+    let clock = Arc::new(SystemClock);
+    let replica = match key_file {
+        None => Replica::open(store, clock)?,
+        Some(path) => match read_key_file(path)? {
+            Some(seed) => Replica::open_with_seed(store, clock, seed)
+                .map_err(|e| RelayError::Config(format!("key_file {}: {e}", path.display())))?,
+            None => {
+                let replica = Replica::open(store, clock)?;
+                write_key_file(path, &replica.device_seed())?;
+                replica
+            }
+        },
+    };
     Ok((replica, outbox))
+}
+
+/// The seed in a key file, or `None` if there is no such file.
+fn read_key_file(path: &Path) -> Result<Option<[u8; 32]>, RelayError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(RelayError::Io(format!("{}: {e}", path.display()))),
+    };
+    data_encoding::HEXLOWER_PERMISSIVE
+        .decode(text.trim().as_bytes())
+        .ok()
+        .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
+        .map(Some)
+        .ok_or_else(|| {
+            RelayError::Config(format!("key_file {}: not a key (64 hex digits)", path.display()))
+        })
+}
+
+/// Writes a key file readable by its owner only: to a temporary file
+/// beside it, flushed, then renamed into place, so a crash leaves either
+/// no key file or a whole one.
+fn write_key_file(path: &Path, seed: &[u8; 32]) -> Result<(), RelayError> {
+    use std::io::Write as _;
+    let io = |e: std::io::Error| RelayError::Io(format!("{}: {e}", path.display()));
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    let partial = path.with_extension("partial");
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(&partial).map_err(io)?;
+    writeln!(file, "{}", data_encoding::HEXLOWER.encode(seed)).map_err(io)?;
+    file.sync_all().map_err(io)?;
+    std::fs::rename(&partial, path).map_err(io)
 }
 
 /// Rebuilds rooms the relay store holds and the replica does not (the

@@ -60,6 +60,10 @@ struct RunArgs {
     /// Serve /metrics and /health on this address instead of the file's.
     #[arg(long, value_name = "HOST:PORT")]
     metrics: Option<SocketAddr>,
+    /// Keep the relay's device key in this file instead of the file's
+    /// `key_file` (see docs/relay.md).
+    #[arg(long, value_name = "FILE")]
+    key_file: Option<PathBuf>,
 }
 
 impl ConfigArgs {
@@ -70,10 +74,13 @@ impl ConfigArgs {
                     .context(format_args!("cannot read {}", path.display()))?;
                 let mut config =
                     RelayConfig::from_toml(&text).context(format_args!("in {}", path.display()))?;
-                // A relative data_dir is relative to the config file.
-                if config.data_dir.is_relative() {
-                    if let Some(dir) = path.parent() {
+                // Relative paths are relative to the config file.
+                if let Some(dir) = path.parent() {
+                    if config.data_dir.is_relative() {
                         config.data_dir = dir.join(&config.data_dir);
+                    }
+                    if let Some(key) = config.key_file.as_mut().filter(|k| k.is_relative()) {
+                        *key = dir.join(&*key);
                     }
                 }
                 config
@@ -101,6 +108,9 @@ pub async fn run(args: RelayArgs) -> CliResult<ExitCode> {
             }
             if args.run.metrics.is_some() {
                 config.metrics = args.run.metrics;
+            }
+            if args.run.key_file.is_some() {
+                config.key_file = args.run.key_file;
             }
             config.validate().context("relay config")?;
             serve(config).await
