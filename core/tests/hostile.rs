@@ -1122,6 +1122,25 @@ fn test_random_signal_mutations_are_refused() {
     );
 }
 
+/// `count` posts by a new member of `host`'s open room (key `seed`), a
+/// millisecond apart.
+fn member_posts(
+    seed: u8,
+    count: usize,
+    host: &Replica<MemoryStore>,
+    room: &RoomId,
+    clock: &Arc<ManualClock>,
+) -> Vec<Delivery> {
+    let mut member = common::memory_replica(seed, clock);
+    common::join(&mut member, host, room);
+    (0..count)
+        .map(|i| {
+            clock.advance(1);
+            member.post(room, Draft::text(format!("junk {i}"))).unwrap().delivery
+        })
+        .collect()
+}
+
 /// Outcomes counted: (waiting, refused as `PendingFull`).
 fn waits_and_refusals(outcomes: &[Result<Applied, EnvelopeError>]) -> (usize, usize) {
     let waiting = outcomes.iter().filter(|o| **o == Ok(Applied::Pending)).count();
@@ -1146,14 +1165,7 @@ fn test_what_waits_forever_is_capped_per_room_and_honest_envelopes_still_apply()
     common::join(&mut bob, &alice, &room);
     // Mallory, a member of the open room, posts 41 messages; Bob is offered
     // all but the first, so they all wait for it, and may wait forever.
-    let mut mallory = common::memory_replica(3, &clock);
-    common::join(&mut mallory, &alice, &room);
-    let posts: Vec<Delivery> = (0..41)
-        .map(|i| {
-            clock.advance(1);
-            mallory.post(&room, Draft::text(format!("junk {i}"))).unwrap().delivery
-        })
-        .collect();
+    let posts = member_posts(3, 41, &alice, &room, &clock);
     let outcomes = bob.apply(&room, posts[1..].to_vec()).unwrap();
     assert_eq!(waits_and_refusals(&outcomes), (20, 20));
     assert_eq!(bob.pending_use(&room).unwrap().0, 20);
@@ -1205,20 +1217,12 @@ fn test_one_key_fills_only_its_share_of_what_waits() {
     // Five keys each send three posts whose first never comes: each of the
     // first four gets two waiting (its quarter of eight), the fifth none
     // (the room's eight are taken).
-    let mut expected = Vec::new();
     let mut firsts = Vec::new();
     for seed in 10..15u8 {
-        let mut junk = common::memory_replica(seed, &clock);
-        common::join(&mut junk, &alice, &room);
-        let posts: Vec<Delivery> = (0..4)
-            .map(|i| {
-                clock.advance(1);
-                junk.post(&room, Draft::text(format!("junk {i}"))).unwrap().delivery
-            })
-            .collect();
+        let posts = member_posts(seed, 4, &alice, &room, &clock);
         let outcomes = bob.apply(&room, posts[1..].to_vec()).unwrap();
-        expected.push(if seed < 14 { (2, 1) } else { (0, 3) });
-        assert_eq!(waits_and_refusals(&outcomes), *expected.last().unwrap(), "key {seed}");
+        let expected = if seed < 14 { (2, 1) } else { (0, 3) };
+        assert_eq!(waits_and_refusals(&outcomes), expected, "key {seed}");
         firsts.push(posts[0].clone());
     }
     assert_eq!(bob.pending_use(&room).unwrap().0, 8);
