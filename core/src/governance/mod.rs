@@ -223,11 +223,12 @@ impl GovError {
     /// Whether the sender of a change refused with this error is at fault
     /// (a strike in catch-up, a rejection in gossip). A change refused only
     /// for now, because of what this replica holds or keeps waiting, is
-    /// nobody's fault; neither is a failure of this replica's own document.
+    /// nobody's fault. (A `Document` error counts against the sender: a
+    /// change automerge cannot apply may be crafted.)
     pub fn is_senders_fault(&self) -> bool {
         match self {
             Self::Envelope(e) => e.is_senders_fault(),
-            Self::TooManyPending | Self::MissingDependencies | Self::Document(_) => false,
+            Self::TooManyPending | Self::MissingDependencies => false,
             _ => true,
         }
     }
