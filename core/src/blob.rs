@@ -7,7 +7,7 @@
 //! with the blob, the hash that remains cannot be used to confirm a guess of
 //! the deleted text (a bare hash of "yes" could).
 
-use crate::error::DecodeError;
+use crate::base::DecodeError;
 use crate::ids::BlobHash;
 
 /// Length of the per-blob nonce.

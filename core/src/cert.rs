@@ -17,8 +17,8 @@
 //! other signed format's, so the signature cannot pass as one over an
 //! envelope, a governance change, an invite or a signal.
 
-use crate::codec::Reader;
-use crate::envelope::{check_header, FORMAT_VERSION};
+use crate::base::FORMAT_VERSION;
+use crate::codec::{check_header, Reader};
 use crate::error::{DecodeError, EnvelopeError};
 use crate::ids::AuthorId;
 use crate::keys::{self, DeviceKey};

@@ -4,7 +4,7 @@
 //! remain and against a cap before anything is allocated, so a hostile length
 //! prefix can neither panic nor make us allocate more than the input holds.
 
-use crate::error::DecodeError;
+use crate::base::{DecodeError, FORMAT_VERSION};
 
 /// A cursor over untrusted bytes.
 pub(crate) struct Reader<'a> {
@@ -161,5 +161,31 @@ impl Writer for Vec<u8> {
     fn put_str_u8(&mut self, v: &str) {
         self.put_u8(v.len() as u8);
         self.extend_from_slice(v.as_bytes());
+    }
+}
+
+/// Checks that a value begins with `magic` and the one format version
+/// ([`FORMAT_VERSION`]) of the formats that have only one.
+pub(crate) fn check_header(
+    r: &mut Reader<'_>,
+    magic: &[u8; 4],
+    what: &'static str,
+) -> Result<(), DecodeError> {
+    check_versioned_header(r, magic, what, FORMAT_VERSION).map(|_| ())
+}
+
+/// Checks the magic and returns the version, from 1 up to `newest`.
+pub(crate) fn check_versioned_header(
+    r: &mut Reader<'_>,
+    magic: &[u8; 4],
+    what: &'static str,
+    newest: u8,
+) -> Result<u8, DecodeError> {
+    if &r.array::<4>(what)? != magic {
+        return Err(DecodeError::BadMagic { what });
+    }
+    match r.u8("version")? {
+        v @ 1.. if v <= newest => Ok(v),
+        v => Err(DecodeError::UnsupportedVersion(v)),
     }
 }

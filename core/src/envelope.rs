@@ -9,24 +9,14 @@
 //! Decoding verifies: a value of these types exists only if its bytes were
 //! well formed, within every size cap, and correctly signed by its author.
 
+use crate::base::{
+    DecodeError, GovHead, FORMAT_VERSION, MAX_CITED_HEADS, MAX_ROOM_NAME_BYTES, ROOM_FORMAT_VERSION,
+};
 use crate::blob::{self, BLOB_NONCE_LEN, MAX_BLOB_BYTES};
-use crate::codec::{Reader, Writer};
-use crate::error::{DecodeError, EnvelopeError};
-use crate::governance::GovHead;
+use crate::codec::{check_header, check_versioned_header, Reader, Writer};
+use crate::error::EnvelopeError;
 use crate::ids::{AuthorId, BlobHash, Hlc, RoomId};
 use crate::keys::{self, DeviceKey};
-
-/// Format version written in every delivery, signal, invite and governance
-/// change.
-pub const FORMAT_VERSION: u8 = 1;
-
-/// Format version written in genesis records and envelopes: version 2 added
-/// a genesis's join rule and the governance heads an envelope cites.
-/// Version 1 is still read (an open room; an envelope citing no heads).
-pub const ROOM_FORMAT_VERSION: u8 = 2;
-
-/// Most governance heads one envelope cites.
-pub const MAX_CITED_HEADS: usize = 8;
 
 const GENESIS_MAGIC: &[u8; 4] = b"CNCG";
 const ENVELOPE_MAGIC: &[u8; 4] = b"CNCE";
@@ -42,9 +32,6 @@ pub const MAX_UPDATE_BYTES: usize = MAX_ENVELOPE_BYTES - 1024;
 /// Most blob hashes one envelope may name (a body and 15 attachments).
 pub const MAX_BLOBS_PER_ENVELOPE: usize = 16;
 
-/// Longest room name, in bytes of UTF-8.
-pub const MAX_ROOM_NAME_BYTES: usize = 255;
-
 /// Largest encoded delivery: one envelope and its largest blobs.
 pub const MAX_DELIVERY_BYTES: usize = 4
     + 1
@@ -54,30 +41,6 @@ pub const MAX_DELIVERY_BYTES: usize = 4
     + MAX_BLOBS_PER_ENVELOPE * (4 + BLOB_NONCE_LEN + MAX_BLOB_BYTES);
 
 const SIGNATURE_LEN: usize = 64;
-
-pub(crate) fn check_header(
-    r: &mut Reader<'_>,
-    magic: &[u8; 4],
-    what: &'static str,
-) -> Result<(), DecodeError> {
-    check_versioned_header(r, magic, what, FORMAT_VERSION).map(|_| ())
-}
-
-/// Checks the magic and returns the version, from 1 up to `newest`.
-fn check_versioned_header(
-    r: &mut Reader<'_>,
-    magic: &[u8; 4],
-    what: &'static str,
-    newest: u8,
-) -> Result<u8, DecodeError> {
-    if &r.array::<4>(what)? != magic {
-        return Err(DecodeError::BadMagic { what });
-    }
-    match r.u8("version")? {
-        v @ 1.. if v <= newest => Ok(v),
-        v => Err(DecodeError::UnsupportedVersion(v)),
-    }
-}
 
 fn check_len(bytes: &[u8], max: usize, what: &'static str) -> Result<(), DecodeError> {
     if bytes.len() > max {

@@ -4,45 +4,9 @@
 //! [`EnvelopeError`]; the storage layer yields [`StoreError`]; the replica API
 //! wraps all of them in [`Error`].
 
+pub use crate::base::DecodeError;
+use crate::base::Denied;
 use crate::ids::{MessageId, RoomId};
-
-/// Why bytes could not be decoded. Every decoder in the crate returns this
-/// instead of panicking, and checks sizes before it allocates.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum DecodeError {
-    /// The input ended before the named field was complete.
-    #[error("truncated input: {what} is incomplete")]
-    Truncated {
-        /// The field being read.
-        what: &'static str,
-    },
-    /// A length field or the whole input exceeds its cap.
-    #[error("{what} is {len} bytes, more than the cap of {max}")]
-    TooLarge {
-        /// The field that is too large.
-        what: &'static str,
-        /// The declared or actual length.
-        len: usize,
-        /// The cap.
-        max: usize,
-    },
-    /// The input does not start with the expected magic bytes.
-    #[error("not a Concord {what}: bad magic")]
-    BadMagic {
-        /// What was expected.
-        what: &'static str,
-    },
-    /// The format version is not one this build understands.
-    #[error("unsupported format version {0}")]
-    UnsupportedVersion(u8),
-    /// A field holds a value outside its domain.
-    #[error("invalid value for {0}")]
-    InvalidValue(&'static str),
-    /// Bytes remain after a complete value.
-    #[error("{0} trailing bytes after a complete value")]
-    TrailingBytes(usize),
-}
 
 /// Why an envelope was rejected. A rejected envelope leaves the replica unchanged.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -102,7 +66,7 @@ pub enum EnvelopeError {
     /// (not a member, a read-only member posting, a member deleting others'
     /// messages).
     #[error("envelope not allowed by the room's governance: {0}")]
-    Denied(crate::governance::Denied),
+    Denied(Denied),
 }
 
 impl EnvelopeError {
@@ -173,7 +137,7 @@ pub enum Error {
     InvalidInput(String),
     /// A governance action was refused or a governance change rejected.
     #[error(transparent)]
-    Governance(#[from] crate::governance::GovError),
+    Governance(#[from] GovError),
     /// The operating system could not provide randomness for a new device key.
     #[error("no randomness available for a new device key: {0}")]
     Randomness(String),
@@ -181,6 +145,65 @@ pub enum Error {
 
 /// Result of the replica API.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Why a governance change was refused. A refused change leaves the
+/// governance unchanged.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum GovError {
+    /// The change is malformed or its signature does not verify.
+    #[error(transparent)]
+    Envelope(#[from] EnvelopeError),
+    /// The change belongs to another room.
+    #[error("governance change for room {found}, not {expected}")]
+    WrongRoom {
+        /// This room.
+        expected: RoomId,
+        /// The change's room.
+        found: RoomId,
+    },
+    /// The author may not perform the action at the change's causal past.
+    #[error("governance change refused: {0}")]
+    Denied(#[from] Denied),
+    /// The change's operations are not exactly what its action writes.
+    #[error("governance change does not match its action")]
+    Forged,
+    /// Too many changes wait for dependencies, in the room or from the
+    /// change's author (a [`crate::PENDING_AUTHOR_SHARE`]th of
+    /// [`crate::MAX_PENDING_GOV_CHANGES`]).
+    #[error("too many governance changes wait for their dependencies")]
+    TooManyPending,
+    /// The change depends on changes this replica does not hold, and its
+    /// author may not read the room by the governance held now, so it is
+    /// not kept waiting: catch-up, which sends dependencies first, brings
+    /// it again.
+    #[error("governance change depends on changes not held here, from a key that is no reader")]
+    MissingDependencies,
+    /// Named heads are not in this room's governance.
+    #[error("unknown governance heads")]
+    UnknownHeads,
+    /// The action is too large or malformed.
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    /// The document could not be changed or read (a bug, not bad input).
+    #[error("governance document: {0}")]
+    Document(String),
+}
+
+impl GovError {
+    /// Whether the sender of a change refused with this error is at fault
+    /// (a strike in catch-up, a rejection in gossip). A change refused only
+    /// for now, because of what this replica holds or keeps waiting, is
+    /// nobody's fault. (A `Document` error counts against the sender: a
+    /// change automerge cannot apply may be crafted.)
+    pub fn is_senders_fault(&self) -> bool {
+        match self {
+            Self::Envelope(e) => e.is_senders_fault(),
+            Self::TooManyPending | Self::MissingDependencies => false,
+            _ => true,
+        }
+    }
+}
 
 /// Errors of a sync session. Any of them ends the session; what was applied
 /// before stays applied.

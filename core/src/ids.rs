@@ -4,7 +4,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use crate::error::DecodeError;
+use crate::base::DecodeError;
 
 macro_rules! hash_id {
     ($(#[$doc:meta])* $name:ident) => {

@@ -37,6 +37,7 @@
 #![deny(missing_docs)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+mod base;
 mod blob;
 mod cert;
 mod clock;
@@ -53,14 +54,16 @@ mod store;
 mod sync;
 mod view;
 
+pub use base::{
+    FORMAT_VERSION, MAX_CITED_HEADS, MAX_ROOM_NAME_BYTES, PENDING_AUTHOR_SHARE, ROOM_FORMAT_VERSION,
+};
 pub use blob::{MAX_BLOB_BYTES, MAX_BODY_BYTES};
 pub use cert::{DeviceCert, MAX_CERT_BYTES, MAX_TRANSPORT_ID_BYTES};
 pub use clock::{Clock, ManualClock, SystemClock, MAX_HLC_DRIFT_MILLIS};
 pub use doc::{MAX_ATTACHMENTS, MAX_REACTION_BYTES};
 pub use envelope::{
-    Delivery, Envelope, Genesis, FORMAT_VERSION, MAX_BLOBS_PER_ENVELOPE, MAX_CITED_HEADS,
-    MAX_DELIVERY_BYTES, MAX_ENVELOPE_BYTES, MAX_ROOM_NAME_BYTES, MAX_UPDATE_BYTES,
-    ROOM_FORMAT_VERSION,
+    Delivery, Envelope, Genesis, MAX_BLOBS_PER_ENVELOPE, MAX_DELIVERY_BYTES, MAX_ENVELOPE_BYTES,
+    MAX_UPDATE_BYTES,
 };
 pub use error::{DecodeError, EnvelopeError, Error, Result, StoreError, SyncError};
 pub use governance::{
@@ -74,7 +77,7 @@ pub use keys::{client_id, DeviceKey};
 pub use replica::{
     Anchor, Applied, DeliveryState, Draft, Op, Page, Replica, RoomInfo, RoomSnapshot, Sent,
     Subscription, TimelineListener, DEFAULT_DOC_CACHE, DEFAULT_DOC_CACHE_ITEMS,
-    DEFAULT_PENDING_BYTES_PER_ROOM, DEFAULT_PENDING_PER_ROOM, MAX_PAGE, PENDING_AUTHOR_SHARE,
+    DEFAULT_PENDING_BYTES_PER_ROOM, DEFAULT_PENDING_PER_ROOM, MAX_PAGE,
 };
 pub use signal::{Signal, SignalKind, SIGNAL_BYTES, SIGNAL_FRESH_MILLIS};
 pub use store::{

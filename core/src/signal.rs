@@ -6,8 +6,8 @@
 //! byte before it. The magic differs from every envelope's, so a signature
 //! over a signal can never pass as one over an envelope.
 
-use crate::codec::Reader;
-use crate::envelope::{check_header, FORMAT_VERSION};
+use crate::base::FORMAT_VERSION;
+use crate::codec::{check_header, Reader};
 use crate::error::DecodeError;
 use crate::error::EnvelopeError;
 use crate::ids::{AuthorId, RoomId};

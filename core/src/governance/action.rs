@@ -1,10 +1,9 @@
 //! Governance actions and roles, their binary encoding, and the rule that
 //! says who may perform which action.
 
-use std::fmt;
-
+use crate::base::{DecodeError, MAX_ROOM_NAME_BYTES};
+pub use crate::base::{Denied, Role};
 use crate::codec::{Reader, Writer};
-use crate::error::DecodeError;
 use crate::ids::AuthorId;
 
 use super::invite::{Invite, InviteId};
@@ -18,69 +17,6 @@ pub const MAX_SETTING_KEY_BYTES: usize = 64;
 pub const MAX_SETTING_VALUE_BYTES: usize = 1024;
 /// Most members a room can be created with (more join by invite).
 pub const MAX_INITIAL_MEMBERS: usize = 128;
-
-/// A member's role. Higher roles hold every right of the lower ones.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
-pub enum Role {
-    /// Reads the room and may leave it; writes nothing else.
-    ReadOnly,
-    /// Posts, edits and deletes their own messages, reacts, marks read.
-    Member,
-    /// A member who also deletes anyone's message, sets the topic, and kicks,
-    /// bans, invites and sets the roles of members and read-only members.
-    Moderator,
-    /// Every right: the name, settings, any role, kicks and bans of anyone.
-    Admin,
-}
-
-impl Role {
-    /// Every role, lowest first.
-    pub const ALL: [Role; 4] = [Role::ReadOnly, Role::Member, Role::Moderator, Role::Admin];
-
-    pub(crate) fn to_u8(self) -> u8 {
-        match self {
-            Role::ReadOnly => 0,
-            Role::Member => 1,
-            Role::Moderator => 2,
-            Role::Admin => 3,
-        }
-    }
-
-    pub(crate) fn from_u8(v: u8) -> Result<Self, DecodeError> {
-        Role::ALL.get(usize::from(v)).copied().ok_or(DecodeError::InvalidValue("role"))
-    }
-
-    /// The role's name as stored in the document and shown to people.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::ReadOnly => "read-only",
-            Role::Member => "member",
-            Role::Moderator => "moderator",
-            Role::Admin => "admin",
-        }
-    }
-
-    /// Parses a name written by [`Role::as_str`].
-    pub fn parse(s: &str) -> Option<Self> {
-        Role::ALL.into_iter().find(|r| r.as_str() == s)
-    }
-
-    /// Whether this role may post, edit and react (every role but read-only).
-    pub fn may_post(self) -> bool {
-        self >= Role::Member
-    }
-
-    /// Whether this role may delete other authors' messages.
-    pub fn may_moderate(self) -> bool {
-        self >= Role::Moderator
-    }
-}
-
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// One change to a room's governance. Every governance change carries
 /// exactly one action, and its automerge operations are exactly what
@@ -167,7 +103,7 @@ impl Action {
     pub(crate) fn check(&self) -> Result<(), DecodeError> {
         match self {
             Action::Init { name, members } => {
-                check_str(name, crate::envelope::MAX_ROOM_NAME_BYTES, "room name")?;
+                check_str(name, MAX_ROOM_NAME_BYTES, "room name")?;
                 if members.len() > MAX_INITIAL_MEMBERS {
                     return Err(DecodeError::TooLarge {
                         what: "initial members",
@@ -177,9 +113,7 @@ impl Action {
                 }
                 Ok(())
             }
-            Action::SetName(name) => {
-                check_str(name, crate::envelope::MAX_ROOM_NAME_BYTES, "room name")
-            }
+            Action::SetName(name) => check_str(name, MAX_ROOM_NAME_BYTES, "room name"),
             Action::SetTopic(topic) => check_str(topic, MAX_TOPIC_BYTES, "topic"),
             Action::SetSetting { key, value } => {
                 check_str(key, MAX_SETTING_KEY_BYTES, "setting key")?;
@@ -251,7 +185,7 @@ impl Action {
         };
         let action = match r.u8("action")? {
             TAG_INIT => {
-                let name = str_field(&mut r, crate::envelope::MAX_ROOM_NAME_BYTES, "room name")?;
+                let name = str_field(&mut r, MAX_ROOM_NAME_BYTES, "room name")?;
                 let n = r.count_u16(MAX_INITIAL_MEMBERS, 33, "initial members")?;
                 let mut members = Vec::with_capacity(n);
                 for _ in 0..n {
@@ -260,11 +194,7 @@ impl Action {
                 }
                 Action::Init { name, members }
             }
-            TAG_SET_NAME => Action::SetName(str_field(
-                &mut r,
-                crate::envelope::MAX_ROOM_NAME_BYTES,
-                "room name",
-            )?),
+            TAG_SET_NAME => Action::SetName(str_field(&mut r, MAX_ROOM_NAME_BYTES, "room name")?),
             TAG_SET_TOPIC => Action::SetTopic(str_field(&mut r, MAX_TOPIC_BYTES, "topic")?),
             TAG_SET_SETTING => Action::SetSetting {
                 key: str_field(&mut r, MAX_SETTING_KEY_BYTES, "setting key")?,
@@ -332,37 +262,6 @@ impl Action {
             }
         }
     }
-}
-
-/// Why an action was refused. Every replica reaches the same verdict for
-/// the same change, because it is judged against the governance state at
-/// the change's causal past, never against what arrived since.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum Denied {
-    /// Only the room's creator founds the document, as its first change.
-    #[error("only the room's creator may found its governance, as the first change")]
-    NotFounder,
-    /// The document is founded already, or not yet.
-    #[error("the governance document is {0}")]
-    Founding(&'static str),
-    /// The author is not a member (or is banned) at the change's causal past.
-    #[error("the author is not a member of the room")]
-    NotMember,
-    /// The author's role does not allow the action.
-    #[error("a {role} may not {what}")]
-    Role {
-        /// The author's role.
-        role: Role,
-        /// What was attempted.
-        what: &'static str,
-    },
-    /// The target's state does not allow the action (not a member, banned, …).
-    #[error("{0}")]
-    Target(&'static str),
-    /// The invite does not admit this join or registration.
-    #[error("invite refused: {0}")]
-    Invite(&'static str),
 }
 
 /// Decides whether `author` may perform `action` in `state` at `time`

@@ -2,8 +2,8 @@
 
 use std::fmt;
 
-use crate::codec::{Reader, Writer};
-use crate::envelope::{check_header, FORMAT_VERSION};
+use crate::base::FORMAT_VERSION;
+use crate::codec::{check_header, Reader, Writer};
 use crate::error::{DecodeError, EnvelopeError};
 use crate::ids::{AuthorId, RoomId};
 use crate::keys::{self, DeviceKey};

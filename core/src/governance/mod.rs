@@ -27,9 +27,12 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use automerge::transaction::CommitOptions;
 use automerge::{ActorId, AutoCommit, Change, ChangeHash};
 
-use crate::codec::{Reader, Writer};
-use crate::envelope::{check_header, FORMAT_VERSION};
-use crate::error::{DecodeError, EnvelopeError};
+pub use crate::base::GovHead;
+use crate::base::FORMAT_VERSION;
+use crate::base::{DecodeError, PENDING_AUTHOR_SHARE};
+use crate::codec::{check_header, Reader, Writer};
+use crate::error::EnvelopeError;
+pub use crate::error::GovError;
 use crate::ids::{AuthorId, RoomId};
 use crate::keys::{self, DeviceKey};
 
@@ -52,9 +55,6 @@ pub const MAX_PENDING_GOV_CHANGES: usize = 1024;
 
 /// Most dependencies one change may name.
 pub const MAX_GOV_DEPS: usize = 64;
-
-/// A governance head: the hash of an automerge change.
-pub type GovHead = [u8; 32];
 
 /// One signed governance change: a room, its author, and one automerge
 /// change by that author carrying one action.
@@ -173,65 +173,6 @@ pub enum GovApplied {
         /// The missing heads.
         missing: Vec<GovHead>,
     },
-}
-
-/// Why a governance change was refused. A refused change leaves the
-/// governance unchanged.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum GovError {
-    /// The change is malformed or its signature does not verify.
-    #[error(transparent)]
-    Envelope(#[from] EnvelopeError),
-    /// The change belongs to another room.
-    #[error("governance change for room {found}, not {expected}")]
-    WrongRoom {
-        /// This room.
-        expected: RoomId,
-        /// The change's room.
-        found: RoomId,
-    },
-    /// The author may not perform the action at the change's causal past.
-    #[error("governance change refused: {0}")]
-    Denied(#[from] Denied),
-    /// The change's operations are not exactly what its action writes.
-    #[error("governance change does not match its action")]
-    Forged,
-    /// Too many changes wait for dependencies, in the room or from the
-    /// change's author (a [`crate::PENDING_AUTHOR_SHARE`]th of
-    /// [`MAX_PENDING_GOV_CHANGES`]).
-    #[error("too many governance changes wait for their dependencies")]
-    TooManyPending,
-    /// The change depends on changes this replica does not hold, and its
-    /// author may not read the room by the governance held now, so it is
-    /// not kept waiting: catch-up, which sends dependencies first, brings
-    /// it again.
-    #[error("governance change depends on changes not held here, from a key that is no reader")]
-    MissingDependencies,
-    /// Named heads are not in this room's governance.
-    #[error("unknown governance heads")]
-    UnknownHeads,
-    /// The action is too large or malformed.
-    #[error(transparent)]
-    Decode(#[from] DecodeError),
-    /// The document could not be changed or read (a bug, not bad input).
-    #[error("governance document: {0}")]
-    Document(String),
-}
-
-impl GovError {
-    /// Whether the sender of a change refused with this error is at fault
-    /// (a strike in catch-up, a rejection in gossip). A change refused only
-    /// for now, because of what this replica holds or keeps waiting, is
-    /// nobody's fault. (A `Document` error counts against the sender: a
-    /// change automerge cannot apply may be crafted.)
-    pub fn is_senders_fault(&self) -> bool {
-        match self {
-            Self::Envelope(e) => e.is_senders_fault(),
-            Self::TooManyPending | Self::MissingDependencies => false,
-            _ => true,
-        }
-    }
 }
 
 fn doc_error(e: automerge::AutomergeError) -> GovError {
@@ -431,7 +372,7 @@ impl Governance {
             if self.state.role(&author).is_none() {
                 return Err(GovError::MissingDependencies);
             }
-            let share = MAX_PENDING_GOV_CHANGES / crate::PENDING_AUTHOR_SHARE as usize;
+            let share = MAX_PENDING_GOV_CHANGES / PENDING_AUTHOR_SHARE as usize;
             let mine = self.pending.values().filter(|c| c.author() == author).count();
             if self.pending.len() >= MAX_PENDING_GOV_CHANGES || mine >= share {
                 return Err(GovError::TooManyPending);

@@ -11,17 +11,18 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
+use crate::base::{Denied, Role};
+use crate::base::{MAX_CITED_HEADS, MAX_ROOM_NAME_BYTES, PENDING_AUTHOR_SHARE};
 use crate::blob::{self, BLOB_NONCE_LEN, MAX_BLOB_BYTES, MAX_BODY_BYTES};
 use crate::clock::{Clock, HlcState};
 use crate::doc::{
     self, AuthorDoc, Changes, DocChange, PostRecord, TombstoneRecord, MAX_ATTACHMENTS,
     MAX_REACTION_BYTES,
 };
-use crate::envelope::{
-    Delivery, Envelope, EnvelopeFields, Genesis, MAX_CITED_HEADS, MAX_ROOM_NAME_BYTES,
-};
+use crate::envelope::{Delivery, Envelope, EnvelopeFields, Genesis};
+use crate::error::GovError;
 use crate::error::{EnvelopeError, Error, Result, StoreError};
-use crate::governance::{Denied, GovError, Governance, Role};
+use crate::governance::Governance;
 use crate::ids::{AuthorId, BlobHash, Cursor, Hlc, MessageId, RoomId, SortKey};
 use crate::keys::{self, DeviceKey};
 use crate::store::migrations;
@@ -306,10 +307,6 @@ struct DocUse {
 pub const DEFAULT_PENDING_PER_ROOM: usize = 16_384;
 /// Most bytes of deliveries one room keeps waiting, by default.
 pub const DEFAULT_PENDING_BYTES_PER_ROOM: u64 = 64 << 20;
-/// One author may fill at most this fraction (1/N) of a room's pending
-/// limits, in deliveries and in bytes, so that one key's junk cannot fill
-/// them for everyone.
-pub const PENDING_AUTHOR_SHARE: u64 = 4;
 
 /// What a room keeps waiting in `pending-1`: records and bytes (signed, so
 /// that a transaction's changes can be added).
