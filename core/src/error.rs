@@ -233,4 +233,25 @@ pub enum SyncError {
     /// The local replica failed.
     #[error(transparent)]
     Replica(#[from] Error),
+    /// The genesis a peer sent to have its room taken up does not verify.
+    #[error("bad room genesis: {0}")]
+    BadGenesis(Error),
+}
+
+impl SyncError {
+    /// Whether the peer is at fault: its bytes did not decode, named another
+    /// room, broke the protocol (a message out of turn, too many flights, a
+    /// message after the session ended) or carried a genesis that does not
+    /// verify. A session that timed out, or a failure of the local replica,
+    /// is nobody's fault.
+    pub fn is_peers_fault(&self) -> bool {
+        match self {
+            Self::Decode(_)
+            | Self::WrongRoom { .. }
+            | Self::Unexpected(_)
+            | Self::Closed
+            | Self::BadGenesis(_) => true,
+            Self::TimedOut | Self::Replica(_) => false,
+        }
+    }
 }
