@@ -75,9 +75,10 @@ pub use governance::{
 pub use ids::{AuthorId, BlobHash, Cursor, Hlc, MessageId, RoomId, SortKey};
 pub use keys::{client_id, DeviceKey};
 pub use replica::{
-    Anchor, Applied, DeliveryState, Draft, GossipVerdict, Judged, Op, Page, Replica, RoomInfo,
-    RoomSnapshot, Sent, Subscription, TimelineListener, DEFAULT_DOC_CACHE, DEFAULT_DOC_CACHE_ITEMS,
-    DEFAULT_PENDING_BYTES_PER_ROOM, DEFAULT_PENDING_PER_ROOM, MAX_PAGE,
+    Anchor, Applied, DeliveryState, Draft, GossipVerdict, InviteReadiness, Judged, Op, Page,
+    Replica, RoomInfo, RoomSnapshot, Sent, Subscription, TimelineItem, TimelineListener,
+    TimelinePage, DEFAULT_DOC_CACHE, DEFAULT_DOC_CACHE_ITEMS, DEFAULT_PENDING_BYTES_PER_ROOM,
+    DEFAULT_PENDING_PER_ROOM, MAX_PAGE,
 };
 pub use signal::{Signal, SignalKind, SIGNAL_BYTES, SIGNAL_FRESH_MILLIS};
 pub use store::{
@@ -85,9 +86,10 @@ pub use store::{
     WriteBatch, DEFAULT_SLED_CACHE_BYTES, SLED_LOCK_WAIT,
 };
 pub use sync::{
-    serve_sync, BucketDigest, BucketVersions, DigestSet, Flight, History, InboundFlight,
-    OlderDigest, RawDelivery, Served, Step, SyncMessage, SyncSession, SyncStats, CHUNK_BYTES,
-    DIGEST_LEN, MAX_AUTHORS_PER_BUCKET, MAX_BUCKETS_PER_MESSAGE, MAX_FLIGHTS,
-    MAX_SYNC_MESSAGE_BYTES, MAX_WANTED_BLOBS, RECENT_DIGESTS, SESSION_TIMEOUT_MILLIS, SYNC_VERSION,
+    serve_sync, start_sync, BucketDigest, BucketVersions, DigestSet, Flight, History,
+    InboundFlight, OlderDigest, RawDelivery, Served, Start, Started, Step, SyncMessage,
+    SyncSession, SyncStats, CHUNK_BYTES, DIGEST_LEN, MAX_AUTHORS_PER_BUCKET,
+    MAX_BUCKETS_PER_MESSAGE, MAX_FLIGHTS, MAX_SYNC_MESSAGE_BYTES, MAX_WANTED_BLOBS, RECENT_DIGESTS,
+    SESSION_TIMEOUT_MILLIS, SYNC_VERSION,
 };
 pub use view::{bucket_of, Message, Reaction, TimelineDiff, Tombstone, BUCKET_SPAN_MILLIS};

@@ -11,6 +11,11 @@ pub enum NodeError {
     /// operations are transactions, so a panic leaves nothing half-written.
     #[error("a replica job panicked: {0}")]
     Panicked(String),
+    /// The replica has as much work queued for the network as it may: the
+    /// gossiped message, sync request or catch-up that needed it was turned
+    /// away (catch-up brings it again later).
+    #[error("the replica is busy")]
+    Busy,
     /// The network layer failed (listen, dial, publish, a transport error).
     #[error("network: {0}")]
     Network(String),

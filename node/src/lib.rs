@@ -30,6 +30,7 @@ pub use concord_core::{
     Action, Anchor, AuditEntry, AuthorId, Cursor, DeliveryState, Draft, GovState, Invite, Message,
     MessageId, Role, RoomId, RoomInfo, SignalKind, Subscription, TimelineDiff, TimelineListener,
 };
+pub use concord_core::{TimelineItem, TimelinePage};
 pub use config::{
     NodeConfig, DEFAULT_GOSSIP_SEEN_TTL, DEFAULT_INVITE_WAIT, DEFAULT_STORE_CACHE_BYTES,
     DEFAULT_SYNC_INTERVAL, MIN_GOSSIP_SEEN_TTL,
@@ -41,7 +42,7 @@ pub use multiaddr::{Multiaddr, Protocol};
 pub use node::{Node, COMMAND_QUEUE};
 pub use redeem::INVITE_POLL;
 pub use replica_actor::{ReplicaHandle, ReplicaThread, REPLICA_QUEUE};
-pub use room::{Room, TimelineItem, TimelinePage};
+pub use room::Room;
 pub use sync_codec::{SyncCodec, SyncRequest, SyncResponse, SYNC_PROTOCOL};
 pub use ticket::{
     RoomTicket, TicketError, MAX_ADDRESS_BYTES, MAX_TICKET_ADDRESSES, MAX_TICKET_CHARS,

@@ -241,8 +241,7 @@ impl<S: Store + 'static> Node<S> {
 
     /// Creates a room and serves it.
     pub async fn create_room(&self, name: &str) -> Result<Room<S>> {
-        let name = name.to_owned();
-        let id = self.replica.try_call(move |r| r.create_room(&name)).await?;
+        let id = self.replica.create_room(name.to_owned(), None).await?;
         self.join(id).await?;
         Ok(Room::new(self.clone(), id))
     }
@@ -254,8 +253,7 @@ impl<S: Store + 'static> Node<S> {
         name: &str,
         members: Vec<(AuthorId, Role)>,
     ) -> Result<Room<S>> {
-        let name = name.to_owned();
-        let id = self.replica.try_call(move |r| r.create_room_with(&name, &members)).await?;
+        let id = self.replica.create_room(name.to_owned(), Some(members)).await?;
         self.join(id).await?;
         Ok(Room::new(self.clone(), id))
     }
@@ -275,7 +273,7 @@ impl<S: Store + 'static> Node<S> {
     /// with the ticket to resume it.
     pub async fn join_ticket(&self, ticket: &RoomTicket) -> Result<Room<S>> {
         let genesis = ticket.genesis().as_bytes().to_vec();
-        let id = self.replica.try_call(move |r| r.join_room(&genesis)).await?;
+        let id = self.replica.join_room(genesis).await?;
         self.join(id).await?;
         let room = Room::new(self.clone(), id);
         if let Some(invite) = ticket.invite() {
@@ -293,18 +291,18 @@ impl<S: Store + 'static> Node<S> {
 
     /// A room the replica holds.
     pub async fn room(&self, id: RoomId) -> Result<Room<S>> {
-        self.replica.try_call(move |r| r.genesis(&id).map(|_| ())).await?;
+        self.replica.genesis(id).await?;
         Ok(Room::new(self.clone(), id))
     }
 
     /// Every room the replica holds.
     pub async fn rooms(&self) -> Result<Vec<RoomInfo>> {
-        self.replica.call(|r| r.rooms()).await
+        self.replica.rooms().await
     }
 
     /// A ticket for `room` with this node's addresses.
     pub async fn ticket(&self, room: RoomId) -> Result<RoomTicket> {
-        let genesis = self.replica.try_call(move |r| Ok(r.genesis(&room)?.clone())).await?;
+        let genesis = self.replica.genesis(room).await?;
         let mut addresses = self.addresses().await?;
         addresses.truncate(MAX_TICKET_ADDRESSES);
         Ok(RoomTicket::new(genesis, addresses)?)
@@ -339,7 +337,7 @@ impl<S: Store + 'static> Node<S> {
 
     /// Signs and gossips an ephemeral signal.
     pub async fn signal(&self, room: RoomId, kind: SignalKind) -> Result<bool> {
-        let bytes = self.replica.try_call(move |r| r.signal(&room, kind)).await?;
+        let bytes = self.replica.signal(room, kind).await?;
         self.ask(|tx| Command::Signal(room, bytes, tx)).await?
     }
 

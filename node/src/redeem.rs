@@ -19,7 +19,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use concord_core::{Action, Invite, InviteId, Replica, RoomId, Store};
+use concord_core::{Invite, InviteId, InviteReadiness, Store};
 use tokio::sync::broadcast::{self, error::RecvError};
 use tokio::time::Instant;
 
@@ -56,42 +56,6 @@ impl Drop for Claim {
         let mut ids = self.redeeming.0.lock().unwrap_or_else(PoisonError::into_inner);
         ids.remove(&self.id);
     }
-}
-
-/// Where a redemption stands, as the room's governance says now.
-enum Ready {
-    /// The invite's registration has not arrived yet.
-    Wait,
-    /// This device is a listed member already: nothing to do.
-    Member,
-    /// The invite is registered: redeem it.
-    Redeem,
-    /// The invite can never admit this device.
-    Refused(&'static str),
-}
-
-/// Reads where a redemption stands. Whether the invite is still valid (not
-/// used, not expired, its issuer still allowed) is left to the Join itself,
-/// which the replica judges as every peer will.
-fn ready<S: Store>(r: &Replica<S>, room: &RoomId, invite: &Invite) -> concord_core::Result<Ready> {
-    let me = r.author();
-    let state = r.governance(room)?;
-    if state.is_listed(&me) {
-        return Ok(Ready::Member);
-    }
-    if invite.invitee().is_some_and(|k| k != me) {
-        return Ok(Ready::Refused("the invite is for another key"));
-    }
-    if state.invite(&invite.id()).is_some() {
-        return Ok(Ready::Redeem);
-    }
-    // Not registered here: not arrived yet, or revoked (a revoked invite
-    // leaves the state; its revocation stays in the history).
-    let revoked = r
-        .governance_history(room)?
-        .iter()
-        .any(|e| matches!(e.action, Action::Revoke { invite: id } if id == invite.id()));
-    Ok(if revoked { Ready::Refused("the invite was revoked") } else { Ready::Wait })
 }
 
 /// Starts redeeming `invite` in `room` in the background, unless a task of
@@ -133,12 +97,12 @@ async fn redeem<S: Store + 'static>(
     let deadline = Instant::now() + wait;
     let id = room.id();
     loop {
-        let check = invite.clone();
-        match room.node().replica().try_call(move |r| ready(r, &id, &check)).await? {
-            Ready::Member => return Ok(()),
-            Ready::Redeem => return room.redeem(invite).await,
-            Ready::Refused(why) => return Err(NodeError::Invite(why.to_owned())),
-            Ready::Wait => {}
+        match room.node().replica().invite_readiness(id, invite.clone()).await? {
+            InviteReadiness::Member => return Ok(()),
+            InviteReadiness::Redeem => return room.redeem(invite).await,
+            InviteReadiness::Refused(why) => return Err(NodeError::Invite(why.to_owned())),
+            // Not arrived yet; the enum may grow, and waiting is harmless.
+            _ => {}
         }
         let poll = Instant::now() + INVITE_POLL;
         loop {

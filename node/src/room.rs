@@ -6,57 +6,14 @@
 use std::sync::Arc;
 
 use concord_core::{
-    Action, Anchor, AuditEntry, AuthorId, Cursor, DeliveryState, Draft, GovState, Invite, Message,
-    MessageId, Role, RoomId, RoomInfo, Sent, SignalKind, Store, Subscription, TimelineListener,
+    Action, Anchor, AuditEntry, AuthorId, Draft, GovState, Invite, MessageId, Op, Role, RoomId,
+    RoomInfo, SignalKind, Store, Subscription, TimelineItem, TimelineListener, TimelinePage,
 };
 
 use crate::actor::Presence;
 use crate::error::{NodeError, Result};
 use crate::node::Node;
 use crate::ticket::RoomTicket;
-
-/// A message as the timeline shows it: the rendered message, and for this
-/// device's own messages how far it has got.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TimelineItem {
-    /// The message.
-    pub message: Message,
-    /// Delivery state, for own messages only.
-    pub delivery: Option<DeliveryState>,
-}
-
-/// `messages` as timeline items, with their delivery states.
-fn items<S: Store>(
-    replica: &concord_core::Replica<S>,
-    room: &RoomId,
-    messages: Vec<Message>,
-) -> concord_core::Result<Vec<TimelineItem>> {
-    let states = replica.delivery_states(room, &messages)?;
-    Ok(messages
-        .into_iter()
-        .zip(states)
-        .map(|(message, delivery)| TimelineItem { message, delivery })
-        .collect())
-}
-
-/// A page of the timeline, newest first.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TimelinePage {
-    /// The items, newest first.
-    pub items: Vec<TimelineItem>,
-    /// Whether more messages lie beyond this page in the direction asked.
-    pub has_more: bool,
-    /// Whether older history is being fetched from peers (it reaches the
-    /// timeline subscription as it arrives).
-    pub fetching_older: bool,
-}
-
-impl TimelinePage {
-    /// The cursor to ask for the next older page with, if there is one.
-    pub fn older(&self) -> Option<Cursor> {
-        self.has_more.then(|| self.items.last().map(|i| i.message.cursor)).flatten()
-    }
-}
 
 /// One room of a running node. Cheap to clone.
 pub struct Room<S: Store> {
@@ -94,14 +51,9 @@ impl<S: Store + 'static> Room<S> {
     /// Runs a change on the replica (durable when it returns), then gossips
     /// it. A network failure does not fail the change: it is saved, and
     /// catch-up delivers it.
-    async fn change<F>(&self, op: F) -> Result<MessageId>
-    where
-        F: FnOnce(&mut concord_core::Replica<S>, &RoomId) -> concord_core::Result<Sent>
-            + Send
-            + 'static,
-    {
+    async fn change(&self, op: Op) -> Result<MessageId> {
         let room = self.id;
-        let sent = self.node.replica().try_call(move |r| op(r, &room)).await?;
+        let sent = self.node.replica().commit(op).await?;
         match self.node.publish(room, &sent.delivery).await {
             Ok(_) => {}
             Err(NodeError::Network(e)) => tracing::debug!(%room, error = %e, "gossip failed"),
@@ -117,7 +69,7 @@ impl<S: Store + 'static> Room<S> {
 
     /// Sends a message with replies or attachments.
     pub async fn send_draft(&self, draft: Draft) -> Result<MessageId> {
-        self.change(move |r, room| r.post(room, draft)).await
+        self.change(Op::Post { room: self.id, draft }).await
     }
 
     /// Sends a text message in reply to `to`.
@@ -127,31 +79,30 @@ impl<S: Store + 'static> Room<S> {
 
     /// Edits an own message.
     pub async fn edit(&self, id: MessageId, text: &str) -> Result<()> {
-        let text = text.to_owned();
-        self.change(move |r, room| r.edit(room, &id, &text)).await.map(drop)
+        self.change(Op::Edit { room: self.id, id, text: text.to_owned() }).await.map(drop)
     }
 
     /// Deletes an own message: its content is erased here and everywhere it
     /// arrives.
     pub async fn delete(&self, id: MessageId) -> Result<()> {
-        self.change(move |r, room| r.delete(room, &id)).await.map(drop)
+        self.change(Op::Delete { room: self.id, id }).await.map(drop)
     }
 
     /// Adds a reaction.
     pub async fn react(&self, id: MessageId, emoji: &str) -> Result<()> {
         let emoji = emoji.to_owned();
-        self.change(move |r, room| r.react(room, &id, &emoji)).await.map(drop)
+        self.change(Op::React { room: self.id, id, emoji, on: true }).await.map(drop)
     }
 
     /// Removes a reaction.
     pub async fn unreact(&self, id: MessageId, emoji: &str) -> Result<()> {
         let emoji = emoji.to_owned();
-        self.change(move |r, room| r.unreact(room, &id, &emoji)).await.map(drop)
+        self.change(Op::React { room: self.id, id, emoji, on: false }).await.map(drop)
     }
 
     /// Marks everything up to `id` read (other members see it as "seen").
     pub async fn mark_read(&self, id: MessageId) -> Result<()> {
-        self.change(move |r, room| r.mark_read(room, &id)).await.map(drop)
+        self.change(Op::MarkRead { room: self.id, id }).await.map(drop)
     }
 
     /// Says this device is typing (or stopped).
@@ -162,19 +113,7 @@ impl<S: Store + 'static> Room<S> {
 
     /// A page of up to `limit` messages, with delivery states.
     pub async fn page(&self, anchor: Anchor, limit: usize) -> Result<TimelinePage> {
-        let room = self.id;
-        let page = self
-            .node
-            .replica()
-            .try_call(move |r| {
-                let page = r.page(&room, anchor, limit)?;
-                Ok(TimelinePage {
-                    items: items(r, &room, page.messages)?,
-                    has_more: page.has_more,
-                    fetching_older: page.fetching_older,
-                })
-            })
-            .await?;
+        let page = self.node.replica().timeline_page(self.id, anchor, limit).await?;
         if page.fetching_older {
             self.node.fetch_history().await?;
         }
@@ -183,39 +122,23 @@ impl<S: Store + 'static> Room<S> {
 
     /// Every live message, oldest first, with delivery states.
     pub async fn timeline(&self) -> Result<Vec<TimelineItem>> {
-        let room = self.id;
-        self.node
-            .replica()
-            .try_call(move |r| {
-                let messages = r.snapshot(&room)?.messages;
-                items(r, &room, messages)
-            })
-            .await
+        self.node.replica().timeline(self.id).await
     }
 
     /// One message by id, with its delivery state.
     pub async fn message(&self, id: MessageId) -> Result<Option<TimelineItem>> {
-        let room = self.id;
-        self.node
-            .replica()
-            .try_call(move |r| {
-                let message = r.message_by_id(&room, &id)?;
-                Ok(items(r, &room, message.into_iter().collect())?.pop())
-            })
-            .await
+        self.node.replica().timeline_item(self.id, id).await
     }
 
     /// Subscribes to timeline diffs until the subscription is dropped. The
     /// listener runs on the replica thread: keep it quick.
     pub async fn subscribe(&self, listener: Arc<dyn TimelineListener>) -> Result<Subscription> {
-        let room = self.id;
-        self.node.replica().call(move |r| r.subscribe(&room, listener)).await
+        self.node.replica().subscribe(self.id, listener).await
     }
 
     /// Messages by others after this device's read marker.
     pub async fn unread_count(&self) -> Result<u64> {
-        let room = self.id;
-        self.node.replica().try_call(move |r| r.unread_count(&room)).await
+        self.node.replica().unread_count(self.id).await
     }
 
     /// Name, creator and creation time.
@@ -244,7 +167,7 @@ impl<S: Store + 'static> Room<S> {
     /// gossips the signed change (catch-up carries it otherwise).
     pub async fn govern(&self, action: Action) -> Result<()> {
         let room = self.id;
-        let change = self.node.replica().try_call(move |r| r.govern(&room, action)).await?;
+        let change = self.node.replica().govern(room, action).await?;
         self.node.publish_governance(room, change.as_bytes().to_vec()).await
     }
 
@@ -287,11 +210,8 @@ impl<S: Store + 'static> Room<S> {
         expires_millis: Option<u64>,
     ) -> Result<Invite> {
         let room = self.id;
-        let (invite, change) = self
-            .node
-            .replica()
-            .try_call(move |r| r.invite(&room, role, invitee, expires_millis))
-            .await?;
+        let (invite, change) =
+            self.node.replica().invite(room, role, invitee, expires_millis).await?;
         self.node.publish_governance(room, change.as_bytes().to_vec()).await?;
         Ok(invite)
     }
@@ -321,13 +241,11 @@ impl<S: Store + 'static> Room<S> {
     /// The room's governance now: members and roles, bans, open invites,
     /// name, topic, settings.
     pub async fn governance(&self) -> Result<GovState> {
-        let room = self.id;
-        self.node.replica().try_call(move |r| Ok(r.governance(&room)?.clone())).await
+        self.node.replica().governance(self.id).await
     }
 
     /// The audit trail: who changed the room's governance, what and when.
     pub async fn audit(&self) -> Result<Vec<AuditEntry>> {
-        let room = self.id;
-        self.node.replica().try_call(move |r| r.governance_history(&room)).await
+        self.node.replica().audit(self.id).await
     }
 }

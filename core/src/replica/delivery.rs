@@ -8,9 +8,9 @@
 //! have reached a peer or relay; read markers of other authors at or past a
 //! message say who has seen it.
 
-use super::{read_u64, Replica};
+use super::{read_u64, Anchor, Replica};
 use crate::error::Result;
-use crate::ids::{Hlc, RoomId};
+use crate::ids::{Cursor, Hlc, MessageId, RoomId};
 use crate::signal::{Signal, SignalKind};
 use crate::store::{Store, Tree, WriteBatch};
 use crate::view::Message;
@@ -89,5 +89,74 @@ impl<S: Store> Replica<S> {
     pub fn signal(&self, room: &RoomId, kind: SignalKind) -> Result<Vec<u8>> {
         self.check_room(room)?;
         Ok(Signal::sign(&self.key, *room, kind, self.clock.now_millis()))
+    }
+}
+
+/// A message as a timeline shows it: the rendered message, and for this
+/// device's own messages how far it has got.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TimelineItem {
+    /// The message.
+    pub message: Message,
+    /// Delivery state, for own messages only.
+    pub delivery: Option<DeliveryState>,
+}
+
+/// A page of the timeline, newest first.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TimelinePage {
+    /// The items, newest first.
+    pub items: Vec<TimelineItem>,
+    /// Whether more messages lie beyond this page in the direction asked.
+    pub has_more: bool,
+    /// Whether older history is being fetched from peers (it reaches the
+    /// timeline subscription as it arrives).
+    pub fetching_older: bool,
+}
+
+impl TimelinePage {
+    /// The cursor to ask for the next older page with, if there is one.
+    pub fn older(&self) -> Option<Cursor> {
+        self.has_more.then(|| self.items.last().map(|i| i.message.cursor)).flatten()
+    }
+}
+
+impl<S: Store> Replica<S> {
+    /// `messages` as timeline items, with their delivery states.
+    fn timeline_items(&self, room: &RoomId, messages: Vec<Message>) -> Result<Vec<TimelineItem>> {
+        let states = self.delivery_states(room, &messages)?;
+        Ok(messages
+            .into_iter()
+            .zip(states)
+            .map(|(message, delivery)| TimelineItem { message, delivery })
+            .collect())
+    }
+
+    /// A page of up to `limit` timeline items ([`Replica::page`] with the
+    /// delivery states of own messages).
+    pub fn timeline_page(
+        &self,
+        room: &RoomId,
+        anchor: Anchor,
+        limit: usize,
+    ) -> Result<TimelinePage> {
+        let page = self.page(room, anchor, limit)?;
+        Ok(TimelinePage {
+            items: self.timeline_items(room, page.messages)?,
+            has_more: page.has_more,
+            fetching_older: page.fetching_older,
+        })
+    }
+
+    /// Every live message as a timeline item, oldest first.
+    pub fn timeline(&self, room: &RoomId) -> Result<Vec<TimelineItem>> {
+        let messages = self.snapshot(room)?.messages;
+        self.timeline_items(room, messages)
+    }
+
+    /// One live message as a timeline item.
+    pub fn timeline_item(&self, room: &RoomId, id: &MessageId) -> Result<Option<TimelineItem>> {
+        let message = self.message_by_id(room, id)?;
+        Ok(self.timeline_items(room, message.into_iter().collect())?.pop())
     }
 }

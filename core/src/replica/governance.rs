@@ -18,6 +18,20 @@ use super::Replica;
 
 const CONTEXT_INVITE_ID: &str = "concord 2026 invite id v1";
 
+/// Where redeeming an invite stands, as the room's governance says now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum InviteReadiness {
+    /// The invite's registration has not arrived yet.
+    Wait,
+    /// This device is a listed member already: nothing to redeem.
+    Member,
+    /// The invite is registered: redeem it.
+    Redeem,
+    /// The invite can never admit this device.
+    Refused(&'static str),
+}
+
 /// Loads every room's governance from the store.
 pub(super) fn load<S: Store>(
     store: &S,
@@ -138,6 +152,45 @@ impl<S: Store> Replica<S> {
     /// serve a room's messages only to readers.
     pub fn may_read(&self, room: &RoomId, author: &AuthorId) -> Result<bool> {
         Ok(self.gov(room)?.state().role(author).is_some())
+    }
+
+    /// Whether `author` may read every one of `rooms` (an unknown author
+    /// reads none; no rooms asks nothing). A gossip peer may have this
+    /// device's gossip only if it may read every room of ours it subscribes
+    /// to: gossipsub can leave a peer out of all topics, not of one. A room
+    /// this replica does not hold counts as not readable.
+    pub fn reads_all(&self, author: Option<&AuthorId>, rooms: &[RoomId]) -> bool {
+        rooms.is_empty()
+            || author.is_some_and(|a| rooms.iter().all(|r| self.may_read(r, a).unwrap_or(false)))
+    }
+
+    /// Where redeeming `invite` in `room` stands by the governance held now.
+    /// Whether the invite is still valid (not used, not expired, its issuer
+    /// still allowed) is left to the Join itself, which every peer judges
+    /// alike.
+    pub fn invite_readiness(&self, room: &RoomId, invite: &Invite) -> Result<InviteReadiness> {
+        let me = self.author();
+        let state = self.governance(room)?;
+        if state.is_listed(&me) {
+            return Ok(InviteReadiness::Member);
+        }
+        if invite.invitee().is_some_and(|k| k != me) {
+            return Ok(InviteReadiness::Refused("the invite is for another key"));
+        }
+        if state.invite(&invite.id()).is_some() {
+            return Ok(InviteReadiness::Redeem);
+        }
+        // Not registered here: not arrived yet, or revoked (a revoked invite
+        // leaves the state; its revocation stays in the history).
+        let revoked = self
+            .governance_history(room)?
+            .iter()
+            .any(|e| matches!(e.action, Action::Revoke { invite: id } if id == invite.id()));
+        Ok(if revoked {
+            InviteReadiness::Refused("the invite was revoked")
+        } else {
+            InviteReadiness::Wait
+        })
     }
 
     /// This device's certificate for its transport identity

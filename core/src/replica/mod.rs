@@ -53,8 +53,9 @@ mod subscription;
 mod tx;
 
 pub use apply::{Applied, GossipVerdict, Judged};
-pub use delivery::DeliveryState;
+pub use delivery::{DeliveryState, TimelineItem, TimelinePage};
 pub use doc_cache::{DEFAULT_DOC_CACHE, DEFAULT_DOC_CACHE_ITEMS};
+pub use governance::InviteReadiness;
 pub use local::{Draft, Op, Sent};
 pub use pending::{DEFAULT_PENDING_BYTES_PER_ROOM, DEFAULT_PENDING_PER_ROOM};
 pub use query::{Anchor, Page, RoomSnapshot, MAX_PAGE};

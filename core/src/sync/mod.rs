@@ -12,4 +12,4 @@ pub use message::{
     MAX_SYNC_MESSAGE_BYTES, MAX_WANTED_BLOBS, SYNC_VERSION,
 };
 pub use session::{SyncSession, SyncStats, MAX_FLIGHTS, RECENT_DIGESTS, SESSION_TIMEOUT_MILLIS};
-pub use step::{serve_sync, InboundFlight, Served, Step};
+pub use step::{serve_sync, start_sync, InboundFlight, Served, Start, Started, Step};

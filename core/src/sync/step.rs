@@ -12,7 +12,7 @@
 use super::session::SyncSession;
 use crate::envelope::Genesis;
 use crate::error::{Error, SyncError};
-use crate::ids::{AuthorId, RoomId};
+use crate::ids::{AuthorId, Hlc, RoomId};
 use crate::replica::Replica;
 use crate::store::Store;
 
@@ -143,4 +143,61 @@ pub fn serve_sync<S: Store>(
 
 fn failed(error: SyncError) -> Step {
     Step { replies: Vec::new(), error: Some(error), forged: 0 }
+}
+
+/// What a transport starts with a peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Start {
+    /// Catch-up: both sides end holding every envelope either held.
+    CatchUp,
+    /// A fetch of whole buckets older than this replica's window, at least
+    /// `min_envelopes` envelopes in all.
+    History {
+        /// Envelopes to ask for at least.
+        min_envelopes: u32,
+    },
+}
+
+/// A started session, with what the transport sends first.
+#[derive(Debug)]
+#[must_use]
+pub struct Started {
+    /// The session.
+    pub session: SyncSession,
+    /// The first messages to send.
+    pub messages: Vec<Vec<u8>>,
+    /// The room's signed genesis, sent with the first request so that a
+    /// relay can take the room up.
+    pub genesis: Vec<u8>,
+    /// For a catch-up, the newest stamp when it began: once it ends with
+    /// nothing withheld, every own envelope up to here is held by the peer
+    /// ([`Replica::mark_reached`]).
+    pub watermark: Option<Hlc>,
+}
+
+/// Starts a catch-up or a history fetch about `room`. `Ok(None)`: there is
+/// no older history to fetch (the replica keeps all of it).
+pub fn start_sync<S: Store>(
+    replica: &Replica<S>,
+    room: &RoomId,
+    start: Start,
+    now: u64,
+) -> Result<Option<Started>, SyncError> {
+    let genesis = replica.genesis(room)?.as_bytes().to_vec();
+    Ok(match start {
+        Start::CatchUp => {
+            let (session, messages) = SyncSession::initiate(replica, room, now)?;
+            Some(Started { session, messages, genesis, watermark: Some(replica.last_stamp()) })
+        }
+        Start::History { min_envelopes } => {
+            SyncSession::fetch_history(replica, room, min_envelopes, now).map(
+                |(session, message)| Started {
+                    session,
+                    messages: vec![message],
+                    genesis,
+                    watermark: None,
+                },
+            )
+        }
+    })
 }
