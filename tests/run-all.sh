@@ -30,11 +30,19 @@ npm ci --prefix ffi/tests/kotlin --no-audit --no-fund --loglevel=error
 tests/dynamodb-local.sh install
 echo "ok: $(ip -V); JNA; $(ffi/tests/kotlin/node_modules/kotlin-compiler/bin/kotlinc -version 2>&1 | tail -1); DynamoDB Local"
 
-# One feature set for clippy, docs, tests and the bindings, so that the
-# workspace (libp2p, the node, the AWS SDK) is compiled once for all of them:
-# the relay store on DynamoDB is linted, documented and tested with the rest,
-# and the bindings' generator (concord-ffi/cli) is built with the tests.
+# One feature set for every cargo step, so that each dependency is compiled
+# once in check mode (clippy, rustdoc) and once in build mode (binaries,
+# tests, the bindings), never again with other features:
+# - the relay store on DynamoDB is linted, documented and tested with the rest,
+#   and the CQL store is linted and documented with the rest (its suite needs
+#   a cluster: `CONCORD_CQL_NODES=host:port cargo test -p concord-node
+#   --features cql --test relay_store_cql`);
+# - the bindings' generator (concord-ffi/cli) is built with the tests;
+# - the main job and the example run from that same build (`cargo run -p X`
+#   would resolve features for X alone, without the other members' and the
+#   tests' features, and compile yrs, sled, automerge and libp2p again).
 features=concord-node/dynamodb,concord-tests/dynamodb,concord-ffi/cli
+lint_features=$features,concord-node/cql
 step "concord-core stays sans-IO: no tokio, no libp2p in its dependency tree"
 tree=$(cargo tree -p concord-core -e normal --prefix none)
 if grep -E '^(tokio|libp2p[a-z0-9-]*) v' <<<"$tree"; then
@@ -46,31 +54,26 @@ echo "ok: $(wc -l <<<"$tree") crates, none of them tokio or libp2p"
 step "formatting"
 cargo fmt --all --check
 
-step "clippy, warnings denied"
-cargo clippy --workspace --all-targets --locked --features "$features" -- -D warnings
-
-# Clippy is `cargo check` plus lints: this one pass compiles every target of
-# the node with the feature (no codegen). The CQL suite itself needs a
-# cluster: `CONCORD_CQL_NODES=host:port cargo test -p concord-node --features
-# cql --test relay_store_cql`.
-step "the CQL relay store (feature cql) compiles, clippy warnings denied"
-cargo clippy -p concord-node --features cql --all-targets --locked -- -D warnings
+step "clippy, warnings denied (with the CQL relay store)"
+cargo clippy --workspace --all-targets --locked --features "$lint_features" -- -D warnings
 
 step "docs, warnings denied"
-RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --features "$features"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --features "$lint_features"
 
-step "the README's main job: concord demo"
-cargo run --locked -p concord-node --bin concord -- demo
-
-step "example: two replicas reconciled without a network"
-cargo run --locked -p concord-examples --bin two-replicas
-
-step "tests (with the relay store's DynamoDB suite against DynamoDB Local)"
-# Building every target first, then testing, leaves the library and the
-# bindings' generator built with the tests' features; the bindings' scripts
-# below ask cargo for the same build, which then has nothing to do.
+step "build every target once"
 build_all=(--workspace --all-targets --locked --features "$features")
 cargo build "${build_all[@]}"
+bin=target/debug
+
+step "the README's main job: concord demo"
+"$bin/concord" demo
+
+step "example: two replicas reconciled without a network"
+"$bin/two-replicas"
+
+step "tests (with the relay store's DynamoDB suite against DynamoDB Local)"
+# Built above with every target; the bindings' scripts below ask cargo for
+# the same build, which then has nothing to do.
 cargo test --workspace --locked --features "$features"
 disk
 
