@@ -42,6 +42,7 @@ mod blob;
 mod cert;
 mod clock;
 mod codec;
+mod crypto;
 mod doc;
 mod envelope;
 mod error;
@@ -82,8 +83,8 @@ pub use replica::{
 };
 pub use signal::{Signal, SignalKind, SIGNAL_BYTES, SIGNAL_FRESH_MILLIS};
 pub use store::{
-    KeyRange, MemoryStore, Order, Outbox, OutboxRecord, OutboxStore, SledStore, Store, Tree,
-    WriteBatch, DEFAULT_SLED_CACHE_BYTES, SLED_LOCK_WAIT,
+    KeyRange, MemoryStore, Order, Outbox, OutboxRecord, OutboxStore, SecretSlot, SledStore, Store,
+    Tree, WriteBatch, DEFAULT_SLED_CACHE_BYTES, SECRET_FILE, SLED_LOCK_WAIT,
 };
 pub use sync::{
     serve_sync, start_sync, BucketDigest, BucketVersions, DigestSet, Flight, History,

@@ -198,7 +198,7 @@ fn test_bad_arguments_are_typed_errors() {
 }
 
 #[test]
-fn test_version_1_store_migrates_to_wanted_blobs_and_bodies() {
+fn test_version_1_store_migrates_to_wanted_blobs_bodies_and_sealed_content() {
     let clock = Arc::new(ManualClock::new(common::EPOCH_MILLIS));
     let mut alice = common::memory_replica(1, &clock);
     let mut bob = common::memory_replica(2, &clock);
@@ -208,10 +208,18 @@ fn test_version_1_store_migrates_to_wanted_blobs_and_bodies() {
     let lost = alice.post(&room, Draft::text("body lost")).unwrap();
     let stripped = Delivery { envelope: lost.delivery.envelope.clone(), blobs: Vec::new() };
     bob.apply(&room, vec![kept.delivery, stripped]).unwrap();
-    // Make Bob's store look like version 1: no `wanted-blobs-1`, no `bodies-1`.
+    // Make Bob's store look like version 1: blobs in the clear in
+    // `blobs-1`, no `wanted-blobs-1`, no bodies, nothing sealed.
     let expected = bob.snapshot(&room).unwrap();
     let mut batch = WriteBatch::new();
-    for tree in [Tree::WantedBlobs, Tree::Bodies] {
+    for tree in [
+        Tree::WantedBlobs,
+        Tree::Bodies,
+        Tree::Blobs,
+        Tree::ContentKeys,
+        Tree::BucketKeys,
+        Tree::Shred,
+    ] {
         for (k, _) in common::dump(bob.store())
             .into_iter()
             .filter(|(t, ..)| *t == tree)
@@ -220,6 +228,14 @@ fn test_version_1_store_migrates_to_wanted_blobs_and_bodies() {
             batch.delete(tree, k);
         }
     }
+    for d in bob.deliveries(&room).unwrap() {
+        for blob in d.blobs {
+            let hash = blake3::hash(&blob);
+            let key = [room.as_bytes().as_slice(), hash.as_bytes()].concat();
+            batch.put(Tree::LegacyBlobs, key, blob);
+        }
+    }
+    batch.delete(Tree::Meta, b"kek-seq".to_vec());
     batch.put(Tree::Meta, b"schema".to_vec(), 1u32.to_be_bytes().to_vec());
     bob.store().commit(batch).unwrap();
     let store = bob.store().snapshot();

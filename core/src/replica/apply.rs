@@ -140,7 +140,7 @@ impl<S: Store> Replica<S> {
         }
         let Some(role) = role.filter(|_| start == next) else {
             // A gap in the author's clock, or governance not held yet.
-            let stored = self.staged_get(Some(&tx.batch), Tree::Pending, &ekey)?;
+            let stored = self.staged_pending(tx, room, &ekey)?;
             let waiting = stored
                 .as_deref()
                 .and_then(|raw| Delivery::from_bytes(raw).ok())
@@ -167,7 +167,7 @@ impl<S: Store> Replica<S> {
                 return Ok(Err(EnvelopeError::PendingFull));
             }
             tx.pending_delta.entry((*room, author)).or_default().add(grows);
-            tx.batch.put(Tree::Pending, ekey.clone(), bytes);
+            self.stage_pending(tx, room, env.bucket(), ekey.clone(), bytes)?;
             tx.pending.insert(ekey, d);
             return Ok(Ok(Applied::Pending));
         };

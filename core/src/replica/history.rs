@@ -86,12 +86,14 @@ impl<S: Store> Replica<S> {
             Order::Ascending,
             usize::MAX,
         )?;
+        let mut evicted = BTreeSet::new();
         for (k, v) in rows {
             let key = SortKey::from_bytes(&k[32..]).map_err(|e| corrupt(Tree::Timeline, e))?;
             let row = Row::decode(&v).map_err(|e| corrupt(Tree::Timeline, e))?;
             for hash in row.blobs() {
                 batch.delete(Tree::Blobs, tables::blob_key(room, hash));
             }
+            evicted.insert(crate::view::bucket_of(key.hlc));
             batch.delete(Tree::MessageIds, tables::message_id_key(room, &key.id));
             batch.delete(Tree::Bodies, k.clone());
             batch.delete(Tree::Timeline, k);
@@ -101,6 +103,16 @@ impl<S: Store> Replica<S> {
             if bucket.is_some_and(|b| b < oldest) {
                 batch.delete(Tree::Reads, k);
             }
+        }
+        // The evicted buckets' keys go, and the next shred makes their
+        // sealed content on disk unreadable.
+        for (k, _) in self.store.scan(Tree::BucketKeys, &range, Order::Ascending, usize::MAX)? {
+            if let Some(bucket) = tables::key_bucket(&k) {
+                evicted.insert(bucket);
+            }
+        }
+        for bucket in evicted {
+            self.erase_bucket_keys(&mut batch, room, bucket)?;
         }
         batch.put(Tree::Windows, room.as_bytes().to_vec(), oldest.to_be_bytes());
         // Pending records of evicted buckets go too: count the room again.
@@ -245,7 +257,7 @@ impl<S: Store> Replica<S> {
     ) -> Result<Vec<Vec<u8>>> {
         let mut out = Vec::new();
         for hash in hashes {
-            if let Some(b) = self.store.get(Tree::Blobs, &tables::blob_key(room, hash))? {
+            if let Some(b) = self.read_blob(None, room, hash)? {
                 out.push(b);
             }
         }

@@ -49,6 +49,7 @@ mod local;
 mod pending;
 mod query;
 mod render;
+mod rest;
 mod subscription;
 mod tx;
 
@@ -111,6 +112,8 @@ pub struct Replica<S: Store> {
     pending_use: HashMap<RoomId, RoomPending>,
     /// The pending limits per room: records and bytes.
     pending_limit: (usize, u64),
+    /// The keys content at rest is sealed under (`rest.rs`).
+    rest: rest::RestKeys,
 }
 
 impl<S: Store> std::fmt::Debug for Replica<S> {
@@ -194,6 +197,7 @@ impl<S: Store> Replica<S> {
             windows.insert(RoomId::from_bytes(room), u32::from_be_bytes(bucket));
         }
         let govs = governance::load(&store, &rooms)?;
+        let rest = rest::RestKeys::open(&store)?;
         Ok(Self {
             govs,
             store,
@@ -212,6 +216,7 @@ impl<S: Store> Replica<S> {
             next_listener: 0,
             pending_use: HashMap::new(),
             pending_limit: (DEFAULT_PENDING_PER_ROOM, DEFAULT_PENDING_BYTES_PER_ROOM),
+            rest,
         })
     }
 

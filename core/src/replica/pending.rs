@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use super::tx::{DocKey, Tx};
 use super::{corrupt, Replica};
 use crate::base::PENDING_AUTHOR_SHARE;
+use crate::crypto::rest::pending_len;
 use crate::doc::AuthorDoc;
 use crate::envelope::Delivery;
 use crate::error::Result;
@@ -101,16 +102,18 @@ impl<S: Store> Replica<S> {
             if tx.batch.get(Tree::Pending, &k) == Some(None) {
                 continue;
             }
-            match Delivery::from_bytes(&v) {
+            let len = pending_len(v.len());
+            let opened = self.open_pending(Some(tx), &room, &k, &v)?;
+            match Delivery::from_bytes(&opened) {
                 Ok(d) => {
-                    waiting.insert(k, (d, v.len()));
+                    waiting.insert(k, (d, len));
                 }
                 // A record that no longer decodes can never apply; drop it.
                 Err(_) => {
                     tx.pending_delta
                         .entry((room, author))
                         .or_default()
-                        .add(PendingUse { count: -1, bytes: -(v.len() as i64) });
+                        .add(PendingUse { count: -1, bytes: -(len as i64) });
                     tx.batch.delete(Tree::Pending, k);
                 }
             }
@@ -167,7 +170,7 @@ impl<S: Store> Replica<S> {
                 // `pending-1` keys are envelope keys: room, bucket, author, clock.
                 let author = tables::doc_key_author(&k)
                     .ok_or_else(|| corrupt(Tree::Pending, format!("key of {} bytes", k.len())))?;
-                used.add(author, PendingUse { count: 1, bytes: v.len() as i64 });
+                used.add(author, PendingUse { count: 1, bytes: pending_len(v.len()) as i64 });
             }
             self.pending_use.insert(*room, used);
         }

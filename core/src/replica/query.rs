@@ -5,13 +5,14 @@
 
 use std::collections::BTreeMap;
 
+use super::tx::Tx;
 use super::{corrupt, Replica};
 use crate::blob;
 use crate::envelope::{Delivery, Envelope};
 use crate::error::Result;
 use crate::ids::{AuthorId, BlobHash, Cursor, Hlc, MessageId, RoomId, SortKey};
 use crate::store::tables;
-use crate::store::{KeyRange, Order, Store, Tree, WriteBatch};
+use crate::store::{KeyRange, Order, Store, Tree};
 use crate::view::{Message, Row, Tombstone};
 
 /// Largest page a query returns; larger requests are clamped.
@@ -143,7 +144,10 @@ impl<S: Store> Replica<S> {
             // Entries without a row (none in a consistent store) are skipped.
             let ahead = |bk: &Vec<u8>| if order == Order::Ascending { *bk < k } else { *bk > k };
             while bodies.next_if(|(bk, _)| ahead(bk)).is_some() {}
-            let text = bodies.next_if(|(bk, _)| *bk == k).map(|(_, text)| text);
+            let text = match bodies.next_if(|(bk, _)| *bk == k) {
+                Some((_, value)) => Some(self.open_body(None, room, key.hlc, &k, &value)?),
+                None => None,
+            };
             messages.push(message_from(key, &row, text));
         }
         if order == Order::Ascending {
@@ -169,22 +173,26 @@ impl<S: Store> Replica<S> {
     /// An attachment's content, while its message lives.
     pub fn attachment(&self, room: &RoomId, hash: &BlobHash) -> Result<Option<Vec<u8>>> {
         self.check_room(room)?;
-        match self.store.get(Tree::Blobs, &tables::blob_key(room, hash))? {
+        match self.read_blob(None, room, hash)? {
             Some(b) => Ok(Some(blob::content(&b).map_err(|e| corrupt(Tree::Blobs, e))?.to_vec())),
             None => Ok(None),
         }
     }
 
-    /// Builds a message from its row, reading the body from `staged` writes
-    /// first (while a transaction announces its diffs) and then the store.
+    /// Builds a message from its row, reading the body from a transaction's
+    /// staged writes first (while it announces its diffs) and then the store.
     pub(super) fn message(
         &self,
-        staged: Option<&WriteBatch>,
+        tx: Option<&Tx>,
         room: &RoomId,
         key: SortKey,
         row: &Row,
     ) -> Result<Message> {
-        let text = self.staged_get(staged, Tree::Bodies, &tables::timeline_key(room, &key))?;
+        let tk = tables::timeline_key(room, &key);
+        let text = match self.staged_get(tx.map(|t| &t.batch), Tree::Bodies, &tk)? {
+            Some(value) => Some(self.open_body(tx, room, key.hlc, &tk, &value)?),
+            None => None,
+        };
         Ok(message_from(key, row, text))
     }
 
@@ -264,8 +272,9 @@ impl<S: Store> Replica<S> {
             let blobs = self.blobs(room, envelope.blob_hashes())?;
             out.push(Delivery { envelope, blobs });
         }
-        for (_, v) in self.room_records(Tree::Pending, room)? {
-            out.push(Delivery::from_bytes(&v).map_err(|e| corrupt(Tree::Pending, e))?);
+        for (k, v) in self.room_records(Tree::Pending, room)? {
+            let bytes = self.open_pending(None, room, &k, &v)?;
+            out.push(Delivery::from_bytes(&bytes).map_err(|e| corrupt(Tree::Pending, e))?);
         }
         Ok(out)
     }

@@ -131,15 +131,15 @@ impl<S: Store> Replica<S> {
                     continue;
                 }
                 let tkey = tables::timeline_key(room, &key);
+                self.stage_blob(tx, room, bucket, &hash, &b)?;
                 if let Some(text) = blob::body_text(&b).filter(|_| is_body) {
-                    tx.batch.put(Tree::Bodies, tkey.clone(), text.as_bytes());
+                    self.stage_body(tx, room, &key, &hash, text.as_bytes())?;
                 }
-                tx.batch.put(Tree::Blobs, tables::blob_key(room, &hash), b);
                 tx.batch.delete(Tree::WantedBlobs, wkey);
                 if let Some(raw) = self.staged_get(Some(&tx.batch), Tree::Timeline, &tkey)? {
                     let row = Row::decode(&raw).map_err(|e| corrupt(Tree::Timeline, e))?;
                     diffs.push(|| {
-                        Ok(TimelineDiff::Update(self.message(Some(&tx.batch), room, key, &row)?))
+                        Ok(TimelineDiff::Update(self.message(Some(tx), room, key, &row)?))
                     })?;
                 }
             }
@@ -188,7 +188,7 @@ impl<S: Store> Replica<S> {
                     self.erase_row(tx, room, bucket, &ok, &orow, &keep);
                     self.stage_row(tx, room, bucket, &nk, &nrow)?;
                     diffs.push(|| {
-                        Ok(TimelineDiff::Update(self.message(Some(&tx.batch), room, nk, &nrow)?))
+                        Ok(TimelineDiff::Update(self.message(Some(tx), room, nk, &nrow)?))
                     })?;
                 }
             }
@@ -201,7 +201,7 @@ impl<S: Store> Replica<S> {
                 tx.batch.put(Tree::MessageIds, idkey, nk.to_bytes());
                 self.stage_row(tx, room, bucket, &nk, &nrow)?;
                 diffs.push(|| {
-                    Ok(TimelineDiff::Insert(self.message(Some(&tx.batch), room, nk, &nrow)?))
+                    Ok(TimelineDiff::Insert(self.message(Some(tx), room, nk, &nrow)?))
                 })?;
             }
         }
@@ -254,7 +254,7 @@ impl<S: Store> Replica<S> {
             let wkey = tables::wanted_blob_key(room, bucket, hash);
             match offered {
                 Some(b) if !is_body || valid_body(&b) => {
-                    tx.batch.put(Tree::Blobs, bkey, b);
+                    self.stage_blob(tx, room, bucket, hash, &b)?;
                     tx.batch.delete(Tree::WantedBlobs, wkey);
                 }
                 _ => {
@@ -264,12 +264,15 @@ impl<S: Store> Replica<S> {
                 }
             }
         }
+        // The body's text, unless it is there already (an update that kept
+        // the body: a reaction, a blob that arrived for an attachment).
         let tkey = tables::timeline_key(room, key);
-        let body =
-            self.staged_get(Some(&tx.batch), Tree::Blobs, &tables::blob_key(room, &row.body))?;
-        match body.as_deref().and_then(blob::body_text) {
-            Some(text) => tx.batch.put(Tree::Bodies, tkey, text.as_bytes()),
-            None => tx.batch.delete(Tree::Bodies, tkey),
+        if self.staged_get(Some(&tx.batch), Tree::Bodies, &tkey)?.is_some() {
+            return Ok(());
+        }
+        let body = self.read_blob(Some(tx), room, &row.body)?;
+        if let Some(text) = body.as_deref().and_then(blob::body_text) {
+            self.stage_body(tx, room, key, &row.body, text.as_bytes())?;
         }
         Ok(())
     }
@@ -286,9 +289,11 @@ impl<S: Store> Replica<S> {
         keep: &BTreeSet<BlobHash>,
     ) {
         tx.batch.delete(Tree::Timeline, tables::timeline_key(room, key));
-        tx.batch.delete(Tree::Bodies, tables::timeline_key(room, key));
+        if !keep.contains(&row.body) {
+            tx.batch.delete(Tree::Bodies, tables::timeline_key(room, key));
+        }
         for hash in row.blobs().filter(|h| !keep.contains(h)) {
-            tx.batch.delete(Tree::Blobs, tables::blob_key(room, hash));
+            self.erase_blob(tx, room, bucket, hash);
             tx.batch.delete(Tree::WantedBlobs, tables::wanted_blob_key(room, bucket, hash));
             if let Some(offered) = tx.blobs.get_mut(&(*room, bucket)) {
                 offered.remove(hash);

@@ -58,6 +58,11 @@ pub(super) struct Tx {
     pub(super) pending_delta: HashMap<(RoomId, AuthorId), PendingUse>,
     /// Timeline diffs to announce after the commit.
     pub(super) diffs: BTreeMap<RoomId, Vec<TimelineDiff>>,
+    /// Bucket keys made in this transaction (they join the cache once it
+    /// commits).
+    pub(super) bucket_keys: HashMap<(RoomId, u32), [u8; 32]>,
+    /// Content keys of blobs staged in this transaction.
+    pub(super) content_keys: HashMap<(RoomId, BlobHash), [u8; 32]>,
 }
 
 impl Tx {
@@ -119,6 +124,7 @@ impl<S: Store> Replica<S> {
             self.abandon(&tx);
             return Err(e.into());
         }
+        self.keep_bucket_keys(&mut tx);
         for (room, bucket) in std::mem::take(&mut tx.windows) {
             self.windows.insert(room, bucket);
         }

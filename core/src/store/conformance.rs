@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use proptest::prelude::*;
 
-use super::{KeyRange, Order, Store, Tree, WriteBatch};
+use super::{KeyRange, Order, SecretSlot, Store, Tree, WriteBatch};
 
 /// A backend under test: a way to open it, and to reopen the same data.
 pub(crate) trait Backend {
@@ -61,6 +61,24 @@ pub(crate) fn check_scan_order_and_limits<B: Backend>(mut b: B) {
         vec![vec![1, 5], vec![1, 255]]
     );
     assert!(s.scan(Tree::Timeline, &p, Order::Ascending, 0).unwrap().is_empty());
+}
+
+pub(crate) fn check_secret_slots<B: Backend>(mut b: B) {
+    let s = b.open();
+    assert_eq!(s.secret_slots().unwrap(), [None, None]);
+    let one = SecretSlot { seq: 1, key: [7; 32] };
+    let two = SecretSlot { seq: 2, key: [9; 32] };
+    s.write_secret_slot(0, Some(one)).unwrap();
+    assert_eq!(s.secret_slots().unwrap(), [Some(one), None]);
+    s.write_secret_slot(1, Some(two)).unwrap();
+    s.write_secret_slot(0, None).unwrap();
+    assert_eq!(s.secret_slots().unwrap(), [None, Some(two)]);
+    assert!(s.write_secret_slot(2, Some(one)).is_err());
+    drop(s);
+    // The slots are durable, and independent of the trees.
+    let s = b.open();
+    assert_eq!(s.secret_slots().unwrap(), [None, Some(two)]);
+    assert_eq!(s.get(Tree::Meta, b"kek-seq").unwrap(), None);
 }
 
 pub(crate) fn check_reopen_keeps_committed<B: Backend>(mut b: B) {
@@ -155,6 +173,10 @@ macro_rules! store_conformance {
                 check_scan_order_and_limits($backend);
             }
             #[test]
+            fn test_secret_slots_are_durable_and_overwritten_in_place() {
+                check_secret_slots($backend);
+            }
+            #[test]
             fn test_reopen_keeps_committed() {
                 check_reopen_keeps_committed($backend);
             }
@@ -193,3 +215,27 @@ impl Backend for Sled {
 
 store_conformance!(memory, Memory(Default::default()));
 store_conformance!(sled, Sled(tempfile::tempdir().unwrap()));
+
+#[test]
+fn test_a_torn_slot_reads_as_empty_and_an_intact_one_is_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = super::SledStore::open(dir.path()).unwrap();
+    let one = SecretSlot { seq: 5, key: [3; 32] };
+    s.write_secret_slot(0, Some(one)).unwrap();
+    drop(s);
+    // A crash while writing slot 1 leaves it half written.
+    let path = dir.path().join(super::SECRET_FILE);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[48..60].copy_from_slice(&[0xab; 12]);
+    std::fs::write(&path, &bytes).unwrap();
+    let s = super::SledStore::open(dir.path()).unwrap();
+    assert_eq!(s.secret_slots().unwrap(), [Some(one), None]);
+}
+
+#[test]
+fn test_a_secret_file_of_the_wrong_size_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(super::SledStore::open(dir.path()).unwrap());
+    std::fs::write(dir.path().join(super::SECRET_FILE), b"short").unwrap();
+    assert!(matches!(super::SledStore::open(dir.path()), Err(crate::error::StoreError::Open(_))));
+}

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard};
 
-use super::{Entry, KeyRange, Order, Store, Tree, WriteBatch};
+use super::{Entry, KeyRange, Order, SecretSlot, Store, Tree, WriteBatch};
 use crate::error::StoreError;
 
 type Trees = [BTreeMap<Vec<u8>, Vec<u8>>; Tree::ALL.len()];
@@ -13,6 +13,7 @@ type Trees = [BTreeMap<Vec<u8>, Vec<u8>>; Tree::ALL.len()];
 #[derive(Default, Debug)]
 pub struct MemoryStore {
     trees: Mutex<Trees>,
+    secrets: Mutex<[Option<SecretSlot>; 2]>,
 }
 
 impl MemoryStore {
@@ -24,7 +25,8 @@ impl MemoryStore {
     /// An independent copy of everything committed so far: forks a replica
     /// for simulations (open the copy with the same device seed).
     pub fn snapshot(&self) -> Self {
-        Self { trees: Mutex::new(self.lock().clone()) }
+        let secrets = *self.secrets.lock().unwrap_or_else(|p| p.into_inner());
+        Self { trees: Mutex::new(self.lock().clone()), secrets: Mutex::new(secrets) }
     }
 
     fn lock(&self) -> MutexGuard<'_, Trees> {
@@ -64,6 +66,17 @@ impl Store for MemoryStore {
                 None => trees[tree.index()].remove(&key),
             };
         }
+        Ok(())
+    }
+
+    fn secret_slots(&self) -> Result<[Option<SecretSlot>; 2], StoreError> {
+        Ok(*self.secrets.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    fn write_secret_slot(&self, index: usize, slot: Option<SecretSlot>) -> Result<(), StoreError> {
+        let mut secrets = self.secrets.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = secrets.get_mut(index).ok_or_else(|| StoreError::Io("no such slot".into()))?;
+        *entry = slot;
         Ok(())
     }
 }

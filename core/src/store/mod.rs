@@ -23,7 +23,7 @@ mod conformance;
 
 pub use memory::MemoryStore;
 pub use outbox::{Outbox, OutboxRecord, OutboxStore};
-pub use sled_store::{SledStore, DEFAULT_SLED_CACHE_BYTES, SLED_LOCK_WAIT};
+pub use sled_store::{SledStore, DEFAULT_SLED_CACHE_BYTES, SECRET_FILE, SLED_LOCK_WAIT};
 pub use tables::Tree;
 
 /// A key and its value, as scans return them.
@@ -87,6 +87,9 @@ pub enum Order {
 #[derive(Default, Debug, Clone)]
 pub struct WriteBatch {
     writes: BTreeMap<(Tree, Vec<u8>), Option<Vec<u8>>>,
+    /// What sealed values hold in the clear, for an outbox that mirrors
+    /// them to a store that must serve them (a relay's). Never stored.
+    plain: BTreeMap<(Tree, Vec<u8>), Vec<u8>>,
 }
 
 impl WriteBatch {
@@ -96,11 +99,25 @@ impl WriteBatch {
     }
     /// Sets `key` to `value`.
     pub fn put(&mut self, tree: Tree, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
-        self.writes.insert((tree, key.into()), Some(value.into()));
+        let key = key.into();
+        self.plain.remove(&(tree, key.clone()));
+        self.writes.insert((tree, key), Some(value.into()));
+    }
+    /// Sets `key` to the sealed `value`, remembering what it holds in the
+    /// clear (`plain`) for an [`OutboxStore`]; only `value` is stored.
+    pub(crate) fn put_sealed(&mut self, tree: Tree, key: Vec<u8>, value: Vec<u8>, plain: Vec<u8>) {
+        self.plain.insert((tree, key.clone()), plain);
+        self.writes.insert((tree, key), Some(value));
     }
     /// Removes `key`.
     pub fn delete(&mut self, tree: Tree, key: impl Into<Vec<u8>>) {
-        self.writes.insert((tree, key.into()), None);
+        let key = key.into();
+        self.plain.remove(&(tree, key.clone()));
+        self.writes.insert((tree, key), None);
+    }
+    /// What the sealed value staged at `key` holds in the clear.
+    pub(crate) fn plain(&self, tree: Tree, key: &[u8]) -> Option<&[u8]> {
+        self.plain.get(&(tree, key.to_vec())).map(Vec::as_slice)
     }
     /// What this batch will leave at `key`: `Some(Some(v))` written,
     /// `Some(None)` deleted, `None` untouched.
@@ -120,6 +137,62 @@ impl WriteBatch {
     }
     pub(crate) fn into_writes(self) -> impl Iterator<Item = (Tree, Vec<u8>, Option<Vec<u8>>)> {
         self.writes.into_iter().map(|((t, k), v)| (t, k, v))
+    }
+}
+
+/// One of a store's two secret slots: a 32-byte key-encryption key and the
+/// sequence number that names it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct SecretSlot {
+    /// Which key this is; the replica records the one its data is sealed
+    /// under.
+    pub seq: u64,
+    /// The key.
+    pub key: [u8; 32],
+}
+
+impl std::fmt::Debug for SecretSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key itself.
+        f.debug_struct("SecretSlot").field("seq", &self.seq).finish_non_exhaustive()
+    }
+}
+
+/// Bytes of one encoded secret slot: seq u64 ‖ key ‖ the first 8 bytes of
+/// blake3(seq ‖ key). All zeros is an empty slot.
+pub(crate) const SECRET_SLOT_BYTES: usize = 8 + 32 + 8;
+
+impl SecretSlot {
+    pub(crate) fn encode(slot: Option<&SecretSlot>) -> [u8; SECRET_SLOT_BYTES] {
+        let mut out = [0u8; SECRET_SLOT_BYTES];
+        if let Some(s) = slot {
+            out[..8].copy_from_slice(&s.seq.to_be_bytes());
+            out[8..40].copy_from_slice(&s.key);
+            let check = blake3::hash(&out[..40]);
+            out[40..].copy_from_slice(&check.as_bytes()[..8]);
+        }
+        out
+    }
+
+    /// `None` for an empty slot, or one a crash tore while it was written.
+    pub(crate) fn decode(bytes: &[u8]) -> Result<Option<Self>, StoreError> {
+        let corrupt = |reason: &str| StoreError::Corrupt { tree: "secret", reason: reason.into() };
+        if bytes.len() != SECRET_SLOT_BYTES {
+            return Err(corrupt("slot length"));
+        }
+        if bytes.iter().all(|b| *b == 0) {
+            return Ok(None);
+        }
+        // A slot torn by a crash while it was written: the replica writes
+        // only a slot that holds no key it uses, so a torn one is empty.
+        if blake3::hash(&bytes[..40]).as_bytes()[..8] != bytes[40..] {
+            return Ok(None);
+        }
+        let mut seq = [0u8; 8];
+        seq.copy_from_slice(&bytes[..8]);
+        let mut key = [0u8; 32];
+        key.copy_from_slice(&bytes[8..40]);
+        Ok(Some(Self { seq: u64::from_be_bytes(seq), key }))
     }
 }
 
@@ -143,6 +216,18 @@ pub trait Store: Send {
 
     /// Applies `batch` atomically and durably.
     fn commit(&self, batch: WriteBatch) -> Result<(), StoreError>;
+
+    /// The two secret slots. They hold the key-encryption key that content
+    /// at rest is sealed under, outside the log-structured trees: a
+    /// log-structured store keeps old values in old segments, so a key
+    /// destroyed there would not be gone. A slot that was torn by a crash
+    /// is an error only if it was never written whole; the replica writes
+    /// one slot at a time (`docs/architecture.md`, "Crypto-shredding").
+    fn secret_slots(&self) -> Result<[Option<SecretSlot>; 2], StoreError>;
+
+    /// Overwrites secret slot `index` (0 or 1) in place, or clears it with
+    /// `None`, durably before returning.
+    fn write_secret_slot(&self, index: usize, slot: Option<SecretSlot>) -> Result<(), StoreError>;
 }
 
 impl<S: Store + Sync + ?Sized> Store for std::sync::Arc<S> {
@@ -160,6 +245,12 @@ impl<S: Store + Sync + ?Sized> Store for std::sync::Arc<S> {
     }
     fn commit(&self, batch: WriteBatch) -> Result<(), StoreError> {
         (**self).commit(batch)
+    }
+    fn secret_slots(&self) -> Result<[Option<SecretSlot>; 2], StoreError> {
+        (**self).secret_slots()
+    }
+    fn write_secret_slot(&self, index: usize, slot: Option<SecretSlot>) -> Result<(), StoreError> {
+        (**self).write_secret_slot(index, slot)
     }
 }
 

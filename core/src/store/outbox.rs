@@ -18,7 +18,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use super::{Entry, KeyRange, Order, Store, Tree, WriteBatch};
+use super::{Entry, KeyRange, Order, SecretSlot, Store, Tree, WriteBatch};
 use crate::envelope::{Delivery, Envelope, Genesis};
 use crate::error::StoreError;
 use crate::governance::GovChange;
@@ -134,25 +134,27 @@ fn blob_key_parts(key: &[u8]) -> Option<(RoomId, BlobHash)> {
 fn records_of(batch: &WriteBatch) -> Vec<OutboxRecord> {
     let mut out = Vec::new();
     for (tree, key, value) in batch.iter() {
-        let record =
-            match (tree, value) {
-                (Tree::Rooms, Some(v)) => Genesis::from_bytes(v).ok().map(OutboxRecord::Room),
-                (Tree::Envelopes, Some(v)) => {
-                    Envelope::from_stored_bytes(v).ok().map(OutboxRecord::Envelope)
-                }
-                (Tree::Pending, Some(v)) => {
-                    Delivery::from_bytes(v).ok().map(|d| OutboxRecord::Envelope(d.envelope))
-                }
-                (Tree::Blobs, Some(v)) => blob_key_parts(key)
-                    .map(|(room, hash)| OutboxRecord::Blob { room, hash, blob: v.to_vec() }),
-                (Tree::Blobs, None) => {
-                    blob_key_parts(key).map(|(room, hash)| OutboxRecord::Erased { room, hash })
-                }
-                (Tree::Governance, Some(v)) => {
-                    GovChange::from_bytes(v).ok().map(|c| OutboxRecord::Governance(Box::new(c)))
-                }
-                _ => None,
-            };
+        let record = match (tree, value) {
+            (Tree::Rooms, Some(v)) => Genesis::from_bytes(v).ok().map(OutboxRecord::Room),
+            (Tree::Envelopes, Some(v)) => {
+                Envelope::from_stored_bytes(v).ok().map(OutboxRecord::Envelope)
+            }
+            (Tree::Pending, Some(_)) => batch
+                .plain(Tree::Pending, key)
+                .and_then(|v| Delivery::from_bytes(v).ok())
+                .map(|d| OutboxRecord::Envelope(d.envelope)),
+            // Stored sealed; the mirror gets the blob as it travels.
+            (Tree::Blobs, Some(_)) => blob_key_parts(key)
+                .zip(batch.plain(Tree::Blobs, key))
+                .map(|((room, hash), blob)| OutboxRecord::Blob { room, hash, blob: blob.to_vec() }),
+            (Tree::Blobs, None) => {
+                blob_key_parts(key).map(|(room, hash)| OutboxRecord::Erased { room, hash })
+            }
+            (Tree::Governance, Some(v)) => {
+                GovChange::from_bytes(v).ok().map(|c| OutboxRecord::Governance(Box::new(c)))
+            }
+            _ => None,
+        };
         out.extend(record);
     }
     out
@@ -213,6 +215,14 @@ impl<S: Store + Sync> Store for OutboxStore<S> {
         limit: usize,
     ) -> Result<Vec<Entry>, StoreError> {
         self.inner.scan(tree, range, order, limit)
+    }
+
+    fn secret_slots(&self) -> Result<[Option<SecretSlot>; 2], StoreError> {
+        self.inner.secret_slots()
+    }
+
+    fn write_secret_slot(&self, index: usize, slot: Option<SecretSlot>) -> Result<(), StoreError> {
+        self.inner.write_secret_slot(index, slot)
     }
 
     fn commit(&self, mut batch: WriteBatch) -> Result<(), StoreError> {

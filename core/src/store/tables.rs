@@ -6,14 +6,17 @@
 //!
 //! | tree | key | value |
 //! |---|---|---|
-//! | `meta-1` | `schema` / `device-key` / `hlc` | schema u32 / 32-byte secret seed / last HLC u64 |
+//! | `meta-1` | `schema` / `device-key` / `hlc` / `kek-seq` | schema u32 / 32-byte secret seed / last HLC u64 / seq u64 of the secret slot the bucket keys are sealed under |
 //! | `rooms-1` | room | the room's signed genesis |
 //! | `docs-1` | room ‖ bucket ‖ author | next clock u32 of that author document |
 //! | `envelopes-1` | room ‖ bucket ‖ author ‖ clock_start u32 | applied envelope |
-//! | `pending-1` | room ‖ bucket ‖ author ‖ clock_start u32 | delivery waiting for its causal past |
-//! | `blobs-1` | room ‖ blob hash | blob (nonce ‖ content) of a live message |
+//! | `pending-2` | room ‖ bucket ‖ author ‖ clock_start u32 | delivery waiting for its causal past, sealed under the bucket key |
+//! | `blobs-2` | room ‖ blob hash | bucket u32 ‖ the blob of a live message, sealed under its content key |
 //! | `timeline-1` | room ‖ sortkey | rendered message row (no body) |
-//! | `bodies-1` | room ‖ sortkey | body text of the live message, while its body blob is held |
+//! | `bodies-2` | room ‖ sortkey | the live message's body: 0 ‖ its blob's content key sealed under the bucket key (72 bytes) ‖ the text sealed under the content key |
+//! | `bucket-keys-1` | room ‖ bucket | seq u64 of the key-encryption key ‖ the bucket key sealed under it (72 bytes) |
+//! | `content-keys-1` | room ‖ bucket ‖ blob hash | the blob's content key, sealed under the bucket key (72 bytes) |
+//! | `shred-1` | room ‖ bucket | empty: content of the bucket was erased since the last shred |
 //! | `message-ids-1` | room ‖ msgid | sortkey of the live message |
 //! | `tombstones-1` | room ‖ bucket ‖ msgid ‖ author | posted hlc u64 ‖ deleted hlc u64 |
 //! | `reads-1` | room ‖ author ‖ bucket | sortkey the author marked read in that bucket |
@@ -21,6 +24,7 @@
 //! | `windows-1` | room | oldest bucket u32 the replica holds (absent: all of them) |
 //! | `reached-1` | room | HLC u64: every own envelope stamped at or before it reached a peer or relay |
 //! | `governance-1` | room ‖ change hash | accepted signed governance change |
+//! | `blobs-1`, `bodies-1`, `pending-1` | as `blobs-2`, `bodies-2`, `pending-2`, in the clear | schema 3 and before; emptied by migration 4 |
 //! | `outbox-1` | sequence u64 | record for a mirror: kind u8 (0 room, 1 envelope, 2 blob, 3 erased, 4 governance change) ‖ genesis / envelope / room ‖ hash ‖ blob / room ‖ hash / change; written only under an `OutboxStore` |
 
 use crate::ids::{AuthorId, BlobHash, MessageId, RoomId, SortKey};
@@ -63,11 +67,24 @@ pub enum Tree {
     Outbox,
     /// Accepted governance changes of each room.
     Governance,
+    /// Each bucket's key, sealed under the store's key-encryption key.
+    BucketKeys,
+    /// Each stored blob's content key, sealed under its bucket's key.
+    ContentKeys,
+    /// Buckets whose erased content awaits the next shred.
+    Shred,
+    /// Blobs in the clear (schema 3 and before): read only by migration 4.
+    LegacyBlobs,
+    /// Body text in the clear (schema 3 and before): read only by migration 4.
+    LegacyBodies,
+    /// Pending deliveries in the clear (schema 3 and before): read only by
+    /// migration 4.
+    LegacyPending,
 }
 
 impl Tree {
     /// Every tree.
-    pub const ALL: [Tree; 16] = [
+    pub const ALL: [Tree; 22] = [
         Tree::Meta,
         Tree::Rooms,
         Tree::Docs,
@@ -84,6 +101,12 @@ impl Tree {
         Tree::Reached,
         Tree::Outbox,
         Tree::Governance,
+        Tree::BucketKeys,
+        Tree::ContentKeys,
+        Tree::Shred,
+        Tree::LegacyBlobs,
+        Tree::LegacyBodies,
+        Tree::LegacyPending,
     ];
 
     /// The tree's name on disk, with its layout version.
@@ -93,18 +116,24 @@ impl Tree {
             Tree::Rooms => "rooms-1",
             Tree::Docs => "docs-1",
             Tree::Envelopes => "envelopes-1",
-            Tree::Pending => "pending-1",
-            Tree::Blobs => "blobs-1",
+            Tree::Pending => "pending-2",
+            Tree::Blobs => "blobs-2",
             Tree::Timeline => "timeline-1",
             Tree::MessageIds => "message-ids-1",
             Tree::Tombstones => "tombstones-1",
             Tree::Reads => "reads-1",
             Tree::WantedBlobs => "wanted-blobs-1",
             Tree::Windows => "windows-1",
-            Tree::Bodies => "bodies-1",
+            Tree::Bodies => "bodies-2",
             Tree::Reached => "reached-1",
             Tree::Outbox => "outbox-1",
             Tree::Governance => "governance-1",
+            Tree::BucketKeys => "bucket-keys-1",
+            Tree::ContentKeys => "content-keys-1",
+            Tree::Shred => "shred-1",
+            Tree::LegacyBlobs => "blobs-1",
+            Tree::LegacyBodies => "bodies-1",
+            Tree::LegacyPending => "pending-1",
         }
     }
 
@@ -116,6 +145,7 @@ impl Tree {
 pub(crate) const META_SCHEMA: &[u8] = b"schema";
 pub(crate) const META_DEVICE_KEY: &[u8] = b"device-key";
 pub(crate) const META_HLC: &[u8] = b"hlc";
+pub(crate) const META_KEK_SEQ: &[u8] = b"kek-seq";
 
 fn cat(parts: &[&[u8]]) -> Vec<u8> {
     let mut out = Vec::with_capacity(parts.iter().map(|p| p.len()).sum());
@@ -151,7 +181,12 @@ pub(crate) fn governance_key(room: &RoomId, head: &[u8; 32]) -> Vec<u8> {
     cat(&[room.as_bytes(), head])
 }
 
-/// Key of `blobs-1`.
+/// Key of `content-keys-1`.
+pub(crate) fn content_key_key(room: &RoomId, bucket: u32, hash: &BlobHash) -> Vec<u8> {
+    cat(&[room.as_bytes(), &bucket.to_be_bytes(), hash.as_bytes()])
+}
+
+/// Key of `blobs-2`.
 pub(crate) fn blob_key(room: &RoomId, hash: &BlobHash) -> Vec<u8> {
     cat(&[room.as_bytes(), hash.as_bytes()])
 }

@@ -14,7 +14,9 @@
 //! are committed together (group commit: one flush for the burst, each
 //! change still acknowledged only once it is durable). [`ReplicaHandle::call`]
 //! runs any closure on the replica, for tools and tests that need the whole
-//! core API; the node itself never uses it.
+//! core API; the node itself never uses it. When its queue is empty the
+//! thread shreds what was erased since it last did (`Replica::shred`)
+//! before it waits for more.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::thread::JoinHandle;
@@ -159,6 +161,9 @@ impl<S: Store + 'static> ReplicaHandle<S> {
 fn run<S: Store>(mut replica: Replica<S>, mut inbox: mpsc::Receiver<Message<S>>) {
     let mut next = None;
     loop {
+        if next.is_none() && inbox.is_empty() {
+            shred_when_idle(&mut replica);
+        }
         let Some(message) = next.take().or_else(|| inbox.blocking_recv()) else { return };
         match message {
             Message::Request(request) => match into_commit(request) {
@@ -227,6 +232,23 @@ fn commit<S: Store>(replica: &mut Replica<S>, batch: Vec<(Op, Reply<Sent>)>) {
                 let _ = reply.send(Err(NodeError::Panicked(why.clone())));
             }
         }
+    }
+}
+
+/// Crypto-shredding (`Replica::shred`) runs when nothing waits for the
+/// replica: after a burst of work that erased content, before the thread
+/// sleeps. Checking costs one read of one record.
+fn shred_when_idle<S: Store>(replica: &mut Replica<S>) {
+    let shredded = catch_unwind(AssertUnwindSafe(|| match replica.shred_pending() {
+        Ok(true) => replica.shred().map(|_| ()),
+        Ok(false) => Ok(()),
+        Err(e) => Err(e),
+    }));
+    match shredded {
+        Ok(Ok(())) => {}
+        // Retried the next time the thread is idle.
+        Ok(Err(e)) => tracing::warn!(error = %e, "cannot shred erased content yet"),
+        Err(p) => tracing::warn!(panic = %panic_message(p), "shredding panicked"),
     }
 }
 
