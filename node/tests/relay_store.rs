@@ -1,5 +1,7 @@
 //! The relay store conformance suite on every backend this machine can run.
 //! sled runs here; the DynamoDB and CQL backends run where their servers are.
+// The relay store, which needs the `relay` feature.
+#![cfg(feature = "relay")]
 
 mod common;
 
