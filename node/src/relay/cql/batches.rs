@@ -15,14 +15,14 @@ use crate::relay::{EnvelopeKey, StoreResult, StoredEnvelope};
 /// Envelope rows in one unlogged batch. A batch is one mutation of one
 /// partition on each replica; 256 rows of a typical flight are tens of
 /// kilobytes.
-const BATCH_ROWS: usize = 256;
+pub(super) const BATCH_ROWS: usize = 256;
 
 /// Envelope bytes in one unlogged batch (a single envelope larger than this
 /// still goes alone). Single-partition batches are exempt from Cassandra's
 /// batch-size failure threshold; 512 KiB also stays under ScyllaDB's 1 MiB
 /// threshold and far under either server's largest mutation (half a
 /// 32 MiB commitlog segment).
-const BATCH_BYTES: usize = 512 * 1024;
+pub(super) const BATCH_BYTES: usize = 512 * 1024;
 
 /// The envelope rows of a batch, without repeats, grouped into unlogged
 /// batches that each stay inside one partition, hold at most

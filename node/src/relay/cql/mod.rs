@@ -37,8 +37,9 @@
 //! writes its distinct bucket entries first, then its envelopes without
 //! conditions, as unlogged batches that each stay inside one partition
 //! (one mutation on the replicas, exempt from the servers' multi-partition
-//! batch-size limits) of at most [`BATCH_ROWS`] rows and [`BATCH_BYTES`]
-//! bytes, [`CqlRelayStore::BATCH_CONCURRENCY`] in flight. An unconditional
+//! batch-size limits) of at most [`BATCH_ROWS`](batches::BATCH_ROWS) rows
+//! and [`BATCH_BYTES`](batches::BATCH_BYTES) bytes,
+//! [`CqlRelayStore::BATCH_CONCURRENCY`] in flight. An unconditional
 //! `INSERT` over an existing envelope row is safe: the sort key ends with
 //! blake3 of the envelope's bytes, so it writes the identical row, and the
 //! partition still holds the envelope exactly once. A later single put of
@@ -93,7 +94,6 @@
 //! yourself with `AND tablets = {'enabled': false}` before
 //! [`CqlRelayStore::create_schema`], which leaves an existing keyspace as
 //! it is.
-
 //!
 //! # Files
 //!

@@ -185,7 +185,7 @@ impl CqlRelayStore {
     }
 
     /// Executes a statement that returns no rows, or a conditional one
-    /// whose outcome the caller reads with [`applied`].
+    /// whose outcome the caller reads with [`applied`](super::errors::applied).
     pub(super) async fn execute(
         &self,
         what: &str,
