@@ -51,6 +51,18 @@ if grep -E '^(tokio|libp2p[a-z0-9-]*) v' <<<"$tree"; then
 fi
 echo "ok: $(wc -l <<<"$tree") crates, none of them tokio or libp2p"
 
+# The mobile library links the node without its default features: no
+# relay, no `concord` binary, and so none of their dependencies. Proc-macro
+# crates are left out of the tree: they run in the compiler and are never
+# linked (uniffi's macros parse TOML, so `toml` is in their subtree).
+step "the mobile library (concord-ffi) carries no relay or CLI dependencies"
+tree=$(cargo tree -p concord-ffi -e normal,no-proc-macro --prefix none)
+if grep -E '^(clap|toml|tracing-subscriber|aws-config|aws-sdk-[a-z0-9-]+|scylla) v' <<<"$tree"; then
+    echo "concord-ffi links clap, toml, tracing-subscriber, the AWS SDK or scylla" >&2
+    exit 1
+fi
+echo "ok: $(sed 's/ (\*)$//' <<<"$tree" | sort -u | wc -l) crates linked, none of them clap, toml, tracing-subscriber, aws-config, aws-sdk-* or scylla"
+
 step "formatting"
 cargo fmt --all --check
 

@@ -8,6 +8,18 @@
 //! carry a room, the addresses to reach it and perhaps an invite in one
 //! string. The core is
 //! re-exported as [`core`]. See `docs/architecture.md`.
+//!
+//! # Features
+//!
+//! - `relay`: the `relay` module, an always-on peer that stores rooms
+//!   for offline devices, with its embedded sled store, TOML config and
+//!   HTTP endpoint.
+//! - `cli` (default): the `concord` binary; implies `relay`.
+//! - `dynamodb`, `cql`: the relay store on the DynamoDB API or on CQL;
+//!   each implies `relay`.
+//!
+//! An app that links the node as a library (the mobile library in `ffi/`)
+//! turns the default off and gets none of the relay's dependencies.
 #![deny(missing_docs)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
@@ -18,6 +30,7 @@ mod error;
 mod events;
 mod node;
 mod redeem;
+#[cfg(feature = "relay")]
 pub mod relay;
 mod replica_actor;
 mod room;

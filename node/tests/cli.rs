@@ -4,6 +4,8 @@
 //! `/invite` makes the chat that joins with it a member of a room of
 //! members; `concord room` creates, lists and hands out tickets; bad input
 //! ends in a clear error and a non-zero exit, never a panic.
+// Runs the `concord` binary, which needs the `cli` feature.
+#![cfg(feature = "cli")]
 
 mod common;
 

@@ -8,6 +8,8 @@
 //! Needs root and iproute2's `ip`. Where namespaces cannot be created the
 //! test fails with the reason, unless `CONCORD_SKIP_NETNS=1` is set, in
 //! which case it says why and passes.
+// Runs `concord chat`, which needs the `cli` feature.
+#![cfg(feature = "cli")]
 
 mod common;
 

@@ -13,6 +13,8 @@
 //!   gossip or by catch-up; a room of members only reaches the relay only
 //!   once its key is a member, and the relay serves it to members only;
 //! - the metrics and health endpoints answer.
+// Runs `concord relay`, which needs the `cli` feature.
+#![cfg(feature = "cli")]
 
 mod common;
 

@@ -12,13 +12,15 @@ mod common;
 use std::net::TcpListener;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::relay_conformance as conformance;
-use concord_core::RoomId;
+use common::relay_conformance::{self as conformance, BlobRows};
+use concord_core::{BlobHash, RoomId};
 use concord_node::relay::{
     CqlOptions, CqlRelayStore, CqlRetryPolicy, RelayStore, RelayStoreError, Written,
 };
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
+use scylla::response::query_result::QueryResult;
+use scylla::serialize::row::SerializeRow;
 use scylla::statement::{Consistency, Statement};
 
 /// The cluster's contact nodes, or `None` after saying why `test` is
@@ -78,6 +80,66 @@ async fn drop_keyspace(nodes: &[String], keyspace: &str) {
     session.query_unpaged(drop, ()).await.unwrap();
 }
 
+/// The `blobs` table of a keyspace, read and written with a plain session
+/// in the layout of the store's module docs: partition key (`room`,
+/// `hash`), clustering key `chunk`, `data` the chunk's bytes. Reads and
+/// writes at the store's consistency, so they see its writes and it sees
+/// theirs.
+struct CqlBlobRows {
+    session: Session,
+    keyspace: String,
+}
+
+impl CqlBlobRows {
+    async fn run(&self, text: String, values: impl SerializeRow) -> QueryResult {
+        let mut statement = Statement::new(text);
+        statement.set_consistency(consistency());
+        self.session.query_unpaged(statement, values).await.unwrap()
+    }
+}
+
+impl BlobRows for CqlBlobRows {
+    fn chunk_bytes(&self) -> usize {
+        CqlRelayStore::BLOB_CHUNK_BYTES
+    }
+
+    async fn write_chunk(&self, room: RoomId, hash: BlobHash, index: u32, data: &[u8]) {
+        let text = format!(
+            "INSERT INTO {}.blobs (room, hash, chunk, data) VALUES (?, ?, ?, ?)",
+            self.keyspace
+        );
+        let index = i32::try_from(index).unwrap();
+        self.run(text, (room.as_bytes().as_slice(), hash.as_bytes().as_slice(), index, data)).await;
+    }
+
+    async fn remove_chunk(&self, room: RoomId, hash: BlobHash, index: u32) {
+        let text = format!(
+            "DELETE FROM {}.blobs WHERE room = ? AND hash = ? AND chunk = ?",
+            self.keyspace
+        );
+        let index = i32::try_from(index).unwrap();
+        self.run(text, (room.as_bytes().as_slice(), hash.as_bytes().as_slice(), index)).await;
+    }
+
+    async fn count(&self, room: RoomId, hash: BlobHash) -> usize {
+        let text =
+            format!("SELECT COUNT(*) FROM {}.blobs WHERE room = ? AND hash = ?", self.keyspace);
+        let result = self.run(text, (room.as_bytes().as_slice(), hash.as_bytes().as_slice())).await;
+        let (n,): (i64,) = result.into_rows_result().unwrap().single_row().unwrap();
+        usize::try_from(n).unwrap()
+    }
+}
+
+/// The store's consistency level: quorum, local to the datacenter if one
+/// is set.
+fn consistency() -> Consistency {
+    if options().datacenter.is_some() {
+        Consistency::LocalQuorum
+    } else {
+        Consistency::Quorum
+    }
+}
+
 /// Rows of `room` in the `envelopes` table, counted by the server, over the
 /// buckets the store lists.
 async fn count_room(nodes: &[String], store: &CqlRelayStore, room: RoomId) -> i64 {
@@ -86,11 +148,7 @@ async fn count_room(nodes: &[String], store: &CqlRelayStore, room: RoomId) -> i6
         "SELECT COUNT(*) FROM {}.envelopes WHERE room = ? AND bucket = ?",
         store.keyspace()
     ));
-    count.set_consistency(if options().datacenter.is_some() {
-        Consistency::LocalQuorum
-    } else {
-        Consistency::Quorum
-    });
+    count.set_consistency(consistency());
     let mut total = 0;
     for bucket in store.buckets(room).await.unwrap() {
         let values = (room.as_bytes().as_slice(), i64::from(bucket));
@@ -119,6 +177,9 @@ async fn test_cql_relay_store_conforms_and_keeps_everything_on_a_second_connecti
     let keyspace = store.keyspace().to_owned();
     let started = Instant::now();
     conformance::run(&store).await;
+    conformance::run_blobs(&store, CqlRelayStore::BLOB_CHUNK_BYTES).await;
+    let rows = CqlBlobRows { session: raw_session(&nodes).await, keyspace: keyspace.clone() };
+    conformance::run_blob_rows(&store, &rows).await;
     eprintln!("conformance suite on cql: {:?}", started.elapsed());
     drop(store);
     let reopened = store_at(&nodes, &keyspace).await;

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_dynamodb::primitives::Blob;
 use aws_sdk_dynamodb::types::{AttributeValue, Select};
-use common::relay_conformance as conformance;
-use concord_core::RoomId;
+use common::relay_conformance::{self as conformance, BlobRows};
+use concord_core::{BlobHash, RoomId};
 use concord_node::relay::{DynamoRelayStore, RelayStore, RelayStoreError, RetryPolicy, Written};
 
 use common::dynamodb::{endpoint, prefix, raw_client, REGION};
@@ -37,6 +37,68 @@ async fn count_partition(prefix: &str, partition: Vec<u8>) -> i32 {
         .await
         .unwrap()
         .count()
+}
+
+/// The `blobs` table of the store at `prefix`, read and written with a
+/// plain client in the layout of the store's module docs: partition key
+/// `p` = room ‖ blob hash, sort key `s` = chunk index (a number), `d` the
+/// chunk's bytes.
+struct DynamoBlobRows {
+    prefix: String,
+}
+
+impl DynamoBlobRows {
+    fn table(&self) -> String {
+        format!("{}blobs", self.prefix)
+    }
+}
+
+fn blob_partition(room: RoomId, hash: BlobHash) -> AttributeValue {
+    AttributeValue::B(Blob::new([room.as_bytes().as_slice(), hash.as_bytes()].concat()))
+}
+
+impl BlobRows for DynamoBlobRows {
+    fn chunk_bytes(&self) -> usize {
+        DynamoRelayStore::BLOB_CHUNK_BYTES
+    }
+
+    async fn write_chunk(&self, room: RoomId, hash: BlobHash, index: u32, data: &[u8]) {
+        raw_client()
+            .put_item()
+            .table_name(self.table())
+            .item("p", blob_partition(room, hash))
+            .item("s", AttributeValue::N(index.to_string()))
+            .item("d", AttributeValue::B(Blob::new(data)))
+            .send()
+            .await
+            .unwrap();
+    }
+
+    async fn remove_chunk(&self, room: RoomId, hash: BlobHash, index: u32) {
+        raw_client()
+            .delete_item()
+            .table_name(self.table())
+            .key("p", blob_partition(room, hash))
+            .key("s", AttributeValue::N(index.to_string()))
+            .send()
+            .await
+            .unwrap();
+    }
+
+    async fn count(&self, room: RoomId, hash: BlobHash) -> usize {
+        let count = raw_client()
+            .query()
+            .table_name(self.table())
+            .key_condition_expression("p = :p")
+            .expression_attribute_values(":p", blob_partition(room, hash))
+            .select(Select::Count)
+            .consistent_read(true)
+            .send()
+            .await
+            .unwrap()
+            .count();
+        count as usize
+    }
 }
 
 fn upstream() -> SocketAddr {
@@ -168,6 +230,8 @@ async fn test_dynamo_relay_store_conforms_and_keeps_everything_on_a_second_conne
     store.create_tables().await.unwrap();
     let started = Instant::now();
     conformance::run(&store).await;
+    conformance::run_blobs(&store, DynamoRelayStore::BLOB_CHUNK_BYTES).await;
+    conformance::run_blob_rows(&store, &DynamoBlobRows { prefix: prefix.clone() }).await;
     eprintln!("conformance suite on dynamodb: {:?}", started.elapsed());
     drop(store);
     let reopened = store_at(endpoint(), &prefix).await;

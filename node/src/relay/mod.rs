@@ -11,7 +11,11 @@
 //! - **buckets**: partition key room, sort key bucket: which partitions
 //!   exist.
 //! - **blobs**: key (room, blob hash), value the blob. A blob larger than a
-//!   backend's item limit is split by that backend.
+//!   backend's item limit is split into chunks, one protocol for every
+//!   wide-column backend (`chunks.rs`): chunk 0 is the manifest, written
+//!   last, so a blob is visible only once whole. A blob is stored under
+//!   its blake3 hash; a put whose bytes do not hash to it is refused, and a
+//!   read that finds other bytes reports them corrupt.
 //! - **rooms**: key room, value its signed genesis.
 //! - **governance**: partition key room, sort key change hash, value the
 //!   signed governance change (a rebuilt relay judges envelopes by them).
@@ -31,26 +35,72 @@
 //! [`RelayStore`] is the contract; [`SledRelayStore`] is the embedded
 //! default. One conformance suite (`node/tests/common/relay_conformance.rs`)
 //! runs against every backend.
+//!
+//! The relay itself, the peer that writes here, is [`Relay`]: its settings
+//! (`config.rs`), its start, outbox mirror and rebuild (`lifecycle.rs`,
+//! `mirror.rs`), its key file (`key_file.rs`) and its HTTP endpoint
+//! (`http.rs`).
+//!
+//! The module needs the crate feature `relay` (on with `cli`, `dynamodb`
+//! and `cql`); the DynamoDB and CQL backends need their own features.
 
+mod chunks;
+mod config;
 #[cfg(feature = "cql")]
 mod cql;
 #[cfg(feature = "dynamodb")]
 mod dynamo;
+mod http;
+mod key_file;
+mod lifecycle;
+mod mirror;
 mod retry;
-mod server;
 mod sled_backend;
 
 use std::future::Future;
 
 use concord_core::{AuthorId, BlobHash, Envelope, Genesis, GovHead, Hlc, RoomId};
 
+use crate::error::NodeError;
+
+pub use config::{RelayConfig, StoreConfig};
 #[cfg(feature = "cql")]
 pub use cql::{CqlOptions, CqlRelayStore, CqlRetryPolicy};
 #[cfg(feature = "dynamodb")]
 pub use dynamo::DynamoRelayStore;
+pub use lifecycle::{Relay, RelayReplicaStore};
 pub use retry::RetryPolicy;
-pub use server::{Relay, RelayConfig, RelayError, RelayReplicaStore, StoreConfig};
 pub use sled_backend::SledRelayStore;
+
+/// Errors of starting or running a relay.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RelayError {
+    /// The config is wrong; nothing was started.
+    #[error("relay config: {0}")]
+    Config(String),
+    /// The relay store failed.
+    #[error(transparent)]
+    Store(#[from] RelayStoreError),
+    /// The node failed.
+    #[error(transparent)]
+    Node(#[from] NodeError),
+    /// A local file or socket failed.
+    #[error("{0}")]
+    Io(String),
+}
+
+impl From<concord_core::Error> for RelayError {
+    fn from(e: concord_core::Error) -> Self {
+        RelayError::Node(NodeError::Core(e))
+    }
+}
+
+impl From<concord_core::StoreError> for RelayError {
+    fn from(e: concord_core::StoreError) -> Self {
+        RelayError::Node(NodeError::Core(e.into()))
+    }
+}
 
 /// Errors of a relay store.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -67,6 +117,10 @@ pub enum RelayStoreError {
     /// credentials).
     #[error("relay store setup: {0}")]
     Setup(String),
+    /// A blob's bytes do not hash (blake3) to the hash it was to be stored
+    /// under; nothing was written.
+    #[error("blob bytes do not hash to the blob's key")]
+    WrongHash,
     /// A value is larger than the store accepts.
     #[error("{what} of {len} bytes is larger than the store accepts ({max})")]
     TooLarge {
@@ -94,8 +148,10 @@ pub type StoreResult<T> = std::result::Result<T, RelayStoreError>;
 /// covers that nonce with room to spare.
 pub const MAX_STORED_BLOB_BYTES: usize = concord_core::MAX_BLOB_BYTES + 64;
 
-/// Refuses a blob larger than [`MAX_STORED_BLOB_BYTES`].
-fn check_blob_len(blob: &[u8]) -> StoreResult<()> {
+/// Refuses a blob larger than [`MAX_STORED_BLOB_BYTES`], or one whose
+/// bytes do not hash to `hash`: every backend checks a put the same way,
+/// before it writes anything.
+fn check_blob(hash: &BlobHash, blob: &[u8]) -> StoreResult<()> {
     if blob.len() > MAX_STORED_BLOB_BYTES {
         return Err(RelayStoreError::TooLarge {
             what: "blob",
@@ -103,7 +159,15 @@ fn check_blob_len(blob: &[u8]) -> StoreResult<()> {
             max: MAX_STORED_BLOB_BYTES,
         });
     }
+    if !hashes_to(hash, blob) {
+        return Err(RelayStoreError::WrongHash);
+    }
     Ok(())
+}
+
+/// Whether `blob` is the blob `hash` names.
+fn hashes_to(hash: &BlobHash, blob: &[u8]) -> bool {
+    blake3::hash(blob).as_bytes() == hash.as_bytes()
 }
 
 /// Refuses a governance change larger than
@@ -165,6 +229,28 @@ impl EnvelopeKey {
             author: AuthorId::from_bytes(bytes[8..40].try_into().map_err(|_| corrupt())?),
             id: bytes[40..].try_into().map_err(|_| corrupt())?,
         })
+    }
+}
+
+/// Where a range read of one envelope partition starts, and which way it
+/// goes: what [`RelayStore::envelopes`] and [`RelayStore::last_before`] ask
+/// of a wide-column backend.
+#[cfg_attr(not(any(feature = "dynamodb", feature = "cql")), allow(dead_code))]
+#[derive(Clone, Copy, Debug)]
+enum Bound {
+    /// From the first key, forward.
+    Start,
+    /// Strictly after the key, forward.
+    After(EnvelopeKey),
+    /// Strictly before the key, backward (newest first).
+    Before(EnvelopeKey),
+}
+
+#[cfg_attr(not(any(feature = "dynamodb", feature = "cql")), allow(dead_code))]
+impl Bound {
+    /// The start of [`RelayStore::envelopes`]: after `after`, or the first key.
+    fn after(after: Option<EnvelopeKey>) -> Self {
+        after.map_or(Bound::Start, Bound::After)
     }
 }
 
@@ -261,7 +347,10 @@ pub trait RelayStore: Send + Sync + 'static {
         limit: usize,
     ) -> impl Future<Output = StoreResult<Vec<StoredEnvelope>>> + Send;
 
-    /// Writes a blob if absent.
+    /// Writes a blob if absent. `hash` is blake3 of `blob`; a blob that
+    /// does not hash to it is refused with [`RelayStoreError::WrongHash`],
+    /// one larger than [`MAX_STORED_BLOB_BYTES`] with
+    /// [`RelayStoreError::TooLarge`], and neither writes anything.
     fn put_blob(
         &self,
         room: RoomId,
@@ -269,14 +358,17 @@ pub trait RelayStore: Send + Sync + 'static {
         blob: &[u8],
     ) -> impl Future<Output = StoreResult<Written>> + Send;
 
-    /// A blob, if held.
+    /// A blob, if held: whole, and hashing to `hash`, or else
+    /// [`RelayStoreError::Corrupt`]. A blob whose write has not finished is
+    /// not held.
     fn blob(
         &self,
         room: RoomId,
         hash: BlobHash,
     ) -> impl Future<Output = StoreResult<Option<Vec<u8>>>> + Send;
 
-    /// Erases a blob (its message was deleted); returns whether it was held.
+    /// Erases a blob (its message was deleted) and everything stored for it,
+    /// chunks of a write cut short included; returns whether it was held.
     fn erase_blob(
         &self,
         room: RoomId,

@@ -3,9 +3,12 @@
 //! tests running side by side on one machine do not find each other.
 #![allow(dead_code)]
 
+// `concord chat` processes: the binary is built with the `cli` feature.
+#[cfg(feature = "cli")]
 pub mod chat;
 #[cfg(feature = "dynamodb")]
 pub mod dynamodb;
+#[cfg(feature = "relay")]
 pub mod relay_conformance;
 
 use std::sync::Arc;

@@ -1,15 +1,22 @@
 //! One conformance suite for every relay store backend. A backend's test
 //! calls `run` on a fresh, empty store, and `run_reopen` on the same store
-//! reopened where the test can reopen it. A failure panics with what broke.
+//! reopened where the test can reopen it; `run_blobs` with its chunk size
+//! (any size for a backend that keeps a blob in one row), and, for a
+//! backend that splits blobs into chunks, `run_blob_rows` with a
+//! [`BlobRows`] that reads and writes its blob rows directly. A failure
+//! panics with what broke.
 
 use std::collections::BTreeSet;
+use std::future::Future;
 
 use concord_core::{
     Action, BlobHash, Draft, Envelope, Genesis, GovChange, Hlc, ManualClock, MemoryStore, Op,
     Replica, RoomId, BUCKET_SPAN_MILLIS, MAX_BLOB_BYTES, MAX_GOV_CHANGE_BYTES,
 };
 
-use concord_node::relay::{EnvelopeKey, RelayStore, RelayStoreError, StoredEnvelope, Written};
+use concord_node::relay::{
+    EnvelopeKey, RelayStore, RelayStoreError, StoredEnvelope, Written, MAX_STORED_BLOB_BYTES,
+};
 
 /// Real signed envelopes and genesis records, from two replicas, to store.
 pub struct Material {
@@ -216,6 +223,199 @@ pub async fn run<S: RelayStore>(store: &S) {
 
     run_governance(store).await;
     run_batches(store).await;
+}
+
+/// blake3 of `blob`: the hash a blob is stored under.
+pub fn blob_hash(blob: &[u8]) -> BlobHash {
+    BlobHash::from_bytes(*blake3::hash(blob).as_bytes())
+}
+
+/// A blob of `len` bytes whose bytes depend on their position and on
+/// `seed`, so that a chunk out of place shows, and blobs of different
+/// seeds have different hashes (their own partitions).
+pub fn patterned_blob(len: usize, seed: u8) -> Vec<u8> {
+    (0..len).map(|i| ((i % 251) as u8).wrapping_mul(7).wrapping_add(seed)).collect()
+}
+
+/// What a blob read gave, short enough for a failure message (a blob can
+/// be a mebibyte).
+fn summary(got: &Result<Option<Vec<u8>>, RelayStoreError>) -> String {
+    match got {
+        Ok(Some(blob)) => {
+            format!("Ok(a blob of {} bytes, blake3 {})", blob.len(), blake3::hash(blob))
+        }
+        other => format!("{other:?}"),
+    }
+}
+
+/// Checks that a read gave exactly `want`, saying where it differs if not.
+fn assert_blob(got: Option<Vec<u8>>, want: &[u8], what: &str) {
+    let Some(got) = got else { panic!("{what}: no blob, want {} bytes", want.len()) };
+    if got != want {
+        let at =
+            got.iter().zip(want).position(|(a, b)| a != b).unwrap_or(got.len().min(want.len()));
+        panic!("{what}: {} bytes, want {}; first difference at byte {at}", got.len(), want.len());
+    }
+}
+
+/// The room the blob cases use, apart from every other case's.
+const BLOB_ROOM: RoomId = RoomId::from_bytes([0xC0; 32]);
+
+/// Blobs at and around the boundaries of a backend's chunk size
+/// `chunk`: the empty blob, one byte, one chunk less one byte, exactly one
+/// chunk, one chunk and a byte, exactly two chunks, two and a byte, and
+/// the largest blob. Each round-trips, is written once, is scoped to its
+/// room, and is erased for good. A blob that does not hash to its key, or
+/// is over the largest, is refused and leaves nothing.
+pub async fn run_blobs<S: RelayStore>(store: &S, chunk: usize) {
+    let name = store.backend();
+    let room = BLOB_ROOM;
+    let stranger = RoomId::from_bytes([0xEE; 32]);
+    let sizes =
+        [0, 1, chunk - 1, chunk, chunk + 1, 2 * chunk, 2 * chunk + 1, MAX_STORED_BLOB_BYTES];
+    for (seed, len) in (1u8..).zip(sizes.into_iter().filter(|&n| n <= MAX_STORED_BLOB_BYTES)) {
+        let blob = patterned_blob(len, seed);
+        let hash = blob_hash(&blob);
+        let what = format!("{name}: a blob of {len} bytes, chunks of {chunk}");
+        assert_eq!(store.blob(room, hash).await.expect("get"), None, "{what}: before");
+        assert_eq!(
+            store.put_blob(room, hash, &blob).await.expect("put"),
+            Written::Inserted,
+            "{what}"
+        );
+        let again = store.put_blob(room, hash, &blob).await.expect("put again");
+        assert_eq!(again, Written::AlreadyPresent, "{what}: repeated");
+        assert_blob(
+            store.blob(room, hash).await.expect("get"),
+            &blob,
+            &format!("{what}: round trip"),
+        );
+        assert_eq!(store.blob(stranger, hash).await.expect("get"), None, "{what}: room scope");
+        assert!(store.erase_blob(room, hash).await.expect("erase"), "{what}: erase held");
+        assert_eq!(store.blob(room, hash).await.expect("get"), None, "{what}: erased");
+        assert!(!store.erase_blob(room, hash).await.expect("erase"), "{what}: erase twice");
+        let put = store.put_blob(room, hash, &patterned_blob(len, seed)).await.expect("put");
+        assert_eq!(put, Written::Inserted, "{what}: put again after an erase");
+        assert!(store.erase_blob(room, hash).await.expect("erase"), "{what}: erase again");
+    }
+
+    // Bytes that are not the blob the hash names: refused, nothing stored.
+    let blob = patterned_blob(chunk + 1, 0xF0);
+    let other = blob_hash(b"another blob");
+    match store.put_blob(room, other, &blob).await {
+        Err(RelayStoreError::WrongHash) => {}
+        got => panic!("{name}: a blob under another's hash gave {got:?}"),
+    }
+    assert_eq!(store.blob(room, other).await.expect("get"), None, "{name}: wrong hash stored");
+    // One byte over the largest: refused, nothing stored.
+    let huge = patterned_blob(MAX_STORED_BLOB_BYTES + 1, 0xF1);
+    let hash = blob_hash(&huge);
+    match store.put_blob(room, hash, &huge).await {
+        Err(RelayStoreError::TooLarge { len, max, .. }) => {
+            assert_eq!((len, max), (MAX_STORED_BLOB_BYTES + 1, MAX_STORED_BLOB_BYTES), "{name}")
+        }
+        got => panic!("{name}: an oversized blob gave {got:?}"),
+    }
+    assert_eq!(store.blob(room, hash).await.expect("get"), None, "{name}: oversized stored");
+}
+
+/// Direct access to a chunked backend's blob rows (the layout in the
+/// backend's module docs), for the cases the store's API cannot set up or
+/// see: a put cut short before its manifest, a chunk lost or damaged under
+/// its manifest, and the rows an erase leaves.
+pub trait BlobRows {
+    /// The backend's chunk size.
+    fn chunk_bytes(&self) -> usize;
+    /// Writes chunk `index` (1 or more) of a blob as the backend does.
+    fn write_chunk(
+        &self,
+        room: RoomId,
+        hash: BlobHash,
+        index: u32,
+        data: &[u8],
+    ) -> impl Future<Output = ()>;
+    /// Deletes chunk `index` of a blob.
+    fn remove_chunk(&self, room: RoomId, hash: BlobHash, index: u32) -> impl Future<Output = ()>;
+    /// The rows the backend holds for a blob, chunk 0 included.
+    fn count(&self, room: RoomId, hash: BlobHash) -> impl Future<Output = usize>;
+}
+
+/// The blob-chunk protocol as its rows show it: one row per chunk at and
+/// around the chunk boundary; a blob whose manifest was not written is not
+/// held, and the next put completes it; an erase removes every row, those
+/// of a put cut short included; a chunk missing under its manifest (in the
+/// middle or at the end) or holding other bytes is corrupt, never a short
+/// or wrong blob. Each case has a blob (a partition) of its own.
+pub async fn run_blob_rows<S: RelayStore, B: BlobRows>(store: &S, rows: &B) {
+    let name = store.backend();
+    let room = BLOB_ROOM;
+    let c = rows.chunk_bytes();
+
+    // One row per chunk: a chunk boundary starts a row.
+    for (seed, (len, want)) in (0x10u8..).zip([(0, 1), (1, 1), (c, 1), (c + 1, 2), (2 * c, 2)]) {
+        let blob = patterned_blob(len, seed);
+        let hash = blob_hash(&blob);
+        store.put_blob(room, hash, &blob).await.expect("put");
+        assert_eq!(rows.count(room, hash).await, want, "{name}: rows of a blob of {len} bytes");
+        assert!(store.erase_blob(room, hash).await.expect("erase"), "{name}");
+        assert_eq!(rows.count(room, hash).await, 0, "{name}: rows after an erase ({len} bytes)");
+    }
+
+    // A blob of three chunks, and its chunks after the first.
+    let three = |seed: u8| {
+        let blob = patterned_blob(2 * c + 7, seed);
+        let hash = blob_hash(&blob);
+        (blob, hash)
+    };
+    let write_tail = |hash: BlobHash, blob: Vec<u8>| async move {
+        for (index, piece) in (1u32..).zip(blob.chunks(c).skip(1)) {
+            rows.write_chunk(room, hash, index, piece).await;
+        }
+    };
+
+    // A put cut short before its manifest: not held; the next put makes it whole.
+    let (blob, hash) = three(0x20);
+    write_tail(hash, blob.clone()).await;
+    assert_eq!(rows.count(room, hash).await, 2, "{name}: the chunks a put cut short left");
+    let got = store.blob(room, hash).await.expect("get");
+    assert_eq!(got, None, "{name}: a blob without its manifest is held");
+    let put = store.put_blob(room, hash, &blob).await.expect("put over a put cut short");
+    assert_eq!(put, Written::Inserted, "{name}: the put after one cut short");
+    assert_blob(store.blob(room, hash).await.expect("get"), &blob, &format!("{name}: made whole"));
+    assert_eq!(rows.count(room, hash).await, 3, "{name}: rows of a blob of three chunks");
+    assert!(store.erase_blob(room, hash).await.expect("erase"), "{name}");
+    assert_eq!(rows.count(room, hash).await, 0, "{name}: rows after erasing three chunks");
+
+    // A put cut short, then erased: nothing was held, nothing is left.
+    let (blob, hash) = three(0x21);
+    write_tail(hash, blob).await;
+    let held = store.erase_blob(room, hash).await.expect("erase a put cut short");
+    assert!(!held, "{name}: a blob without its manifest was held");
+    assert_eq!(rows.count(room, hash).await, 0, "{name}: rows after erasing a put cut short");
+
+    // A chunk lost under its manifest, in the middle or at the end, or a
+    // chunk with other bytes: corrupt, never a short or wrong blob; and
+    // the erase still removes every row.
+    for (seed, damage) in [(0x22u8, "middle"), (0x23, "last"), (0x24, "bytes")] {
+        let (blob, hash) = three(seed);
+        store.put_blob(room, hash, &blob).await.expect("put");
+        match damage {
+            "middle" => rows.remove_chunk(room, hash, 1).await,
+            "last" => rows.remove_chunk(room, hash, 2).await,
+            _ => {
+                let mut other = blob[c..2 * c].to_vec();
+                other[0] ^= 0xFF;
+                rows.write_chunk(room, hash, 1, &other).await;
+            }
+        }
+        let got = store.blob(room, hash).await;
+        if !matches!(got, Err(RelayStoreError::Corrupt(_))) {
+            panic!("{name}: a blob with its {damage} chunk damaged gave {}", summary(&got));
+        }
+        assert!(store.erase_blob(room, hash).await.expect("erase"), "{name}: erase {damage}");
+        assert_eq!(rows.count(room, hash).await, 0, "{name}: rows after erasing ({damage})");
+        assert_eq!(store.blob(room, hash).await.expect("get"), None, "{name}: erased ({damage})");
+    }
 }
 
 /// Governance changes, on a store where [`gov_material`]'s rooms have none:

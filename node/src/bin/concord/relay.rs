@@ -201,27 +201,57 @@ async fn run_with<R: RelayStore>(config: RelayConfig, store: R) -> CliResult<Exi
     if let Some(addr) = relay.metrics_addr() {
         say!("metrics on http://{addr}/metrics, health on http://{addr}/health");
     }
+    // The handlers are in place before "relay ready": a supervisor (or a
+    // test) that stops the relay as soon as it says so gets a clean stop,
+    // not the default action of SIGTERM.
+    let stop = StopSignals::watch()?;
     say!("relay ready");
-    wait_for_signal().await?;
+    stop.wait().await?;
     say!("relay stopping");
     relay.shutdown().await.context("cannot shut the relay down cleanly")?;
     say!("relay stopped");
     Ok(ExitCode::SUCCESS)
 }
 
+/// SIGINT and SIGTERM (Ctrl-C elsewhere), watched from the moment this is
+/// made: a signal that arrives before [`StopSignals::wait`] is polled is
+/// kept, not lost.
 #[cfg(unix)]
-async fn wait_for_signal() -> CliResult<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).context("cannot watch for SIGTERM")?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r.context("cannot watch for SIGINT"),
-        _ = term.recv() => Ok(()),
+struct StopSignals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+#[cfg(unix)]
+impl StopSignals {
+    fn watch() -> CliResult<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Self {
+            interrupt: signal(SignalKind::interrupt()).context("cannot watch for SIGINT")?,
+            terminate: signal(SignalKind::terminate()).context("cannot watch for SIGTERM")?,
+        })
+    }
+
+    async fn wait(mut self) -> CliResult<()> {
+        tokio::select! {
+            _ = self.interrupt.recv() => Ok(()),
+            _ = self.terminate.recv() => Ok(()),
+        }
     }
 }
 
 #[cfg(not(unix))]
-async fn wait_for_signal() -> CliResult<()> {
-    tokio::signal::ctrl_c().await.context("cannot watch for Ctrl-C")
+struct StopSignals;
+
+#[cfg(not(unix))]
+impl StopSignals {
+    fn watch() -> CliResult<Self> {
+        Ok(Self)
+    }
+
+    async fn wait(self) -> CliResult<()> {
+        tokio::signal::ctrl_c().await.context("cannot watch for Ctrl-C")
+    }
 }
 
 /// Creates the relay store's tables.
