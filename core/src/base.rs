@@ -19,6 +19,11 @@ pub const FORMAT_VERSION: u8 = 1;
 /// Version 1 is still read (an open room; an envelope citing no heads).
 pub const ROOM_FORMAT_VERSION: u8 = 2;
 
+/// Format version of a genesis of an end-to-end encrypted room: version 3
+/// adds the encryption flag. Unencrypted rooms are still written as
+/// [`ROOM_FORMAT_VERSION`], and versions 1 and 2 are still read.
+pub const GENESIS_FORMAT_VERSION: u8 = 3;
+
 /// Most governance heads one envelope cites.
 pub const MAX_CITED_HEADS: usize = 8;
 
@@ -164,4 +169,62 @@ pub enum Denied {
     /// The invite does not admit this join or registration.
     #[error("invite refused: {0}")]
     Invite(&'static str),
+}
+
+/// A device's published encryption keys: the Curve25519 identity key of its
+/// Olm account and the fallback key others encrypt room keys to. Published
+/// in a room's governance by the device itself, so the device's signature
+/// binds them to its author key.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DeviceKeys {
+    /// The Olm identity key.
+    pub identity: [u8; 32],
+    /// The Olm fallback key, which one-shot pre-key messages are made to.
+    pub fallback: [u8; 32],
+}
+
+impl fmt::Debug for DeviceKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DeviceKeys({})", self.fingerprint())
+    }
+}
+
+impl DeviceKeys {
+    /// Encoded length: identity ‖ fallback.
+    pub const LEN: usize = 64;
+
+    /// A short, human-comparable fingerprint of both keys (the first ten
+    /// bytes of their blake3 hash in five groups of four hex digits), what
+    /// a person compares out of band to check that a device is who it says.
+    pub fn fingerprint(&self) -> String {
+        let mut both = [0u8; Self::LEN];
+        both[..32].copy_from_slice(&self.identity);
+        both[32..].copy_from_slice(&self.fallback);
+        let hash = blake3::hash(&both);
+        hash.as_bytes()[..10]
+            .chunks(2)
+            .map(|c| format!("{:02x}{:02x}", c[0], c[1]))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    /// The encoding: identity ‖ fallback.
+    pub fn to_bytes(&self) -> [u8; Self::LEN] {
+        let mut out = [0u8; Self::LEN];
+        out[..32].copy_from_slice(&self.identity);
+        out[32..].copy_from_slice(&self.fallback);
+        out
+    }
+
+    /// Decodes [`DeviceKeys::to_bytes`].
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, DecodeError> {
+        if bytes.len() != Self::LEN {
+            return Err(DecodeError::InvalidValue("device keys length"));
+        }
+        let mut identity = [0u8; 32];
+        identity.copy_from_slice(&bytes[..32]);
+        let mut fallback = [0u8; 32];
+        fallback.copy_from_slice(&bytes[32..]);
+        Ok(Self { identity, fallback })
+    }
 }

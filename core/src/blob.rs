@@ -21,6 +21,12 @@ pub const MAX_BODY_BYTES: usize = 16 * 1024;
 /// by request (blob fetch) once the node exists.
 pub const MAX_BLOB_BYTES: usize = 1024 * 1024;
 
+/// Largest blob as it travels: its content of at most [`MAX_BLOB_BYTES`]
+/// and what wraps it (a nonce, or in an encrypted room the encrypted
+/// blob's framing, `crypto::megolm::ENCRYPTED_BLOB_OVERHEAD`).
+pub const MAX_WIRE_BLOB_BYTES: usize =
+    MAX_BLOB_BYTES + crate::crypto::megolm::ENCRYPTED_BLOB_OVERHEAD;
+
 /// Seals `content` under `nonce` into blob bytes.
 pub(crate) fn seal(nonce: &[u8; BLOB_NONCE_LEN], content: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(BLOB_NONCE_LEN + content.len());

@@ -9,8 +9,10 @@
 //! | `m` | message id (32 hex digits) | [`PostRecord`]: the author's live posts |
 //! | `d` | message id | [`TombstoneRecord`]: the author's deletes |
 //! | `k` | message id | [`TombstoneRecord`]: a moderator's deletes of others' messages |
-//! | `x` | message id ‖ emoji | reaction stamp (8 bytes), or empty once withdrawn |
+//! | `x` | message id ‖ emoji (or, in an encrypted room, ‖ tag) | reaction stamp (8 bytes), in an encrypted room followed by the encrypted emoji; empty once withdrawn |
 //! | `r` | `read` | the read marker: sort key (56 bytes) ‖ stamp (8 bytes) |
+//! | `s` | session id ‖ recipient (128 hex digits) | a room key for that recipient's device: an Olm pre-key message |
+//! | `q` | session id ‖ session owner (128 hex digits) | a request for that room key from message index u32 on |
 //!
 //! Every change inserts at least one item, so every envelope advances the
 //! author's clock and `[clock_start, clock_end)` names it exactly. Withdrawing a
@@ -33,6 +35,8 @@ const TOMBSTONES: &str = "d";
 const MODERATED: &str = "k";
 const REACTIONS: &str = "x";
 const READ: &str = "r";
+const SHARES: &str = "s";
+const REQUESTS: &str = "q";
 const READ_KEY: &str = "read";
 const RECORD_VERSION: u8 = 1;
 
@@ -153,6 +157,43 @@ pub(crate) enum DocChange {
         key: SortKey,
         hlc: Hlc,
     },
+    /// A reaction in an encrypted room: `tag` stands for the emoji (a keyed
+    /// hash only its author can make), `sealed` is the encrypted emoji.
+    ReactSealed {
+        id: MessageId,
+        tag: String,
+        hlc: Hlc,
+        sealed: Option<Vec<u8>>,
+    },
+    /// A room key for `recipient`'s device.
+    Share {
+        session: [u8; 32],
+        recipient: AuthorId,
+        sealed: Vec<u8>,
+    },
+    /// A request for a room key from `index` on.
+    Request {
+        session: [u8; 32],
+        owner: AuthorId,
+        index: u32,
+    },
+}
+
+/// The key of a share or request entry: session id ‖ author, in hex.
+pub(crate) fn pair_key(session: &[u8; 32], author: &AuthorId) -> String {
+    format!("{}{}", hex::encode(session), hex::encode(author.as_bytes()))
+}
+
+/// Parses [`pair_key`]; `None` for any other spelling.
+pub(crate) fn parse_pair_key(key: &str) -> Option<([u8; 32], AuthorId)> {
+    if key.len() != 128 || key.bytes().any(|b| b.is_ascii_uppercase()) {
+        return None;
+    }
+    let mut session = [0u8; 32];
+    hex::decode_to_slice(&key[..64], &mut session).ok()?;
+    let mut author = [0u8; 32];
+    hex::decode_to_slice(&key[64..], &mut author).ok()?;
+    Some((session, AuthorId::from_bytes(author)))
 }
 
 /// What a local change produced: the update and the clock range it inserted.
@@ -173,6 +214,10 @@ pub(crate) struct Changes {
     pub posting: bool,
     /// A moderator's delete was written.
     pub moderated: bool,
+    /// Room-key entries written (`s` keys).
+    pub shares: BTreeSet<String>,
+    /// Room-key requests written (`q` keys).
+    pub requests: BTreeSet<String>,
 }
 
 /// Root-map keys touched by transactions since the last [`AuthorDoc::take_changes`],
@@ -186,6 +231,8 @@ enum Root {
     Moderated,
     Reactions,
     Read,
+    Shares,
+    Requests,
 }
 
 /// One author's document in one bucket.
@@ -203,6 +250,8 @@ pub(crate) struct AuthorDoc {
     moderated: MapRef,
     reactions: MapRef,
     read: MapRef,
+    shares: MapRef,
+    requests: MapRef,
     touched: Touched,
     reaction_index: HashMap<MessageId, BTreeSet<String>>,
 }
@@ -245,6 +294,8 @@ impl AuthorDoc {
             moderated: observed(MODERATED, Root::Moderated),
             reactions: observed(REACTIONS, Root::Reactions),
             read: observed(READ, Root::Read),
+            shares: observed(SHARES, Root::Shares),
+            requests: observed(REQUESTS, Root::Requests),
             doc,
             client,
             touched,
@@ -266,6 +317,14 @@ impl AuthorDoc {
                     out.read = true;
                     continue;
                 }
+                Root::Shares => {
+                    out.shares.insert(key.to_string());
+                    continue;
+                }
+                Root::Requests => {
+                    out.requests.insert(key.to_string());
+                    continue;
+                }
                 Root::Moderated => out.moderated = true,
                 _ => out.posting = true,
             }
@@ -274,7 +333,8 @@ impl AuthorDoc {
             if root == Root::Reactions {
                 let emoji = &key[32..];
                 let txn = self.doc.transact();
-                let active = buffer(self.reactions.get(&txn, &key)).is_some_and(|b| b.len() == 8);
+                // A stamp alone, or (encrypted) a stamp and the sealed emoji.
+                let active = buffer(self.reactions.get(&txn, &key)).is_some_and(|b| b.len() >= 8);
                 let entry = self.reaction_index.entry(id).or_default();
                 if active && !emoji.is_empty() && emoji.len() <= MAX_REACTION_BYTES {
                     entry.insert(emoji.to_owned());
@@ -318,34 +378,36 @@ impl AuthorDoc {
         self.apply(update)
     }
 
-    /// Applies a local change and returns the update that describes it.
-    pub(crate) fn change(&self, change: &DocChange) -> LocalUpdate {
+    /// Applies local changes in one transaction and returns the update
+    /// that describes them.
+    pub(crate) fn change(&self, changes: &[DocChange]) -> LocalUpdate {
         let clock_start = self.next_clock();
         let mut txn = self.doc.transact_mut();
+        for change in changes {
+            self.write(&mut txn, change);
+        }
+        let update = txn.encode_update_v1();
+        drop(txn);
+        LocalUpdate { update, clock_start, clock_end: self.next_clock() }
+    }
+
+    fn write(&self, txn: &mut yrs::TransactionMut<'_>, change: &DocChange) {
         match change {
             DocChange::Post { id, record } => {
-                self.messages.insert(&mut txn, id.simple(), Any::Buffer(record.encode().into()));
+                self.messages.insert(txn, id.simple(), Any::Buffer(record.encode().into()));
             }
             DocChange::Delete { id, tombstone } => {
-                self.messages.remove(&mut txn, &id.simple());
-                self.tombstones.insert(
-                    &mut txn,
-                    id.simple(),
-                    Any::Buffer(tombstone.encode().into()),
-                );
+                self.messages.remove(txn, &id.simple());
+                self.tombstones.insert(txn, id.simple(), Any::Buffer(tombstone.encode().into()));
             }
             DocChange::Moderate { id, tombstone } => {
-                self.moderated.insert(
-                    &mut txn,
-                    id.simple(),
-                    Any::Buffer(tombstone.encode().into()),
-                );
+                self.moderated.insert(txn, id.simple(), Any::Buffer(tombstone.encode().into()));
             }
             DocChange::React { id, emoji, hlc, on } => {
                 let value: Vec<u8> =
                     if *on { hlc.as_u64().to_be_bytes().to_vec() } else { Vec::new() };
                 self.reactions.insert(
-                    &mut txn,
+                    txn,
                     format!("{}{}", id.simple(), emoji),
                     Any::Buffer(value.into()),
                 );
@@ -353,12 +415,31 @@ impl AuthorDoc {
             DocChange::MarkRead { key, hlc } => {
                 let mut value = key.to_bytes().to_vec();
                 value.put_u64(hlc.as_u64());
-                self.read.insert(&mut txn, READ_KEY, Any::Buffer(value.into()));
+                self.read.insert(txn, READ_KEY, Any::Buffer(value.into()));
+            }
+            DocChange::ReactSealed { id, tag, hlc, sealed } => {
+                let value: Vec<u8> = match sealed {
+                    Some(sealed) => [hlc.as_u64().to_be_bytes().as_slice(), sealed].concat(),
+                    None => Vec::new(),
+                };
+                self.reactions.insert(
+                    txn,
+                    format!("{}{tag}", id.simple()),
+                    Any::Buffer(value.into()),
+                );
+            }
+            DocChange::Share { session, recipient, sealed } => {
+                self.shares.insert(
+                    txn,
+                    pair_key(session, recipient),
+                    Any::Buffer(sealed.clone().into()),
+                );
+            }
+            DocChange::Request { session, owner, index } => {
+                let value = index.to_be_bytes().to_vec();
+                self.requests.insert(txn, pair_key(session, owner), Any::Buffer(value.into()));
             }
         }
-        let update = txn.encode_update_v1();
-        drop(txn);
-        LocalUpdate { update, clock_start, clock_end: self.next_clock() }
     }
 
     /// The author's live post with this id, if any. A record that does not
@@ -393,6 +474,49 @@ impl AuthorDoc {
     /// The emoji the author currently reacts to a message with.
     pub(crate) fn reactions(&self, id: &MessageId) -> Option<&BTreeSet<String>> {
         self.reaction_index.get(id)
+    }
+
+    /// The value of the author's reaction to `id` under `suffix` (an emoji,
+    /// or in an encrypted room a tag): the stamp, then in an encrypted room
+    /// the encrypted emoji.
+    pub(crate) fn reaction_value(&self, id: &MessageId, suffix: &str) -> Option<Arc<[u8]>> {
+        let txn = self.doc.transact();
+        buffer(self.reactions.get(&txn, &format!("{}{suffix}", id.simple())))
+    }
+
+    /// The room key entry under `key` (session id ‖ recipient).
+    pub(crate) fn share(&self, key: &str) -> Option<Arc<[u8]>> {
+        let txn = self.doc.transact();
+        buffer(self.shares.get(&txn, key))
+    }
+
+    /// The keys of every request entry of the document.
+    pub(crate) fn request_keys(&self) -> Vec<String> {
+        let txn = self.doc.transact();
+        self.requests.keys(&txn).map(str::to_owned).collect()
+    }
+
+    /// The index a request under `key` (session id ‖ owner) asks from.
+    pub(crate) fn request(&self, key: &str) -> Option<u32> {
+        let txn = self.doc.transact();
+        buffer(self.requests.get(&txn, key))
+            .and_then(|b| <[u8; 4]>::try_from(&b[..]).ok())
+            .map(u32::from_be_bytes)
+    }
+
+    /// The author's live posts: id and record.
+    pub(crate) fn posts(&self) -> Vec<(MessageId, PostRecord)> {
+        let txn = self.doc.transact();
+        self.messages
+            .iter(&txn)
+            .filter_map(|(k, v)| {
+                let id = parse_id(k)?;
+                match v {
+                    Out::Any(Any::Buffer(b)) => PostRecord::decode(&b).ok().map(|p| (id, p)),
+                    _ => None,
+                }
+            })
+            .collect()
     }
 
     /// The author's read marker.

@@ -10,9 +10,10 @@
 //! well formed, within every size cap, and correctly signed by its author.
 
 use crate::base::{
-    DecodeError, GovHead, FORMAT_VERSION, MAX_CITED_HEADS, MAX_ROOM_NAME_BYTES, ROOM_FORMAT_VERSION,
+    DecodeError, GovHead, FORMAT_VERSION, GENESIS_FORMAT_VERSION, MAX_CITED_HEADS,
+    MAX_ROOM_NAME_BYTES, ROOM_FORMAT_VERSION,
 };
-use crate::blob::{self, BLOB_NONCE_LEN, MAX_BLOB_BYTES};
+use crate::blob::{self, BLOB_NONCE_LEN, MAX_WIRE_BLOB_BYTES};
 use crate::codec::{check_header, check_versioned_header, Reader, Writer};
 use crate::error::EnvelopeError;
 use crate::ids::{AuthorId, BlobHash, Hlc, RoomId};
@@ -33,12 +34,8 @@ pub const MAX_UPDATE_BYTES: usize = MAX_ENVELOPE_BYTES - 1024;
 pub const MAX_BLOBS_PER_ENVELOPE: usize = 16;
 
 /// Largest encoded delivery: one envelope and its largest blobs.
-pub const MAX_DELIVERY_BYTES: usize = 4
-    + 1
-    + 4
-    + MAX_ENVELOPE_BYTES
-    + 2
-    + MAX_BLOBS_PER_ENVELOPE * (4 + BLOB_NONCE_LEN + MAX_BLOB_BYTES);
+pub const MAX_DELIVERY_BYTES: usize =
+    4 + 1 + 4 + MAX_ENVELOPE_BYTES + 2 + MAX_BLOBS_PER_ENVELOPE * (4 + MAX_WIRE_BLOB_BYTES);
 
 const SIGNATURE_LEN: usize = 64;
 
@@ -57,22 +54,27 @@ pub struct Genesis {
     hlc: Hlc,
     name: String,
     open: bool,
+    encrypted: bool,
     bytes: Vec<u8>,
 }
 
 /// Genesis flag: anyone who is not banned may post (an open room), rather
 /// than members only.
 const GENESIS_OPEN: u8 = 1;
+/// Genesis flag (format 3): the room's content is end-to-end encrypted.
+const GENESIS_ENCRYPTED: u8 = 2;
 
 impl Genesis {
     /// Signs a new genesis. `nonce` makes two rooms created in the same
-    /// millisecond with the same name distinct; `open` is the join rule.
+    /// millisecond with the same name distinct; `open` is the join rule;
+    /// `encrypted` says the room's content is end-to-end encrypted.
     pub(crate) fn sign(
         key: &DeviceKey,
         hlc: Hlc,
         name: &str,
         nonce: [u8; 16],
         open: bool,
+        encrypted: bool,
     ) -> Result<Self, DecodeError> {
         if name.len() > MAX_ROOM_NAME_BYTES {
             return Err(DecodeError::TooLarge {
@@ -83,15 +85,18 @@ impl Genesis {
         }
         let mut bytes = Vec::with_capacity(128 + name.len());
         bytes.extend_from_slice(GENESIS_MAGIC);
-        bytes.put_u8(ROOM_FORMAT_VERSION);
+        // Unencrypted rooms keep format 2, which earlier releases read.
+        bytes.put_u8(if encrypted { GENESIS_FORMAT_VERSION } else { ROOM_FORMAT_VERSION });
         bytes.extend_from_slice(key.author().as_bytes());
         bytes.put_u64(hlc.as_u64());
         bytes.put_str_u8(name);
-        bytes.put_u8(if open { GENESIS_OPEN } else { 0 });
+        let flags =
+            if open { GENESIS_OPEN } else { 0 } | if encrypted { GENESIS_ENCRYPTED } else { 0 };
+        bytes.put_u8(flags);
         bytes.extend_from_slice(&nonce);
         let signature = key.sign(&bytes);
         bytes.extend_from_slice(&signature);
-        Ok(Self { creator: key.author(), hlc, name: name.to_owned(), open, bytes })
+        Ok(Self { creator: key.author(), hlc, name: name.to_owned(), open, encrypted, bytes })
     }
 
     /// Decodes and verifies a genesis from untrusted bytes.
@@ -99,15 +104,23 @@ impl Genesis {
         check_len(bytes, 4 + 1 + 32 + 8 + 1 + 255 + 1 + 16 + SIGNATURE_LEN, "genesis")?;
         let mut r = Reader::new(bytes);
         let version =
-            check_versioned_header(&mut r, GENESIS_MAGIC, "genesis", ROOM_FORMAT_VERSION)?;
+            check_versioned_header(&mut r, GENESIS_MAGIC, "genesis", GENESIS_FORMAT_VERSION)?;
         let creator = AuthorId(r.array("creator")?);
         let hlc = Hlc(r.u64("hlc")?);
         let name = r.str_u8("room name")?.to_owned();
-        let open = match version {
-            1 => true,
+        let (open, encrypted) = match version {
+            1 => (true, false),
+            2 => match r.u8("flags")? {
+                0 => (false, false),
+                GENESIS_OPEN => (true, false),
+                _ => return Err(DecodeError::InvalidValue("genesis flags").into()),
+            },
+            // Format 3 always says whether the room is encrypted, and is
+            // written only for rooms that are.
             _ => match r.u8("flags")? {
-                0 => false,
-                GENESIS_OPEN => true,
+                f if f & !(GENESIS_OPEN | GENESIS_ENCRYPTED) == 0 && f & GENESIS_ENCRYPTED != 0 => {
+                    (f & GENESIS_OPEN != 0, true)
+                }
                 _ => return Err(DecodeError::InvalidValue("genesis flags").into()),
             },
         };
@@ -116,7 +129,7 @@ impl Genesis {
         let signature: [u8; SIGNATURE_LEN] = r.array("signature")?;
         r.finish()?;
         keys::verify(&creator, &bytes[..signed_len], &signature)?;
-        Ok(Self { creator, hlc, name, open, bytes: bytes.to_vec() })
+        Ok(Self { creator, hlc, name, open, encrypted, bytes: bytes.to_vec() })
     }
 
     /// The room id this genesis founds.
@@ -139,6 +152,12 @@ impl Genesis {
     /// any other room only members do.
     pub fn is_open(&self) -> bool {
         self.open
+    }
+    /// Whether the room's content is end-to-end encrypted: bodies,
+    /// attachments and reactions travel and rest as ciphertext only its
+    /// members' devices can read.
+    pub fn is_encrypted(&self) -> bool {
+        self.encrypted
     }
     /// The signed encoding.
     pub fn as_bytes(&self) -> &[u8] {
@@ -409,7 +428,7 @@ impl Delivery {
         let count = r.count_u16(MAX_BLOBS_PER_ENVELOPE, 4 + BLOB_NONCE_LEN, "blobs")?;
         let mut blobs = Vec::with_capacity(count);
         for _ in 0..count {
-            blobs.push(r.bytes_u32(BLOB_NONCE_LEN + MAX_BLOB_BYTES, "blob")?.to_vec());
+            blobs.push(r.bytes_u32(MAX_WIRE_BLOB_BYTES, "blob")?.to_vec());
         }
         r.finish()?;
         Self::new(envelope, blobs)

@@ -56,9 +56,10 @@ mod sync;
 mod view;
 
 pub use base::{
-    FORMAT_VERSION, MAX_CITED_HEADS, MAX_ROOM_NAME_BYTES, PENDING_AUTHOR_SHARE, ROOM_FORMAT_VERSION,
+    DeviceKeys, FORMAT_VERSION, GENESIS_FORMAT_VERSION, MAX_CITED_HEADS, MAX_ROOM_NAME_BYTES,
+    PENDING_AUTHOR_SHARE, ROOM_FORMAT_VERSION,
 };
-pub use blob::{MAX_BLOB_BYTES, MAX_BODY_BYTES};
+pub use blob::{MAX_BLOB_BYTES, MAX_BODY_BYTES, MAX_WIRE_BLOB_BYTES};
 pub use cert::{DeviceCert, MAX_CERT_BYTES, MAX_TRANSPORT_ID_BYTES};
 pub use clock::{Clock, ManualClock, SystemClock, MAX_HLC_DRIFT_MILLIS};
 pub use doc::{MAX_ATTACHMENTS, MAX_REACTION_BYTES};
@@ -76,10 +77,11 @@ pub use governance::{
 pub use ids::{AuthorId, BlobHash, Cursor, Hlc, MessageId, RoomId, SortKey};
 pub use keys::{client_id, DeviceKey};
 pub use replica::{
-    Anchor, Applied, DeliveryState, Draft, GossipVerdict, InviteReadiness, Judged, Op, Page,
-    Replica, RoomInfo, RoomSnapshot, Sent, Subscription, TimelineItem, TimelineListener,
-    TimelinePage, DEFAULT_DOC_CACHE, DEFAULT_DOC_CACHE_ITEMS, DEFAULT_PENDING_BYTES_PER_ROOM,
-    DEFAULT_PENDING_PER_ROOM, MAX_PAGE,
+    Anchor, Announcement, Applied, DeliveryState, Draft, GossipVerdict, InviteReadiness, Judged,
+    Op, Page, Replica, RoomInfo, RoomOptions, RoomSnapshot, Sent, Subscription, TimelineItem,
+    TimelineListener, TimelinePage, DEFAULT_DOC_CACHE, DEFAULT_DOC_CACHE_ITEMS,
+    DEFAULT_PENDING_BYTES_PER_ROOM, DEFAULT_PENDING_PER_ROOM, HISTORY_SETTING, MAX_PAGE,
+    ROTATE_AFTER_MESSAGES,
 };
 pub use signal::{Signal, SignalKind, SIGNAL_BYTES, SIGNAL_FRESH_MILLIS};
 pub use store::{

@@ -55,8 +55,13 @@ pub struct Message {
     pub hlc: Hlc,
     /// Its place in the timeline.
     pub cursor: Cursor,
-    /// The text, or `None` while its body blob has not arrived.
+    /// The text, or `None` while its body blob has not arrived or (see
+    /// `waiting_for_key`) cannot be decrypted yet.
     pub body: Option<String>,
+    /// In an encrypted room: the body arrived, but this device holds no key
+    /// for it yet (it has asked for one). The message shows once the key
+    /// comes.
+    pub waiting_for_key: bool,
     /// Hashes of its attachments (fetch bytes with `Replica::attachment`).
     pub attachments: Vec<BlobHash>,
     /// The message it replies to.
@@ -184,6 +189,10 @@ impl Row {
     }
 }
 
+/// Turns a reaction entry (author, key suffix, value) into the emoji it
+/// shows, or `None` (see [`render_message`]).
+pub(crate) type Reveal<'a> = dyn FnMut(&AuthorId, &str, Option<&[u8]>) -> Option<String> + 'a;
+
 /// What one message id renders to within its bucket.
 #[derive(Default, Debug, PartialEq, Eq)]
 pub(crate) struct MessageRender {
@@ -207,10 +216,16 @@ fn id_matches_stamp(id: &MessageId, hlc: Hlc) -> bool {
 /// who wrote in that bucket. Rendering a bucket is this function over every
 /// id its documents mention; the replica calls it only for the ids a
 /// transaction changed.
+///
+/// `reveal` turns an author's reaction entry (its key's suffix after the
+/// message id, and its value) into the emoji it shows: the suffix itself in
+/// an unencrypted room; in an encrypted room the decrypted value, or `None`
+/// while its key is not held (that reaction waits).
 pub(crate) fn render_message(
     bucket: u32,
     id: &MessageId,
     docs: &[(AuthorId, &AuthorDoc)],
+    reveal: &mut Reveal<'_>,
 ) -> MessageRender {
     let (lo, hi) = bucket_bounds(bucket);
     let in_bucket = |h: Hlc| lo <= h && h < hi;
@@ -256,10 +271,13 @@ pub(crate) fn render_message(
         }
     }
     let Some((key, post)) = winner else { return out };
-    let mut by_emoji: BTreeMap<&str, BTreeSet<AuthorId>> = BTreeMap::new();
+    let mut by_emoji: BTreeMap<String, BTreeSet<AuthorId>> = BTreeMap::new();
     for (author, doc) in docs {
-        for emoji in doc.reactions(id).into_iter().flatten() {
-            by_emoji.entry(emoji.as_str()).or_default().insert(*author);
+        for suffix in doc.reactions(id).into_iter().flatten() {
+            let value = doc.reaction_value(id, suffix);
+            if let Some(emoji) = reveal(author, suffix, value.as_deref()) {
+                by_emoji.entry(emoji).or_default().insert(*author);
+            }
         }
     }
     // Caps keep every row decodable; which reactions survive a cap depends
@@ -268,7 +286,7 @@ pub(crate) fn render_message(
         .into_iter()
         .take(MAX_ROW_REACTIONS)
         .map(|(emoji, authors)| Reaction {
-            emoji: emoji.to_owned(),
+            emoji,
             authors: authors.into_iter().take(MAX_ROW_REACTORS).collect(),
         })
         .collect();

@@ -19,7 +19,7 @@ fn test_subscription_delivers_insert_update_remove_until_dropped() {
     let mut alice = common::memory_replica(1, &clock);
     let mut bob = common::memory_replica(2, &clock);
     let room = alice.create_room("diffs").unwrap();
-    common::join(&mut bob, &alice, &room);
+    common::join(&mut bob, &mut alice, &room);
     let seen = Arc::new(Recorder::default());
     let sub = alice.subscribe(&room, seen.clone());
 
@@ -92,7 +92,7 @@ fn test_unread_count_follows_read_marker_and_ignores_own_messages() {
     let mut alice = common::memory_replica(1, &clock);
     let mut bob = common::memory_replica(2, &clock);
     let room = alice.create_room("unread").unwrap();
-    common::join(&mut bob, &alice, &room);
+    common::join(&mut bob, &mut alice, &room);
     let mut last = None;
     for i in 0..6 {
         clock.advance(1_000);
@@ -148,15 +148,16 @@ fn test_pending_envelopes_survive_reopen() {
     let clock = Arc::new(ManualClock::new(common::EPOCH_MILLIS));
     let mut alice = common::memory_replica(1, &clock);
     let room = alice.create_room("pending").unwrap();
-    let post = alice.post(&room, Draft::text("hello")).unwrap();
-    let edit = alice.edit(&room, &post.id, "hello, edited").unwrap();
-    {
+    let post = {
         let mut bob =
             Replica::open_with_seed(SledStore::open(dir.path()).unwrap(), clock.clone(), [2; 32])
                 .unwrap();
-        common::join(&mut bob, &alice, &room);
+        common::join(&mut bob, &mut alice, &room);
+        let post = alice.post(&room, Draft::text("hello")).unwrap();
+        let edit = alice.edit(&room, &post.id, "hello, edited").unwrap();
         assert_eq!(bob.apply(&room, vec![edit.delivery]).unwrap(), vec![Ok(Applied::Pending)]);
-    }
+        post
+    };
     let mut bob =
         Replica::open_with_seed(SledStore::open(dir.path()).unwrap(), clock, [2; 32]).unwrap();
     assert_eq!(bob.apply(&room, vec![post.delivery]).unwrap(), vec![Ok(Applied::Applied)]);
@@ -202,8 +203,10 @@ fn test_version_1_store_migrates_to_wanted_blobs_bodies_and_sealed_content() {
     let clock = Arc::new(ManualClock::new(common::EPOCH_MILLIS));
     let mut alice = common::memory_replica(1, &clock);
     let mut bob = common::memory_replica(2, &clock);
-    let room = alice.create_room("old store").unwrap();
-    common::join(&mut bob, &alice, &room);
+    // Stores of version 1 held no encrypted rooms.
+    let plain = concord_core::RoomOptions::default().encrypted(false);
+    let room = alice.create_room_opts("old store", &plain).unwrap();
+    common::join(&mut bob, &mut alice, &room);
     let kept = alice.post(&room, Draft::text("body held")).unwrap();
     let lost = alice.post(&room, Draft::text("body lost")).unwrap();
     let stripped = Delivery { envelope: lost.delivery.envelope.clone(), blobs: Vec::new() };
@@ -307,7 +310,7 @@ fn test_delivery_states_follow_the_reached_watermark_and_read_markers() {
     let mut bob = common::memory_replica(2, &clock);
     let carol = common::memory_replica(3, &clock);
     let room = alice.create_room("states").unwrap();
-    common::join(&mut bob, &alice, &room);
+    common::join(&mut bob, &mut alice, &room);
     let first = alice.post(&room, Draft::text("first")).unwrap();
     let states = |r: &Replica<concord_core::SledStore>| {
         let messages = r.snapshot(&room).unwrap().messages;

@@ -52,6 +52,8 @@ struct Sim {
     own: Vec<Vec<MessageId>>,
     /// Envelopes that had to wait for their causal past.
     pending: usize,
+    /// Envelopes refused for now (nobody's fault) and offered again later.
+    refused_for_now: usize,
     /// Catch-up sessions run, and flights in them answered with governance
     /// only (a banned replica may not read the room).
     syncs: usize,
@@ -77,10 +79,22 @@ impl Sim {
             replicas.push(Replica::open_with_seed(MemoryStore::new(), clock.clone(), key).unwrap());
             clocks.push(clock);
         }
-        let room = replicas[0].create_room("sim").unwrap();
+        // Encrypted, history shared with new readers: keys go out with the
+        // content they open, and whoever lacks one (banned when it was
+        // sent, or not yet known to its sender) asks for it; with history
+        // shared, every reader is entitled to every key, so everyone
+        // converges. What a room that does not share history withholds
+        // from late readers is tested in e2ee.rs.
+        let options = concord_core::RoomOptions::default().share_history(true);
+        let room = replicas[0].create_room_opts("sim", &options).unwrap();
         let (first, rest) = replicas.split_at_mut(1);
         for r in rest {
-            common::join(r, &first[0], &room);
+            common::join(r, &mut first[0], &room);
+        }
+        // The joiners' published keys, which the admin holds now.
+        let gov_wire = replicas[0].governance_since(&room, &[]).unwrap();
+        for r in &mut replicas {
+            r.take_announcements();
         }
         Sim {
             rng,
@@ -89,7 +103,8 @@ impl Sim {
             room,
             wire: Vec::new(),
             withheld: Vec::new(),
-            gov_wire: Vec::new(),
+            gov_wire,
+            refused_for_now: 0,
             gov_changes: 0,
             moderated: 0,
             own: vec![Vec::new(); n],
@@ -196,6 +211,29 @@ impl Sim {
         if let Some(sent) = result {
             self.send(sent.delivery);
         }
+        self.collect_announcements();
+    }
+
+    /// What replicas wrote in answer to peers (room keys, key requests,
+    /// published device keys) goes on the wire, as a node gossips it.
+    fn collect_announcements(&mut self) {
+        for r in 0..self.replicas.len() {
+            self.wire_announcements(r);
+        }
+    }
+
+    /// Puts what `r` announced on the wire; whether there was anything.
+    fn wire_announcements(&mut self, r: usize) -> bool {
+        let answers = self.replicas[r].take_announcements();
+        let any = !answers.is_empty();
+        for a in answers {
+            match a {
+                concord_core::Announcement::Delivery(_, d) => self.wire.push(*d),
+                concord_core::Announcement::Governance(_, g) => self.gov_wire.push(*g),
+                _ => {}
+            }
+        }
+        any
     }
 
     /// A governance action by `r`, if its role allows it: the admin sets
@@ -253,8 +291,16 @@ impl Sim {
         let chunk = batch.len().div_ceil(parts).max(1);
         for part in batch.chunks(chunk) {
             for outcome in self.replicas[r].apply(&self.room, part.to_vec()).unwrap() {
-                let outcome = outcome.expect("an honest envelope was rejected");
-                self.pending += usize::from(outcome == concord_core::Applied::Pending);
+                match outcome {
+                    Ok(applied) => {
+                        self.pending += usize::from(applied == concord_core::Applied::Pending)
+                    }
+                    // Refused for now, nobody's fault: its author is not a
+                    // reader here until governance this replica lacks
+                    // arrives (it stays on the wire and comes again).
+                    Err(e) if !e.is_senders_fault() => self.refused_for_now += 1,
+                    Err(e) => panic!("an honest envelope was rejected: {e:?}"),
+                }
             }
         }
         if self.rng.random_bool(0.25) {
@@ -265,34 +311,8 @@ impl Sim {
     /// The incrementally maintained view of `r` equals a view rendered from
     /// scratch out of the same envelopes: no change may leave a stale view.
     fn check_view_is_fresh(&self, r: usize) {
-        let clock = Arc::new(ManualClock::new(common::EPOCH_MILLIS));
-        let mut fresh = Replica::open_with_seed(MemoryStore::new(), clock, [0xEE; 32]).unwrap();
-        common::join(&mut fresh, &self.replicas[r], &self.room);
-        let out =
-            fresh.apply(&self.room, self.replicas[r].deliveries(&self.room).unwrap()).unwrap();
-        if std::env::var("SIM_DEBUG").is_ok() {
-            for (d, o) in self.replicas[r].deliveries(&self.room).unwrap().iter().zip(&out) {
-                eprintln!(
-                    "{:?} {:?} {:?} blobs={} -> {:?}",
-                    d.envelope.bucket(),
-                    d.envelope.author(),
-                    d.envelope.clock_range(),
-                    d.blobs.len(),
-                    o
-                );
-            }
-            for (t, k, v) in common::dump(self.replicas[r].store()) {
-                if t == concord_core::Tree::Docs || t == concord_core::Tree::Pending {
-                    eprintln!(
-                        "{t:?} {} {}",
-                        hex::encode(&k[32..]),
-                        if t == concord_core::Tree::Docs { hex::encode(&v) } else { String::new() }
-                    );
-                }
-            }
-        }
         assert_eq!(
-            fresh.snapshot(&self.room).unwrap(),
+            common::fresh_view(&self.replicas[r], &self.room),
             self.replicas[r].snapshot(&self.room).unwrap(),
             "replica {r}'s view is stale"
         );
@@ -318,6 +338,11 @@ impl Sim {
     /// evicting forgets, by design, what no peer has.
     fn keep_recent(&mut self, r: usize) {
         self.catch_up(r, 0);
+        // What `r` wrote in answer to that catch-up (key requests, room
+        // keys) exists only at `r` until another catch-up carries it.
+        while self.wire_announcements(r) {
+            self.catch_up(r, 0);
+        }
         let today = concord_core::bucket_of(concord_core::Hlc::new(self.clocks[r].now_millis(), 0));
         let oldest = today.saturating_sub(self.rng.random_range(0..2));
         self.replicas[r].evict_before(&self.room, oldest).unwrap();
@@ -374,6 +399,11 @@ impl Sim {
         }
     }
 
+    /// Messages and reactions waiting for a room key, over every replica.
+    fn waiting_for_keys(&self) -> usize {
+        self.replicas.iter().map(|r| r.waiting_for_keys(&self.room).unwrap()).sum()
+    }
+
     /// Every pair of replicas catches up, twice over: sync alone, without the
     /// wire, must bring everyone to the same room.
     fn sync_all(&mut self) {
@@ -401,6 +431,7 @@ impl Sim {
                     self.deliver_governance(r, true);
                 }
             }
+            self.collect_announcements();
             let mut everything = self.wire.clone();
             for r in &self.replicas {
                 everything.extend(r.deliveries(&self.room).unwrap());
@@ -409,7 +440,10 @@ impl Sim {
                 let mut batch = everything.clone();
                 batch.shuffle(&mut self.rng);
                 for outcome in self.replicas[r].apply(&self.room, batch).unwrap() {
-                    outcome.expect("an honest envelope was rejected");
+                    if let Err(e) = outcome {
+                        // Governance last: refused for now, offered again.
+                        assert!(!e.is_senders_fault(), "an honest envelope was rejected: {e:?}");
+                    }
                 }
                 self.deliver_governance(r, true);
             }
@@ -494,6 +528,8 @@ struct Tally {
     history_fetches: usize,
     gov_changes: usize,
     moderated: usize,
+    /// Rounds after the end in which some replica still waited for a key.
+    waited_for_keys: usize,
 }
 
 fn run_case(seed: u64, tally: &mut Tally) {
@@ -506,11 +542,33 @@ fn run_case(seed: u64, tally: &mut Tally) {
     sim.fetch_all_history();
     // Half the cases end with every envelope delivered directly, half with
     // catch-up sessions alone.
-    if sim.rng.random_bool(0.5) {
-        sim.exchange_all();
-    } else {
+    let by_sync = sim.rng.random_bool(0.5);
+    if by_sync {
         sim.sync_all();
         tally.ended_by_sync += 1;
+    } else {
+        sim.exchange_all();
+    }
+    // Keys asked for travel like anything else: the requests and the room
+    // keys that answer them are envelopes. A few more rounds bring them.
+    let mut rounds = 0;
+    while sim.waiting_for_keys() > 0 {
+        rounds += 1;
+        assert!(
+            rounds <= 6,
+            "keys still missing after {rounds} rounds: {}",
+            sim.waiting_for_keys()
+        );
+        tally.waited_for_keys += 1;
+        sim.collect_announcements();
+        for r in 0..sim.replicas.len() {
+            sim.deliver_governance(r, true);
+        }
+        if by_sync {
+            sim.sync_all();
+        } else {
+            sim.exchange_all();
+        }
     }
     tally.pending += sim.pending;
     tally.syncs += sim.syncs;

@@ -13,9 +13,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use concord_core::{
-    Draft, ManualClock, MemoryStore, MessageId, Op, Replica, SledStore, SystemClock,
-};
+use concord_core::{Draft, MessageId, Op, Replica, SledStore, SystemClock};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -149,13 +147,8 @@ fn test_sigkill_never_loses_an_acknowledged_change() {
             "round {round}: a body was lost"
         );
         // The view agrees with a view rendered from scratch out of the stored envelopes.
-        let mut fresh =
-            Replica::open_with_seed(MemoryStore::new(), Arc::new(ManualClock::new(0)), [6; 32])
-                .unwrap();
-        common::join(&mut fresh, &replica, &room);
-        fresh.apply(&room, replica.deliveries(&room).unwrap()).unwrap();
         assert_eq!(
-            fresh.snapshot(&room).unwrap(),
+            common::fresh_view(&replica, &room),
             snapshot,
             "round {round}: inconsistent view after a crash"
         );

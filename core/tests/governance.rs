@@ -2,6 +2,11 @@
 //! founded with its members, invites are issued and redeemed, changes cross
 //! between replicas in any order, refusals change nothing on disk, and a
 //! reopened store holds the same governance and audit trail.
+//!
+//! The rooms here are unencrypted: these tests count governance changes,
+//! heads and what waits exactly, and in an encrypted room every device adds
+//! a change of its own (its published keys). What encryption adds to
+//! governance is tested in `e2ee.rs`.
 
 mod common;
 
@@ -15,6 +20,19 @@ use concord_core::{
 use yrs::updates::decoder::Decode;
 use yrs::{Any, Map, ReadTxn, Transact};
 
+/// The options of these tests' rooms: unencrypted (see above).
+fn plain() -> concord_core::RoomOptions {
+    concord_core::RoomOptions::default().encrypted(false)
+}
+
+fn create_with<S: concord_core::Store>(
+    r: &mut Replica<S>,
+    name: &str,
+    members: &[(concord_core::AuthorId, Role)],
+) -> RoomId {
+    r.create_room_opts(name, &plain().members_only(members.to_vec())).unwrap()
+}
+
 fn sled_replica(dir: &std::path::Path, seed: u8, clock: &Arc<ManualClock>) -> Replica<SledStore> {
     Replica::open_with_seed(SledStore::open(dir).unwrap(), clock.clone(), [seed; 32]).unwrap()
 }
@@ -27,7 +45,7 @@ fn test_governance_is_founded_shared_refused_and_kept_across_restarts() {
     let mut bob = sled_replica(dirs[1].path(), 2, &clock);
     let mut carol = sled_replica(dirs[2].path(), 3, &clock);
 
-    let room = alice.create_room_with("crew", &[(bob.author(), Role::Moderator)]).unwrap();
+    let room = create_with(&mut alice, "crew", &[(bob.author(), Role::Moderator)]);
     assert_eq!(alice.governance(&room).unwrap().role(&alice.author()), Some(Role::Admin));
     clock.advance(5);
     let (invite, _) = alice.invite(&room, Role::Member, Some(carol.author()), None).unwrap();
@@ -96,7 +114,7 @@ fn test_a_corrupt_governance_record_is_a_typed_error_on_open() {
     let dir = tempfile::tempdir().unwrap();
     let room = {
         let mut r = sled_replica(dir.path(), 1, &clock);
-        r.create_room("crew").unwrap()
+        r.create_room_opts("crew", &plain()).unwrap()
     };
     {
         // The replica's store lets go of its lock shortly after the drop.
@@ -147,18 +165,17 @@ fn crew() -> Crew {
     let mut mia = common::memory_replica(3, &clock);
     let mut rob = common::memory_replica(4, &clock);
     let mut eve = common::memory_replica(5, &clock);
-    let room = alice
-        .create_room_with(
-            "crew",
-            &[
-                (moderator.author(), Role::Moderator),
-                (mia.author(), Role::Member),
-                (rob.author(), Role::ReadOnly),
-            ],
-        )
-        .unwrap();
+    let room = create_with(
+        &mut alice,
+        "crew",
+        &[
+            (moderator.author(), Role::Moderator),
+            (mia.author(), Role::Member),
+            (rob.author(), Role::ReadOnly),
+        ],
+    );
     for r in [&mut moderator, &mut mia, &mut rob, &mut eve] {
-        common::join(r, &alice, &room);
+        common::join(r, &mut alice, &room);
     }
     clock.advance(10);
     Crew { clock, alice, moderator, mia, rob, eve, room }
@@ -549,8 +566,8 @@ fn test_an_open_room_serves_everyone_but_the_banned() {
     let mut alice = common::memory_replica(1, &clock);
     let mut bob = common::memory_replica(2, &clock);
     let mut stranger = common::memory_replica(3, &clock);
-    let room = alice.create_room("open").unwrap();
-    common::join(&mut bob, &alice, &room);
+    let room = alice.create_room_opts("open", &plain()).unwrap();
+    common::join(&mut bob, &mut alice, &room);
     stranger.join_room(alice.genesis(&room).unwrap().as_bytes()).unwrap();
     alice.post(&room, Draft::text("hello all")).unwrap();
     let now = clock.now_millis();

@@ -48,8 +48,8 @@ fn world() -> World {
     let clock = Arc::new(ManualClock::new(common::EPOCH_MILLIS));
     let mut alice = common::memory_replica(1, &clock);
     let mut bob = common::memory_replica(2, &clock);
-    let room = alice.create_room("hostile").unwrap();
-    common::join(&mut bob, &alice, &room);
+    let room = alice.create_room_opts("hostile", &plain()).unwrap();
+    common::join(&mut bob, &mut alice, &room);
     clock.advance(10);
     let post = alice
         .post(
@@ -64,10 +64,17 @@ fn world() -> World {
     World { clock, alice, bob, room, post }
 }
 
+/// The options of these tests' rooms: unencrypted, since the forgeries here
+/// are built by hand from the documented formats of unencrypted content;
+/// forged room keys and ciphertexts of encrypted rooms are in `e2ee.rs`.
+fn plain() -> concord_core::RoomOptions {
+    concord_core::RoomOptions::default().encrypted(false)
+}
+
 /// A replica holding only the room's genesis, for tests that need a clean one.
 fn fresh(w: &World, seed: u8) -> Replica<MemoryStore> {
     let mut r = common::memory_replica(seed, &w.clock);
-    common::join(&mut r, &w.alice, &w.room);
+    common::join_quietly(&mut r, &w.alice, &w.room);
     r
 }
 
@@ -424,9 +431,9 @@ fn test_oversized_inputs_are_rejected_before_parsing() {
 #[test]
 fn test_replayed_delivery_into_another_room_is_rejected_and_into_same_room_is_duplicate() {
     let mut w = world();
-    let other = w.alice.create_room("elsewhere").unwrap();
-    common::join(&mut w.bob, &w.alice, &other);
-    let unknown = w.alice.create_room("bob was never invited").unwrap();
+    let other = w.alice.create_room_opts("elsewhere", &plain()).unwrap();
+    common::join(&mut w.bob, &mut w.alice, &other);
+    let unknown = w.alice.create_room_opts("bob was never invited", &plain()).unwrap();
     // What an eavesdropper captured off the wire.
     let wire = w.post.delivery.to_bytes();
     let replay = || Delivery::from_bytes(&wire).unwrap();
@@ -1021,7 +1028,7 @@ fn test_sync_protocol_violations_are_typed_errors() {
     assert!(s.is_failed());
     assert_eq!(s.handle(&mut w.bob, b"", now), Err(SyncError::Closed));
 
-    let other = w.alice.create_room("another").unwrap();
+    let other = w.alice.create_room_opts("another", &plain()).unwrap();
     let elsewhere = SyncMessage::Fetch { room: other, before: 9, min_envelopes: 1 }.to_bytes();
     let mut s = SyncSession::respond(&w.bob, &room, now);
     assert_eq!(
@@ -1055,7 +1062,7 @@ fn test_sync_protocol_violations_are_typed_errors() {
 fn test_signals_verify_and_refuse_forged_stale_truncated_and_oversized() {
     let clock = Arc::new(ManualClock::new(1_750_000_000_000));
     let mut alice = common::memory_replica(1, &clock);
-    let room = alice.create_room("signals").unwrap();
+    let room = alice.create_room_opts("signals", &plain()).unwrap();
     let now = clock.now_millis();
     let signed = alice.signal(&room, SignalKind::Typing).unwrap();
     assert_eq!(signed.len(), SIGNAL_BYTES);
@@ -1100,7 +1107,7 @@ fn test_signals_verify_and_refuse_forged_stale_truncated_and_oversized() {
 fn test_random_signal_mutations_are_refused() {
     let clock = Arc::new(ManualClock::new(1_750_000_000_000));
     let mut alice = common::memory_replica(1, &clock);
-    let room = alice.create_room("signals").unwrap();
+    let room = alice.create_room_opts("signals", &plain()).unwrap();
     let now = clock.now_millis();
     let signed = alice.signal(&room, SignalKind::Online).unwrap();
     check(
@@ -1132,7 +1139,7 @@ fn member_posts(
     clock: &Arc<ManualClock>,
 ) -> Vec<Delivery> {
     let mut member = common::memory_replica(seed, clock);
-    common::join(&mut member, host, room);
+    common::join_quietly(&mut member, host, room);
     (0..count)
         .map(|i| {
             clock.advance(1);
@@ -1160,9 +1167,9 @@ fn test_what_waits_forever_is_capped_per_room_and_honest_envelopes_still_apply()
         bob
     };
     let mut alice = common::memory_replica(1, &clock);
-    let room = alice.create_room("open").unwrap();
+    let room = alice.create_room_opts("open", &plain()).unwrap();
     let mut bob = open_bob();
-    common::join(&mut bob, &alice, &room);
+    common::join(&mut bob, &mut alice, &room);
     // Mallory, a member of the open room, posts 41 messages; Bob is offered
     // all but the first, so they all wait for it, and may wait forever.
     let posts = member_posts(3, 41, &alice, &room, &clock);
@@ -1198,7 +1205,7 @@ fn test_what_waits_forever_is_capped_per_room_and_honest_envelopes_still_apply()
     // The byte limit holds as well: an author's share has room for three
     // records, not four.
     let mut carol = common::memory_replica(4, &clock);
-    common::join(&mut carol, &alice, &room);
+    common::join(&mut carol, &mut alice, &room);
     let record = posts[1].to_bytes().len() as u64 + 64;
     carol.set_pending_limit(usize::MAX, 4 * 3 * record);
     let outcomes = carol.apply(&room, posts[1..10].to_vec()).unwrap();
@@ -1209,9 +1216,9 @@ fn test_what_waits_forever_is_capped_per_room_and_honest_envelopes_still_apply()
 fn test_one_key_fills_only_its_share_of_what_waits() {
     let clock = Arc::new(ManualClock::new(common::EPOCH_MILLIS));
     let mut alice = common::memory_replica(1, &clock);
-    let room = alice.create_room("open").unwrap();
+    let room = alice.create_room_opts("open", &plain()).unwrap();
     let mut bob = common::memory_replica(2, &clock);
-    common::join(&mut bob, &alice, &room);
+    common::join(&mut bob, &mut alice, &room);
     bob.set_pending_limit(8, u64::MAX);
     assert_eq!(concord_core::PENDING_AUTHOR_SHARE, 4, "the numbers below assume a quarter");
     // Five keys each send three posts whose first never comes: each of the

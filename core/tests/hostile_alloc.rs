@@ -130,7 +130,7 @@ fn samples() -> Samples {
         )
         .unwrap();
     let mut bob = common::memory_replica(2, &clock);
-    common::join(&mut bob, &alice, &room);
+    common::join(&mut bob, &mut alice, &room);
     bob.post(&room, Draft::text("from bob")).unwrap();
     let sync = common::sync_pair(&mut bob, &mut alice, &room, clock.now_millis()).transcript;
     Samples {

@@ -26,6 +26,13 @@ fn open(
     Replica::open_with_seed(store, clock.clone(), [seed; 32]).unwrap()
 }
 
+/// The outbox records blobs as they travel; these tests read their
+/// contents, so their rooms are unencrypted (an encrypted room's blobs are
+/// ciphertext, recorded the same way).
+fn plain() -> concord_core::RoomOptions {
+    concord_core::RoomOptions::default().encrypted(false)
+}
+
 fn kinds(records: &[(u64, OutboxRecord)]) -> Vec<&'static str> {
     records
         .iter()
@@ -47,7 +54,7 @@ fn test_commits_record_rooms_envelopes_blobs_and_erasures_until_acked() {
     let (room, kept, seqs) = {
         let mut replica = open(&path, &clock, 1);
         let outbox = replica.store().outbox();
-        let room = replica.create_room("outbox").unwrap();
+        let room = replica.create_room_opts("outbox", &plain()).unwrap();
         // The room and its governance's founding change, in one commit.
         assert_eq!(kinds(&outbox.pending(100).unwrap()), ["room", "governance"]);
         let kept = replica.post(&room, Draft::text("kept body")).unwrap();
@@ -85,7 +92,7 @@ fn test_an_erased_blob_leaves_no_waiting_copy_in_the_outbox() {
     let clock = Arc::new(ManualClock::new(common::EPOCH_MILLIS));
     let mut replica = open(&dir.path().join("relay"), &clock, 2);
     let outbox = replica.store().outbox();
-    let room = replica.create_room("erasure").unwrap();
+    let room = replica.create_room_opts("erasure", &plain()).unwrap();
     let secret = replica.post(&room, Draft::text(CANARY)).unwrap();
     replica.post(&room, Draft::text("an ordinary message")).unwrap();
     // The mirror is down: the canary waits in the outbox.
@@ -120,10 +127,10 @@ fn test_envelopes_applied_from_a_peer_are_recorded_with_their_blobs() {
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(ManualClock::new(common::EPOCH_MILLIS));
     let mut alice = common::memory_replica(3, &clock);
-    let room = alice.create_room("from a peer").unwrap();
+    let room = alice.create_room_opts("from a peer", &plain()).unwrap();
     alice.post(&room, Draft::text("hello relay")).unwrap();
     let mut relay = open(&dir.path().join("relay"), &clock, 4);
-    common::join(&mut relay, &alice, &room);
+    common::join(&mut relay, &mut alice, &room);
     let outbox = relay.store().outbox();
     outbox.ack(outbox.pending(100).unwrap().into_iter().map(|(s, _)| s)).unwrap();
     let deliveries = alice.deliveries(&room).unwrap();

@@ -28,7 +28,7 @@ fn world() -> World {
     let mut alice = memory_replica(1, &clock);
     let mut bob = memory_replica(2, &clock);
     let room = alice.create_room("policy").unwrap();
-    join(&mut bob, &alice, &room);
+    join(&mut bob, &mut alice, &room);
     World { clock, alice, bob, room }
 }
 

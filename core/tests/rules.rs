@@ -23,8 +23,9 @@ fn room() -> Room {
     let mut bob = common::memory_replica(2, &clock);
     let mut carol = common::memory_replica(3, &clock);
     let id = alice.create_room("rules").unwrap();
-    common::join(&mut bob, &alice, &id);
-    common::join(&mut carol, &alice, &id);
+    common::join(&mut bob, &mut alice, &id);
+    common::join(&mut carol, &mut alice, &id);
+    common::spread_governance(&alice, &mut bob, &id);
     Room { clock, alice, bob, carol, id }
 }
 
@@ -176,7 +177,7 @@ fn test_order_is_hlc_author_id_and_stable() {
     let late_clock = Arc::new(ManualClock::new(common::EPOCH_MILLIS - 60_000));
     let mut dave =
         Replica::open_with_seed(MemoryStore::new(), late_clock.clone(), [4; 32]).unwrap();
-    common::join(&mut dave, &r.alice, &r.id);
+    common::join(&mut dave, &mut r.alice, &r.id);
     let late = dave.post(&r.id, Draft::text("written offline")).unwrap();
     r.clock.advance(1_000);
     let after = r.alice.post(&r.id, Draft::text("later")).unwrap();

@@ -42,7 +42,7 @@ impl Pair {
         let mut x = common::memory_replica(1, &clock);
         let mut y = common::memory_replica(2, &clock);
         let room = x.create_room("sync cost").unwrap();
-        common::join(&mut y, &x, &room);
+        common::join(&mut y, &mut x, &room);
         let rng = ChaCha8Rng::seed_from_u64(seed);
         Self { clock, x, y, room, rng, deletes, live: [Vec::new(), Vec::new()] }
     }
@@ -190,7 +190,7 @@ fn test_catch_up_heals_missing_blobs_and_never_sends_erased_ones() {
     let mut x = common::memory_replica(1, &clock);
     let mut y = common::memory_replica(2, &clock);
     let room = x.create_room("blobs").unwrap();
-    common::join(&mut y, &x, &room);
+    common::join(&mut y, &mut x, &room);
     let canary = b"CANARY-7f3a-never-leaves";
     let keep = x.post(&room, Draft::text("a body that must arrive")).unwrap();
     clock.advance(1_000);
@@ -225,7 +225,7 @@ fn test_identical_replicas_exchange_one_round_trip_of_digests() {
     let mut x = common::memory_replica(1, &clock);
     let mut y = common::memory_replica(2, &clock);
     let room = x.create_room("same").unwrap();
-    common::join(&mut y, &x, &room);
+    common::join(&mut y, &mut x, &room);
     let mut ds = Vec::new();
     for i in 0..30 {
         ds.push(x.post(&room, Draft::text(format!("m{i}"))).unwrap().delivery);
@@ -269,7 +269,7 @@ fn test_windowed_replica_fetches_older_buckets_when_paging_back() {
     let mut full = common::memory_replica(1, &clock);
     let mut phone = common::memory_replica(2, &clock);
     let room = full.create_room("history").unwrap();
-    phone.join_room(full.genesis(&room).unwrap().as_bytes()).unwrap();
+    common::join(&mut phone, &mut full, &room);
     // Ten days with ten messages each.
     let mut all = Vec::new();
     for day in 0..10 {

@@ -68,6 +68,8 @@ pub(crate) const SEALED_KEY_BYTES: usize = 32 + SEAL_OVERHEAD;
 
 /// A `bodies-2` value's first byte when the text follows.
 pub(crate) const BODY_TEXT: u8 = 0;
+/// A `bodies-2` value, whole, for a body that waits for its room key.
+pub(crate) const BODY_WAITING: u8 = 1;
 
 /// Associated data that binds a sealed value to its tree and key.
 pub(crate) fn aad(tree: Tree, key: &[u8]) -> Vec<u8> {

@@ -1,7 +1,7 @@
 //! Governance actions and roles, their binary encoding, and the rule that
 //! says who may perform which action.
 
-use crate::base::{DecodeError, MAX_ROOM_NAME_BYTES};
+use crate::base::{DecodeError, DeviceKeys, MAX_ROOM_NAME_BYTES};
 pub use crate::base::{Denied, Role};
 use crate::codec::{Reader, Writer};
 use crate::ids::AuthorId;
@@ -74,6 +74,9 @@ pub enum Action {
     },
     /// Joins the room by redeeming an invite; the author is the invitee.
     Join(Invite),
+    /// Publishes the author's device encryption keys, to which the room's
+    /// members encrypt room keys (any reader, for their own keys only).
+    PublishKeys(DeviceKeys),
 }
 
 const TAG_INIT: u8 = 0;
@@ -87,6 +90,7 @@ const TAG_UNBAN: u8 = 7;
 const TAG_INVITE: u8 = 8;
 const TAG_REVOKE: u8 = 9;
 const TAG_JOIN: u8 = 10;
+const TAG_PUBLISH_KEYS: u8 = 11;
 
 /// The prefix of the automerge change message that carries an action.
 pub(crate) const MESSAGE_PREFIX: &str = "concord-gov/1 ";
@@ -171,6 +175,10 @@ impl Action {
                 out.put_u8(TAG_REVOKE);
                 out.extend_from_slice(invite.as_bytes());
             }
+            Action::PublishKeys(keys) => {
+                out.put_u8(TAG_PUBLISH_KEYS);
+                out.extend_from_slice(&keys.to_bytes());
+            }
         }
         out
     }
@@ -218,6 +226,10 @@ impl Action {
                 }
             }
             TAG_REVOKE => Action::Revoke { invite: InviteId(r.array("invite id")?) },
+            TAG_PUBLISH_KEYS => {
+                let keys: [u8; DeviceKeys::LEN] = r.array("device keys")?;
+                Action::PublishKeys(DeviceKeys::from_bytes(&keys)?)
+            }
             _ => return Err(DecodeError::InvalidValue("action")),
         };
         r.finish()?;
@@ -259,6 +271,9 @@ impl Action {
             Action::Revoke { invite } => format!("revoked invite {invite}"),
             Action::Join(invite) => {
                 format!("joined as {} by invite {}", invite.role(), invite.id())
+            }
+            Action::PublishKeys(keys) => {
+                format!("published device keys {}", keys.fingerprint())
             }
         }
     }
@@ -373,6 +388,9 @@ pub(crate) fn authorize(
             }
             Ok(())
         }
+        // A reader publishes its own keys; the change's signature binds them
+        // to its author key.
+        Action::PublishKeys(_) => Ok(()),
     }
 }
 

@@ -9,7 +9,12 @@
 //!   bans:     { author hex: { by: author hex } }
 //!   invites:  { invite hex: invite bytes }      registered, not revoked
 //!   redeemed: { "invite hex/author hex": time } every redemption
+//!   "keys/<author hex>": identity ‖ fallback ‖ time i64   device keys
 //! ```
+//!
+//! Device keys sit in root keys of their own, one per author, rather than
+//! in a map: two authors publishing at once would otherwise each create
+//! the map, and one map with its entry would lose.
 //!
 //! Removing a member deletes its map, so a concurrent change of that
 //! member's role (a write inside the deleted map) does not bring it back.
@@ -23,6 +28,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use automerge::transaction::Transactable;
 use automerge::{AutoCommit, AutomergeError, ChangeHash, ObjId, ObjType, ReadDoc, Value, ROOT};
 
+use crate::base::DeviceKeys;
 use crate::ids::{AuthorId, RoomId};
 
 use super::action::{Action, Role};
@@ -38,6 +44,7 @@ const REDEEMED: &str = "redeemed";
 const ROLE: &str = "role";
 const BY: &str = "by";
 const VIA: &str = "via";
+const KEYS_PREFIX: &str = "keys/";
 
 /// A member as the governance state has it.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -64,6 +71,7 @@ pub struct GovState {
     bans: BTreeMap<AuthorId, AuthorId>,
     invites: BTreeMap<InviteId, Invite>,
     redeemed: BTreeSet<InviteId>,
+    device_keys: BTreeMap<AuthorId, (DeviceKeys, i64)>,
 }
 
 impl GovState {
@@ -138,6 +146,23 @@ impl GovState {
     pub fn is_redeemed(&self, id: &InviteId) -> bool {
         self.redeemed.contains(id)
     }
+    /// The device keys an author last published, if any (readers or not).
+    pub fn device_keys(&self, author: &AuthorId) -> Option<DeviceKeys> {
+        self.device_keys.get(author).map(|(k, _)| *k)
+    }
+    /// When an author last published its device keys (milliseconds).
+    pub fn keys_published(&self, author: &AuthorId) -> Option<i64> {
+        self.device_keys.get(author).map(|(_, t)| *t)
+    }
+    /// Every author that may read the room and has published device keys:
+    /// the devices room keys are shared with.
+    pub fn readers_with_keys(&self) -> Vec<(AuthorId, DeviceKeys)> {
+        self.device_keys
+            .iter()
+            .filter(|(a, _)| self.role(a).is_some())
+            .map(|(a, (k, _))| (*a, *k))
+            .collect()
+    }
     /// Invites registered and neither redeemed nor revoked.
     pub fn pending_invites(&self) -> impl Iterator<Item = &Invite> {
         self.invites.values().filter(|i| !self.redeemed.contains(&i.id()))
@@ -159,6 +184,7 @@ impl GovState {
             bans: BTreeMap::new(),
             invites: BTreeMap::new(),
             redeemed: BTreeSet::new(),
+            device_keys: BTreeMap::new(),
         }
     }
 
@@ -211,6 +237,20 @@ impl GovState {
             }
         }
         state.redeemed = winners.keys().copied().collect();
+        for key in at.keys(&ROOT) {
+            let Some(author) = key.strip_prefix(KEYS_PREFIX).and_then(|a| a.parse().ok()) else {
+                continue;
+            };
+            let Some(value) = at.bytes(&ROOT, &key)? else { continue };
+            if value.len() != DeviceKeys::LEN + 8 {
+                continue;
+            }
+            if let Ok(keys) = DeviceKeys::from_bytes(&value[..DeviceKeys::LEN]) {
+                let mut time = [0u8; 8];
+                time.copy_from_slice(&value[DeviceKeys::LEN..]);
+                state.device_keys.insert(author, (keys, i64::from_be_bytes(time)));
+            }
+        }
         for key in at.keys(&members) {
             let (Ok(author), Some(member)) = (key.parse::<AuthorId>(), at.object(&members, &key)?)
             else {
@@ -378,6 +418,11 @@ pub(crate) fn write(
             put_member(doc, &members, author, invite.role(), &invite.issuer(), Some(invite))?;
             let redeemed = required(doc, REDEEMED)?;
             doc.put(&redeemed, format!("{}/{author}", invite.id()), time)?;
+        }
+        Action::PublishKeys(keys) => {
+            let mut value = keys.to_bytes().to_vec();
+            value.extend_from_slice(&time.to_be_bytes());
+            doc.put(ROOT, format!("{KEYS_PREFIX}{author}"), value)?;
         }
     }
     Ok(())

@@ -14,7 +14,7 @@ use crate::ids::{AuthorId, RoomId};
 use crate::store::tables;
 use crate::store::{KeyRange, Order, Store, Tree, WriteBatch};
 
-use super::Replica;
+use super::{Replica, RoomOptions, HISTORY_SETTING};
 
 const CONTEXT_INVITE_ID: &str = "concord 2026 invite id v1";
 
@@ -103,7 +103,13 @@ impl<S: Store> Replica<S> {
     /// Creates a room of members only: this device is its admin, `members`
     /// have their roles, and everyone else joins by invite. Returns its id.
     pub fn create_room_with(&mut self, name: &str, members: &[(AuthorId, Role)]) -> Result<RoomId> {
-        self.found_room(name, members, false)
+        self.create_room_opts(name, &RoomOptions::default().members_only(members.to_vec()))
+    }
+
+    /// Creates a room as `options` say and returns its id.
+    pub fn create_room_opts(&mut self, name: &str, options: &RoomOptions) -> Result<RoomId> {
+        let members = options.members.clone().unwrap_or_default();
+        self.found_room(name, &members, options)
     }
 
     /// Signs a genesis and the governance's founding change, and stores both
@@ -112,16 +118,30 @@ impl<S: Store> Replica<S> {
         &mut self,
         name: &str,
         members: &[(AuthorId, Role)],
-        open: bool,
+        options: &RoomOptions,
     ) -> Result<RoomId> {
-        let genesis = self.sign_genesis(name, open)?;
+        let open = options.is_open();
+        let genesis = self.sign_genesis(name, open, options.is_encrypted())?;
         let room = genesis.room_id();
         let mut gov = Governance::new(room, self.key.author(), open);
-        let init = Action::Init { name: name.to_owned(), members: members.to_vec() };
-        let time = self.gov_time();
-        let change = gov.act(&self.key, init, time).map_err(Error::Governance)?;
+        let mut actions = vec![Action::Init { name: name.to_owned(), members: members.to_vec() }];
+        if options.is_encrypted() {
+            if options.share_history {
+                actions.push(Action::SetSetting {
+                    key: HISTORY_SETTING.into(),
+                    value: "shared".into(),
+                });
+            }
+            if let Some(keys) = self.device_keys()? {
+                actions.push(Action::PublishKeys(keys));
+            }
+        }
         let mut batch = WriteBatch::new();
-        stage(&mut batch, &change);
+        for action in actions {
+            let time = self.gov_time();
+            let change = gov.act(&self.key, action, time).map_err(Error::Governance)?;
+            stage(&mut batch, &change);
+        }
         self.add_room_with(genesis, batch)?;
         self.govs.insert(room, gov);
         Ok(room)
@@ -294,6 +314,8 @@ impl<S: Store> Replica<S> {
         room: &RoomId,
         changes: Vec<GovChange>,
     ) -> Result<Vec<Result<GovApplied, GovError>>> {
+        let me = self.author();
+        let was_reader = self.may_read(room, &me)?;
         let gov = self.gov_mut(room)?;
         let mut batch = WriteBatch::new();
         let mut outcomes = vec![Ok(GovApplied::Duplicate); changes.len()];
@@ -314,6 +336,17 @@ impl<S: Store> Replica<S> {
         if accepted > 0 {
             self.commit_governance(room, batch)?;
             self.retry_pending(room)?;
+            // Admitted to an encrypted room (or its founding arrived): this
+            // device publishes its keys, so members share room keys with it.
+            let published = self.publish_keys_if_needed(room)?;
+            let renew = published.is_some() || (!was_reader && self.may_read(room, &me)?);
+            if let Some(change) = published {
+                self.announce_governance(*room, change);
+            }
+            // Back as a reader, or with new keys: ask again for what waits.
+            if renew && self.is_encrypted(room)? {
+                self.renew_key_requests(room)?;
+            }
         }
         Ok(outcomes)
     }

@@ -104,6 +104,13 @@ impl<S: Store> Replica<S> {
                 batch.delete(Tree::Reads, k);
             }
         }
+        // Messages of evicted buckets wait for no key any more.
+        for (k, v) in self.room_records(Tree::KeyWaits, room)? {
+            let bucket = k.get(64..68).and_then(|b| b.try_into().ok()).map(u32::from_be_bytes);
+            if bucket.is_some_and(|b| b < oldest) || v.is_empty() {
+                batch.delete(Tree::KeyWaits, k);
+            }
+        }
         // The evicted buckets' keys go, and the next shred makes their
         // sealed content on disk unreadable.
         for (k, _) in self.store.scan(Tree::BucketKeys, &range, Order::Ascending, usize::MAX)? {

@@ -10,6 +10,7 @@ use super::tx::Tx;
 use super::{corrupt, Replica};
 use crate::base::{Denied, Role, MAX_CITED_HEADS};
 use crate::blob::{self, BLOB_NONCE_LEN, MAX_BLOB_BYTES, MAX_BODY_BYTES};
+use crate::crypto::megolm::ContentKind;
 use crate::doc::{DocChange, PostRecord, TombstoneRecord, MAX_ATTACHMENTS, MAX_REACTION_BYTES};
 use crate::envelope::{Delivery, Envelope, EnvelopeFields};
 use crate::error::GovError;
@@ -185,7 +186,16 @@ impl<S: Store> Replica<S> {
                 check_text(&text)?;
                 let (key, post) = self.own_live_post(tx, &room, &id)?;
                 let hlc = self.hlc.tick(self.clock.now_millis());
-                let body = self.seal_blob(&id, hlc, 0, text.as_bytes());
+                let bucket = bucket_of(key.hlc);
+                let body = self.content_blob(
+                    tx,
+                    room,
+                    bucket,
+                    ContentKind::Body,
+                    &id,
+                    hlc,
+                    text.as_bytes(),
+                )?;
                 let record = PostRecord { body: blob::hash(&body), edited: Some(hlc), ..post };
                 let blobs = vec![body];
                 self.local_change(tx, room, key, hlc, DocChange::Post { id, record }, blobs)
@@ -216,14 +226,28 @@ impl<S: Store> Replica<S> {
                 }
                 let key = self.live_message(tx, &room, &id)?;
                 let hlc = self.hlc.tick(self.clock.now_millis());
-                self.local_change(
-                    tx,
-                    room,
-                    key,
-                    hlc,
-                    DocChange::React { id, emoji, hlc, on },
-                    Vec::new(),
-                )
+                let change = if self.is_encrypted(&room)? {
+                    // The emoji travels encrypted; the entry's key is a tag
+                    // only this device makes, the same for the same emoji.
+                    let tag = self.reaction_tag(&room, &id, &emoji);
+                    let sealed = if on {
+                        let bucket = bucket_of(key.hlc);
+                        Some(self.encrypt_content(
+                            tx,
+                            &room,
+                            bucket,
+                            ContentKind::Reaction,
+                            &id,
+                            emoji.as_bytes(),
+                        )?)
+                    } else {
+                        None
+                    };
+                    DocChange::ReactSealed { id, tag, hlc, sealed }
+                } else {
+                    DocChange::React { id, emoji, hlc, on }
+                };
+                self.local_change(tx, room, key, hlc, change, Vec::new())
             }
             Op::MarkRead { room, id } => {
                 let key = self.live_message(tx, &room, &id)?;
@@ -249,10 +273,20 @@ impl<S: Store> Replica<S> {
         }
         let hlc = self.hlc.tick(self.clock.now_millis());
         let id = self.new_message_id(hlc);
-        let body = self.seal_blob(&id, hlc, 0, draft.text.as_bytes());
+        let bucket = bucket_of(hlc);
+        let body = self.content_blob(
+            tx,
+            room,
+            bucket,
+            ContentKind::Body,
+            &id,
+            hlc,
+            draft.text.as_bytes(),
+        )?;
         let mut blobs = vec![body];
         for (i, a) in draft.attachments.iter().enumerate() {
-            blobs.push(self.seal_blob(&id, hlc, i as u8 + 1, a));
+            let kind = ContentKind::Attachment(i as u8 + 1);
+            blobs.push(self.content_blob(tx, room, bucket, kind, &id, hlc, a)?);
         }
         let record = PostRecord {
             hlc,
@@ -281,8 +315,11 @@ impl<S: Store> Replica<S> {
         let author = self.key.author();
         let dk = (room, bucket, author);
         self.load_doc(tx, dk)?;
+        // Room keys this change's content needs go in the same update.
+        let mut changes = self.take_own_changes(tx, &room, bucket);
+        changes.push(change);
         let doc = self.docs.get_mut(&dk).ok_or_else(|| corrupt(Tree::Docs, "document vanished"))?;
-        let update = doc.change(&change);
+        let update = doc.change(&changes);
         tx.affect(dk, doc.take_changes());
         tx.docs.insert(dk);
         let hashes: Vec<BlobHash> = blobs.iter().map(|b| blob::hash(b)).collect();
@@ -304,6 +341,29 @@ impl<S: Store> Replica<S> {
         stage_envelope(tx, &envelope);
         tx.offer(room, bucket, blobs.clone());
         Ok(Sent { id: target.id, delivery: Delivery { envelope, blobs } })
+    }
+
+    /// The blob of one piece of content of message `id` in `bucket`:
+    /// encrypted in an encrypted room, else nonce-sealed.
+    #[allow(clippy::too_many_arguments)]
+    fn content_blob(
+        &mut self,
+        tx: &mut Tx,
+        room: RoomId,
+        bucket: u32,
+        kind: ContentKind,
+        id: &MessageId,
+        hlc: Hlc,
+        content: &[u8],
+    ) -> Result<Vec<u8>> {
+        if self.is_encrypted(&room)? {
+            return self.encrypt_content(tx, &room, bucket, kind, id, content);
+        }
+        let index = match kind {
+            ContentKind::Attachment(n) => n,
+            _ => 0,
+        };
+        Ok(self.seal_blob(id, hlc, index, content))
     }
 
     pub(super) fn seal_blob(&self, id: &MessageId, hlc: Hlc, index: u8, content: &[u8]) -> Vec<u8> {

@@ -43,6 +43,7 @@ use crate::store::{KeyRange, Order, Store, Tree, WriteBatch};
 mod apply;
 mod delivery;
 mod doc_cache;
+mod e2ee;
 mod governance;
 mod history;
 mod local;
@@ -56,6 +57,7 @@ mod tx;
 pub use apply::{Applied, GossipVerdict, Judged};
 pub use delivery::{DeliveryState, TimelineItem, TimelinePage};
 pub use doc_cache::{DEFAULT_DOC_CACHE, DEFAULT_DOC_CACHE_ITEMS};
+pub use e2ee::{Announcement, HISTORY_SETTING, ROTATE_AFTER_MESSAGES};
 pub use governance::InviteReadiness;
 pub use local::{Draft, Op, Sent};
 pub use pending::{DEFAULT_PENDING_BYTES_PER_ROOM, DEFAULT_PENDING_PER_ROOM};
@@ -70,6 +72,52 @@ use tx::{DocKey, Tx};
 const CONTEXT_ROOM_NONCE: &str = "concord 2026 room genesis nonce v1";
 const CONTEXT_NETWORK_KEY: &str = "concord 2026 network identity v1";
 
+/// How a room is made: who may join, and whether its content is end-to-end
+/// encrypted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RoomOptions {
+    members: Option<Vec<(AuthorId, crate::base::Role)>>,
+    encrypted: bool,
+    share_history: bool,
+}
+
+impl Default for RoomOptions {
+    /// An open room, end-to-end encrypted, history not shared with new members.
+    fn default() -> Self {
+        Self { members: None, encrypted: true, share_history: false }
+    }
+}
+
+impl RoomOptions {
+    /// A room of members only: the creator is admin, `members` have their
+    /// roles, everyone else joins by invite.
+    pub fn members_only(mut self, members: Vec<(AuthorId, crate::base::Role)>) -> Self {
+        self.members = Some(members);
+        self
+    }
+    /// End-to-end encrypted (the default) or not. An unencrypted room's
+    /// content travels and is served in the clear, to every reader and to
+    /// relays; choose it only for rooms that are public anyway.
+    pub fn encrypted(mut self, on: bool) -> Self {
+        self.encrypted = on;
+        self
+    }
+    /// Whether a new member gets room keys for history from before it
+    /// joined (off by default: keys for messages from its joining on).
+    pub fn share_history(mut self, on: bool) -> Self {
+        self.share_history = on;
+        self
+    }
+    /// Whether the room is open (anyone not banned may join).
+    pub fn is_open(&self) -> bool {
+        self.members.is_none()
+    }
+    /// Whether the room is end-to-end encrypted.
+    pub fn is_encrypted(&self) -> bool {
+        self.encrypted
+    }
+}
+
 /// A room this replica holds.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RoomInfo {
@@ -81,6 +129,8 @@ pub struct RoomInfo {
     pub creator: AuthorId,
     /// When it was created.
     pub created: Hlc,
+    /// Whether its content is end-to-end encrypted.
+    pub encrypted: bool,
 }
 
 /// One device's replica of its rooms, over a [`Store`].
@@ -114,6 +164,8 @@ pub struct Replica<S: Store> {
     pending_limit: (usize, u64),
     /// The keys content at rest is sealed under (`rest.rs`).
     rest: rest::RestKeys,
+    /// End-to-end encryption state (`e2ee.rs`).
+    e2ee: e2ee::E2ee,
 }
 
 impl<S: Store> std::fmt::Debug for Replica<S> {
@@ -217,6 +269,7 @@ impl<S: Store> Replica<S> {
             pending_use: HashMap::new(),
             pending_limit: (DEFAULT_PENDING_PER_ROOM, DEFAULT_PENDING_BYTES_PER_ROOM),
             rest,
+            e2ee: e2ee::E2ee::default(),
         })
     }
 
@@ -245,14 +298,16 @@ impl<S: Store> Replica<S> {
         &self.store
     }
 
-    /// Creates an open room (anyone holding its ticket who is not banned may
-    /// post), with this device as its admin, and returns its id. For a room
-    /// of members only, see [`Replica::create_room_with`].
+    /// Creates an open, end-to-end encrypted room (anyone holding its
+    /// ticket who is not banned may join and post), with this device as its
+    /// admin, and returns its id. For a room of members only, see
+    /// [`Replica::create_room_with`]; for other choices (unencrypted,
+    /// shared history), [`Replica::create_room_opts`].
     pub fn create_room(&mut self, name: &str) -> Result<RoomId> {
-        self.found_room(name, &[], true)
+        self.create_room_opts(name, &RoomOptions::default())
     }
 
-    fn sign_genesis(&mut self, name: &str, open: bool) -> Result<Genesis> {
+    fn sign_genesis(&mut self, name: &str, open: bool, encrypted: bool) -> Result<Genesis> {
         if name.len() > MAX_ROOM_NAME_BYTES {
             return Err(Error::InvalidInput(format!(
                 "room name longer than {MAX_ROOM_NAME_BYTES} bytes"
@@ -263,7 +318,7 @@ impl<S: Store> Replica<S> {
         nonce.copy_from_slice(
             &self.key.derive(CONTEXT_ROOM_NONCE, &hlc.as_u64().to_be_bytes())[..16],
         );
-        Ok(Genesis::sign(&self.key, hlc, name, nonce, open)?)
+        Ok(Genesis::sign(&self.key, hlc, name, nonce, open, encrypted)?)
     }
 
     /// Joins a room from its genesis bytes (as a ticket carries them).
@@ -302,6 +357,7 @@ impl<S: Store> Replica<S> {
                 name: g.name().to_owned(),
                 creator: g.creator(),
                 created: g.created(),
+                encrypted: g.is_encrypted(),
             })
             .collect();
         out.sort_by_key(|r| (r.created, r.id));

@@ -150,7 +150,7 @@ impl<S: Store> Replica<S> {
     /// [`DEFAULT_PENDING_PER_ROOM`] and [`DEFAULT_PENDING_BYTES_PER_ROOM`]),
     /// and one author at most a [`PENDING_AUTHOR_SHARE`]th of each.
     /// A delivery that would wait beyond these is refused with
-    /// [`EnvelopeError::PendingFull`], which is nobody's fault: it is
+    /// [`crate::EnvelopeError::PendingFull`], which is nobody's fault: it is
     /// offered again by a later catch-up, once what it waits for is held.
     pub fn set_pending_limit(&mut self, deliveries: usize, bytes: u64) {
         self.pending_limit = (deliveries.max(1), bytes.max(1));

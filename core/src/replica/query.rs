@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 
+use super::rest::StoredBody;
 use super::tx::Tx;
 use super::{corrupt, Replica};
 use crate::blob;
@@ -57,13 +58,19 @@ pub struct RoomSnapshot {
 /// A message from its row and its stored body text. Text is checked before
 /// it is stored; text that still is not UTF-8 reads as absent rather than
 /// failing the whole query.
-pub(super) fn message_from(key: SortKey, row: &Row, text: Option<Vec<u8>>) -> Message {
+pub(super) fn message_from(key: SortKey, row: &Row, body: Option<StoredBody>) -> Message {
+    let (text, waiting_for_key) = match body {
+        Some(StoredBody::Text(t)) => (String::from_utf8(t).ok(), false),
+        Some(StoredBody::Waiting) => (None, true),
+        None => (None, false),
+    };
     Message {
         id: key.id,
         author: key.author,
         hlc: key.hlc,
         cursor: Cursor(key),
-        body: text.and_then(|t| String::from_utf8(t).ok()),
+        body: text,
+        waiting_for_key,
         attachments: row.attachments.clone(),
         reply_to: row.reply_to,
         edited: row.edited,
@@ -144,11 +151,11 @@ impl<S: Store> Replica<S> {
             // Entries without a row (none in a consistent store) are skipped.
             let ahead = |bk: &Vec<u8>| if order == Order::Ascending { *bk < k } else { *bk > k };
             while bodies.next_if(|(bk, _)| ahead(bk)).is_some() {}
-            let text = match bodies.next_if(|(bk, _)| *bk == k) {
+            let body = match bodies.next_if(|(bk, _)| *bk == k) {
                 Some((_, value)) => Some(self.open_body(None, room, key.hlc, &k, &value)?),
                 None => None,
             };
-            messages.push(message_from(key, &row, text));
+            messages.push(message_from(key, &row, body));
         }
         if order == Order::Ascending {
             messages.reverse();
@@ -174,6 +181,7 @@ impl<S: Store> Replica<S> {
     pub fn attachment(&self, room: &RoomId, hash: &BlobHash) -> Result<Option<Vec<u8>>> {
         self.check_room(room)?;
         match self.read_blob(None, room, hash)? {
+            Some(b) if self.is_encrypted(room)? => self.open_attachment(room, &b),
             Some(b) => Ok(Some(blob::content(&b).map_err(|e| corrupt(Tree::Blobs, e))?.to_vec())),
             None => Ok(None),
         }
@@ -189,11 +197,11 @@ impl<S: Store> Replica<S> {
         row: &Row,
     ) -> Result<Message> {
         let tk = tables::timeline_key(room, &key);
-        let text = match self.staged_get(tx.map(|t| &t.batch), Tree::Bodies, &tk)? {
+        let body = match self.staged_get(tx.map(|t| &t.batch), Tree::Bodies, &tk)? {
             Some(value) => Some(self.open_body(tx, room, key.hlc, &tk, &value)?),
             None => None,
         };
-        Ok(message_from(key, row, text))
+        Ok(message_from(key, row, body))
     }
 
     /// Each author's read marker: the furthest message they marked read.

@@ -9,21 +9,39 @@
 
 use std::collections::BTreeSet;
 
+use super::e2ee::Opened;
 use super::query::decode_tombstone;
 use super::subscription::lock;
 use super::tx::Tx;
 use super::{corrupt, Replica};
 use crate::blob;
+use crate::crypto::megolm::{self, ContentKind, SessionId};
 use crate::doc::AuthorDoc;
+use crate::doc::MAX_REACTION_BYTES;
 use crate::error::Result;
 use crate::ids::{AuthorId, BlobHash, Cursor, MessageId, RoomId, SortKey};
 use crate::store::tables;
 use crate::store::{KeyRange, Order, Store, Tree};
 use crate::view::{self, MessageRender, Row, TimelineDiff};
 
-/// Whether blob bytes hold a body a message may show.
-pub(super) fn valid_body(blob: &[u8]) -> bool {
-    blob::body_text(blob).is_some()
+/// Whether blob bytes may be a message's body: text in an unencrypted
+/// room; in an encrypted room, an encrypted blob (whether it decrypts, and
+/// to what, only a reader can tell; see [`Replica::stage_body_of`]).
+pub(super) fn valid_body(encrypted: bool, blob: &[u8]) -> bool {
+    if encrypted {
+        megolm::parse_blob(blob).is_ok()
+    } else {
+        blob::body_text(blob).is_some()
+    }
+}
+
+/// A message that waits for a room key, found while rendering.
+pub(super) struct Wait {
+    pub(super) bucket: u32,
+    pub(super) id: MessageId,
+    pub(super) owner: AuthorId,
+    pub(super) session: SessionId,
+    pub(super) index: u32,
 }
 
 /// The diffs of one bucket's refresh, built only while someone listens to
@@ -81,9 +99,30 @@ impl<S: Store> Replica<S> {
     /// Re-renders what a transaction affected in one bucket: only the changed
     /// messages and read markers, so its cost does not grow with the bucket.
     pub(super) fn refresh_bucket(&mut self, tx: &mut Tx, room: &RoomId, bucket: u32) -> Result<()> {
-        let affected = tx.affected.remove(&(*room, bucket)).unwrap_or_default();
+        let mut affected = tx.affected.remove(&(*room, bucket)).unwrap_or_default();
         let listening = lock(&self.listeners).values().any(|(r, _)| r == room);
         let mut diffs = DiffSink { listening, diffs: Vec::new() };
+        let encrypted = self.is_encrypted(room)?;
+        if encrypted {
+            // Room keys for this device first: the messages they unlock
+            // render below, in the same transaction.
+            for (sender, keys) in std::mem::take(&mut affected.shares) {
+                self.load_doc(tx, (*room, bucket, sender))?;
+                for session in self.receive_room_keys(tx, room, bucket, &sender, &keys)? {
+                    for (b, id) in self.waiting_for(tx, room, &session)? {
+                        self.clear_wait(tx, room, &session, b, &id);
+                        if b == bucket {
+                            affected.ids.insert(id);
+                            tx.unlocked.insert((*room, id));
+                        }
+                    }
+                }
+            }
+            for (requester, keys) in std::mem::take(&mut affected.requests) {
+                self.load_doc(tx, (*room, bucket, requester))?;
+                self.answer_key_requests(tx, room, bucket, &requester, &keys)?;
+            }
+        }
         if !affected.ids.is_empty() || !affected.reads.is_empty() {
             let authors = self.bucket_authors(tx, room, bucket)?;
             for author in &authors {
@@ -93,11 +132,46 @@ impl<S: Store> Replica<S> {
                 .iter()
                 .filter_map(|a| self.docs.get(&(*room, bucket, *a)).map(|d| (*a, d)))
                 .collect();
+            // Reactions: in an encrypted room each is decrypted; one whose
+            // key is not held waits (and is asked for) like a body.
+            let mut reaction_waits: Vec<Wait> = Vec::new();
             let renders: Vec<(MessageId, MessageRender)> = affected
                 .ids
                 .iter()
-                .map(|id| (*id, view::render_message(bucket, id, &docs)))
+                .map(|id| {
+                    let mut reveal = |author: &AuthorId, suffix: &str, value: Option<&[u8]>| {
+                        if !encrypted {
+                            return Some(suffix.to_owned());
+                        }
+                        let sealed = value?.get(8..)?;
+                        match self.open_content(
+                            Some(tx),
+                            room,
+                            author,
+                            id,
+                            ContentKind::Reaction,
+                            sealed,
+                        ) {
+                            Ok(Opened::Plain(emoji)) => String::from_utf8(emoji)
+                                .ok()
+                                .filter(|e| !e.is_empty() && e.len() <= MAX_REACTION_BYTES),
+                            Ok(Opened::Waiting { session, index }) => {
+                                reaction_waits.push(Wait {
+                                    bucket,
+                                    id: *id,
+                                    owner: *author,
+                                    session,
+                                    index,
+                                });
+                                None
+                            }
+                            _ => None,
+                        }
+                    };
+                    (*id, view::render_message(bucket, id, &docs, &mut reveal))
+                })
                 .collect();
+            tx.waits.extend(reaction_waits);
             let reads: Vec<(AuthorId, Option<SortKey>)> = affected
                 .reads
                 .iter()
@@ -127,13 +201,13 @@ impl<S: Store> Replica<S> {
                     continue;
                 };
                 let (key, is_body) = decode_wanted(&wanted)?;
-                if is_body && !valid_body(&b) {
+                if is_body && !valid_body(encrypted, &b) {
                     continue;
                 }
                 let tkey = tables::timeline_key(room, &key);
                 self.stage_blob(tx, room, bucket, &hash, &b)?;
-                if let Some(text) = blob::body_text(&b).filter(|_| is_body) {
-                    self.stage_body(tx, room, &key, &hash, text.as_bytes())?;
+                if is_body {
+                    self.stage_body_of(tx, room, bucket, &key, &hash, &b)?;
                 }
                 tx.batch.delete(Tree::WantedBlobs, wkey);
                 if let Some(raw) = self.staged_get(Some(&tx.batch), Tree::Timeline, &tkey)? {
@@ -146,6 +220,10 @@ impl<S: Store> Replica<S> {
         }
         if !diffs.diffs.is_empty() {
             tx.diffs.entry(*room).or_default().extend(diffs.diffs);
+        }
+        // What waits for a room key is recorded, and asked for.
+        for w in std::mem::take(&mut tx.waits) {
+            self.wait_for_key(tx, room, w)?;
         }
         Ok(())
     }
@@ -183,7 +261,7 @@ impl<S: Store> Replica<S> {
                 diffs.push(|| Ok(TimelineDiff::Remove { id: *id, cursor: Cursor(k) }))?;
             }
             (Some((ok, orow)), Some((nk, nrow))) if ok == nk => {
-                if orow != nrow {
+                if orow != nrow || tx.unlocked.remove(&(*room, *id)) {
                     let keep: BTreeSet<BlobHash> = nrow.blobs().copied().collect();
                     self.erase_row(tx, room, bucket, &ok, &orow, &keep);
                     self.stage_row(tx, room, bucket, &nk, &nrow)?;
@@ -244,6 +322,7 @@ impl<S: Store> Replica<S> {
         row: &Row,
     ) -> Result<()> {
         tx.batch.put(Tree::Timeline, tables::timeline_key(room, key), row.encode());
+        let encrypted = self.is_encrypted(room)?;
         for (i, hash) in row.blobs().enumerate() {
             let is_body = i == 0;
             let bkey = tables::blob_key(room, hash);
@@ -253,7 +332,7 @@ impl<S: Store> Replica<S> {
             let offered = tx.blobs.get_mut(&(*room, bucket)).and_then(|m| m.remove(hash));
             let wkey = tables::wanted_blob_key(room, bucket, hash);
             match offered {
-                Some(b) if !is_body || valid_body(&b) => {
+                Some(b) if !is_body || valid_body(encrypted, &b) => {
                     self.stage_blob(tx, room, bucket, hash, &b)?;
                     tx.batch.delete(Tree::WantedBlobs, wkey);
                 }
@@ -267,12 +346,52 @@ impl<S: Store> Replica<S> {
         // The body's text, unless it is there already (an update that kept
         // the body: a reaction, a blob that arrived for an attachment).
         let tkey = tables::timeline_key(room, key);
-        if self.staged_get(Some(&tx.batch), Tree::Bodies, &tkey)?.is_some() {
+        let held = self.staged_get(Some(&tx.batch), Tree::Bodies, &tkey)?;
+        if held.is_some_and(|v| v.first() == Some(&crate::crypto::rest::BODY_TEXT)) {
             return Ok(());
         }
-        let body = self.read_blob(Some(tx), room, &row.body)?;
-        if let Some(text) = body.as_deref().and_then(blob::body_text) {
-            self.stage_body(tx, room, key, &row.body, text.as_bytes())?;
+        if let Some(body) = self.read_blob(Some(tx), room, &row.body)? {
+            self.stage_body_of(tx, room, bucket, key, &row.body, &body)?;
+        }
+        Ok(())
+    }
+
+    /// Stages the body of the live message at `key` from its body blob:
+    /// the text; in an encrypted room the decrypted text, or "waiting for
+    /// key" while this device holds no key for it; nothing for a body that
+    /// is not what the post says.
+    pub(super) fn stage_body_of(
+        &self,
+        tx: &mut Tx,
+        room: &RoomId,
+        bucket: u32,
+        key: &SortKey,
+        hash: &BlobHash,
+        blob: &[u8],
+    ) -> Result<()> {
+        let tkey = tables::timeline_key(room, key);
+        if !self.is_encrypted(room)? {
+            match blob::body_text(blob) {
+                Some(text) => self.stage_body(tx, room, key, hash, text.as_bytes())?,
+                None => tx.batch.delete(Tree::Bodies, tkey),
+            }
+            return Ok(());
+        }
+        if self.is_blind() {
+            // A relay keeps the ciphertext it cannot read, and no body.
+            return Ok(());
+        }
+        match self.open_content(Some(tx), room, &key.author, &key.id, ContentKind::Body, blob)? {
+            Opened::Plain(text)
+                if text.len() <= blob::MAX_BODY_BYTES && std::str::from_utf8(&text).is_ok() =>
+            {
+                self.stage_body(tx, room, key, hash, &text)?;
+            }
+            Opened::Waiting { session, index } => {
+                self.stage_waiting_body(tx, room, key);
+                tx.waits.push(Wait { bucket, id: key.id, owner: key.author, session, index });
+            }
+            _ => tx.batch.delete(Tree::Bodies, tkey),
         }
         Ok(())
     }

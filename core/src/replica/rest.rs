@@ -29,7 +29,7 @@ use std::sync::Mutex;
 
 use super::tx::Tx;
 use super::{corrupt, Replica};
-use crate::crypto::rest::{self as sealing, BODY_TEXT};
+use crate::crypto::rest::{self as sealing, BODY_TEXT, BODY_WAITING};
 use crate::error::Result;
 use crate::ids::{BlobHash, Hlc, RoomId, SortKey};
 use crate::store::tables::{self, META_KEK_SEQ};
@@ -62,6 +62,15 @@ fn bucket_timeline(room: &RoomId, bucket: u32) -> KeyRange {
     let (lo, hi) = bucket_bounds(bucket);
     let at = |h: Hlc| [room.as_bytes().as_slice(), &h.as_u64().to_be_bytes()].concat();
     KeyRange::between(&at(lo), &at(hi))
+}
+
+/// What a stored body holds.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum StoredBody {
+    /// The text.
+    Text(Vec<u8>),
+    /// Nothing yet: the body waits for its room key.
+    Waiting,
 }
 
 fn room_of(key: &[u8]) -> Option<RoomId> {
@@ -193,7 +202,13 @@ impl<S: Store> Replica<S> {
         Ok(())
     }
 
-    /// The text of a `bodies-2` value stored at `tk` (room ‖ sortkey).
+    /// Marks the body of the live message at `key` as waiting for its
+    /// room key.
+    pub(super) fn stage_waiting_body(&self, tx: &mut Tx, room: &RoomId, key: &SortKey) {
+        tx.batch.put(Tree::Bodies, tables::timeline_key(room, key), vec![BODY_WAITING]);
+    }
+
+    /// What a `bodies-2` value stored at `tk` (room ‖ sortkey) holds.
     pub(super) fn open_body(
         &self,
         tx: Option<&Tx>,
@@ -201,11 +216,14 @@ impl<S: Store> Replica<S> {
         hlc: Hlc,
         tk: &[u8],
         value: &[u8],
-    ) -> Result<Vec<u8>> {
+    ) -> Result<StoredBody> {
+        if value == [BODY_WAITING] {
+            return Ok(StoredBody::Waiting);
+        }
         let bucket_key = self
             .bucket_key(tx, room, bucket_of(hlc))?
             .ok_or_else(|| corrupt(Tree::Bodies, "a body in a bucket without a key"))?;
-        sealing::open_body_value(tk, &bucket_key, value)
+        Ok(StoredBody::Text(sealing::open_body_value(tk, &bucket_key, value)?))
     }
 
     /// Stages a delivery that waits in `pending-2` at `key` (of `bucket`),

@@ -9,10 +9,11 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
+use super::e2ee::Announcement;
 use super::pending::PendingUse;
 use super::Replica;
 use crate::blob;
-use crate::doc::Changes;
+use crate::doc::{Changes, DocChange};
 use crate::envelope::{Delivery, Envelope};
 use crate::error::Result;
 use crate::ids::{AuthorId, BlobHash, MessageId, RoomId, SortKey};
@@ -30,6 +31,10 @@ pub(super) struct Affected {
     pub(super) ids: BTreeSet<MessageId>,
     /// Authors whose read marker changed.
     pub(super) reads: BTreeSet<AuthorId>,
+    /// Room-key entries written, per document author.
+    pub(super) shares: BTreeMap<AuthorId, BTreeSet<String>>,
+    /// Room-key requests written, per document author.
+    pub(super) requests: BTreeMap<AuthorId, BTreeSet<String>>,
 }
 
 /// One transaction's staged state.
@@ -63,17 +68,40 @@ pub(super) struct Tx {
     pub(super) bucket_keys: HashMap<(RoomId, u32), [u8; 32]>,
     /// Content keys of blobs staged in this transaction.
     pub(super) content_keys: HashMap<(RoomId, BlobHash), [u8; 32]>,
+    /// Changes queued for this device's own document of a bucket (room
+    /// keys, key requests), written with the next own change there or on
+    /// their own before the commit.
+    pub(super) own_changes: BTreeMap<(RoomId, u32), Vec<DocChange>>,
+    /// Outbound sessions this transaction encrypted with or made.
+    pub(super) outbound: BTreeSet<(RoomId, u32)>,
+    /// Own changes made in answer to peers, announced once committed.
+    pub(super) announce: Vec<Announcement>,
+    /// Messages whose content became decryptable: rendered again even if
+    /// their row did not change.
+    pub(super) unlocked: BTreeSet<(RoomId, MessageId)>,
+    /// Messages found waiting for a room key while rendering.
+    pub(super) waits: Vec<super::render::Wait>,
 }
 
 impl Tx {
     pub(super) fn affect(&mut self, dk: DocKey, changes: Changes) {
-        if changes.ids.is_empty() && !changes.read {
+        if changes.ids.is_empty()
+            && !changes.read
+            && changes.shares.is_empty()
+            && changes.requests.is_empty()
+        {
             return;
         }
         let entry = self.affected.entry((dk.0, dk.1)).or_default();
         entry.ids.extend(changes.ids);
         if changes.read {
             entry.reads.insert(dk.2);
+        }
+        if !changes.shares.is_empty() {
+            entry.shares.entry(dk.2).or_default().extend(changes.shares);
+        }
+        if !changes.requests.is_empty() {
+            entry.requests.entry(dk.2).or_default().extend(changes.requests);
         }
     }
 
@@ -106,6 +134,13 @@ impl<S: Store> Replica<S> {
                 return Err(e);
             }
         }
+        // Room keys and requests made in answer to peers, then the sessions
+        // this transaction advanced.
+        if let Err(e) = self.write_queued_changes(&mut tx) {
+            self.abandon(&tx);
+            return Err(e);
+        }
+        self.stage_outbound(&mut tx);
         for dk in &tx.docs {
             if let Some(doc) = self.docs.get(dk) {
                 let next = doc.next_clock();
@@ -125,6 +160,7 @@ impl<S: Store> Replica<S> {
             return Err(e.into());
         }
         self.keep_bucket_keys(&mut tx);
+        self.keep_announcements(&mut tx);
         for (room, bucket) in std::mem::take(&mut tx.windows) {
             self.windows.insert(room, bucket);
         }
@@ -139,6 +175,7 @@ impl<S: Store> Replica<S> {
     }
 
     pub(super) fn abandon(&mut self, tx: &Tx) {
+        self.drop_outbound(tx);
         for dk in tx.docs.iter().chain(&tx.new_docs) {
             self.docs.remove(dk);
             self.doc_use.remove(dk);

@@ -6,7 +6,7 @@
 //!
 //! | tree | key | value |
 //! |---|---|---|
-//! | `meta-1` | `schema` / `device-key` / `hlc` / `kek-seq` | schema u32 / 32-byte secret seed / last HLC u64 / seq u64 of the secret slot the bucket keys are sealed under |
+//! | `meta-1` | `schema` / `device-key` / `hlc` / `kek-seq` / `olm-account` | schema u32 / 32-byte secret seed / last HLC u64 / seq u64 of the secret slot the bucket keys are sealed under / device keys (64) ‖ the Olm account's pickle, encrypted under a key derived from the device key |
 //! | `rooms-1` | room | the room's signed genesis |
 //! | `docs-1` | room ‖ bucket ‖ author | next clock u32 of that author document |
 //! | `envelopes-1` | room ‖ bucket ‖ author ‖ clock_start u32 | applied envelope |
@@ -17,6 +17,10 @@
 //! | `bucket-keys-1` | room ‖ bucket | seq u64 of the key-encryption key ‖ the bucket key sealed under it (72 bytes) |
 //! | `content-keys-1` | room ‖ bucket ‖ blob hash | the blob's content key, sealed under the bucket key (72 bytes) |
 //! | `shred-1` | room ‖ bucket | empty: content of the bucket was erased since the last shred |
+//! | `outbound-1` | room ‖ bucket | this device's Megolm session for the bucket, pickled and encrypted under a key derived from the device key |
+//! | `recipients-1` | room ‖ bucket | that session's id ‖ count u16 ‖ (author ‖ device keys (64) ‖ shared from index u32)*: whom it was shared with |
+//! | `inbound-1` | room ‖ session id | owner ‖ bucket u32 ‖ first index u32 ‖ pickle: a Megolm session this device decrypts with |
+//! | `key-waits-1` | room ‖ session id ‖ bucket u32 ‖ msgid | index u32: a message waiting for that session's key |
 //! | `message-ids-1` | room ‖ msgid | sortkey of the live message |
 //! | `tombstones-1` | room ‖ bucket ‖ msgid ‖ author | posted hlc u64 ‖ deleted hlc u64 |
 //! | `reads-1` | room ‖ author ‖ bucket | sortkey the author marked read in that bucket |
@@ -80,11 +84,19 @@ pub enum Tree {
     /// Pending deliveries in the clear (schema 3 and before): read only by
     /// migration 4.
     LegacyPending,
+    /// This device's Megolm session per room bucket.
+    Outbound,
+    /// Whom each of those sessions was shared with.
+    Recipients,
+    /// Megolm sessions this device decrypts with.
+    Inbound,
+    /// Messages waiting for a session's key.
+    KeyWaits,
 }
 
 impl Tree {
     /// Every tree.
-    pub const ALL: [Tree; 22] = [
+    pub const ALL: [Tree; 26] = [
         Tree::Meta,
         Tree::Rooms,
         Tree::Docs,
@@ -107,6 +119,10 @@ impl Tree {
         Tree::LegacyBlobs,
         Tree::LegacyBodies,
         Tree::LegacyPending,
+        Tree::Outbound,
+        Tree::Recipients,
+        Tree::Inbound,
+        Tree::KeyWaits,
     ];
 
     /// The tree's name on disk, with its layout version.
@@ -134,6 +150,10 @@ impl Tree {
             Tree::LegacyBlobs => "blobs-1",
             Tree::LegacyBodies => "bodies-1",
             Tree::LegacyPending => "pending-1",
+            Tree::Outbound => "outbound-1",
+            Tree::Recipients => "recipients-1",
+            Tree::Inbound => "inbound-1",
+            Tree::KeyWaits => "key-waits-1",
         }
     }
 
@@ -146,6 +166,7 @@ pub(crate) const META_SCHEMA: &[u8] = b"schema";
 pub(crate) const META_DEVICE_KEY: &[u8] = b"device-key";
 pub(crate) const META_HLC: &[u8] = b"hlc";
 pub(crate) const META_KEK_SEQ: &[u8] = b"kek-seq";
+pub(crate) const META_OLM_ACCOUNT: &[u8] = b"olm-account";
 
 fn cat(parts: &[&[u8]]) -> Vec<u8> {
     let mut out = Vec::with_capacity(parts.iter().map(|p| p.len()).sum());
@@ -184,6 +205,21 @@ pub(crate) fn governance_key(room: &RoomId, head: &[u8; 32]) -> Vec<u8> {
 /// Key of `content-keys-1`.
 pub(crate) fn content_key_key(room: &RoomId, bucket: u32, hash: &BlobHash) -> Vec<u8> {
     cat(&[room.as_bytes(), &bucket.to_be_bytes(), hash.as_bytes()])
+}
+
+/// Key of `inbound-1`; with a bucket and message id, of `key-waits-1`.
+pub(crate) fn session_key(room: &RoomId, session: &[u8; 32]) -> Vec<u8> {
+    cat(&[room.as_bytes(), session])
+}
+
+/// Key of `key-waits-1`.
+pub(crate) fn key_wait_key(
+    room: &RoomId,
+    session: &[u8; 32],
+    bucket: u32,
+    id: &MessageId,
+) -> Vec<u8> {
+    cat(&[room.as_bytes(), session, &bucket.to_be_bytes(), id.as_bytes()])
 }
 
 /// Key of `blobs-2`.

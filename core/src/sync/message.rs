@@ -7,13 +7,12 @@
 //! bounded byte strings; the session verifies each one on its own, so one
 //! forged envelope costs its sender that envelope, not the whole message.
 
-use crate::blob::BLOB_NONCE_LEN;
+use crate::blob::MAX_WIRE_BLOB_BYTES;
 use crate::codec::{Reader, Writer};
 use crate::envelope::{MAX_BLOBS_PER_ENVELOPE, MAX_DELIVERY_BYTES, MAX_ENVELOPE_BYTES};
 use crate::error::DecodeError;
 use crate::governance::{GovHead, MAX_GOV_CHANGE_BYTES, MAX_GOV_DEPS};
 use crate::ids::{AuthorId, BlobHash, RoomId};
-use crate::MAX_BLOB_BYTES;
 
 const SYNC_MAGIC: &[u8; 4] = b"CNCS";
 /// Version of the sync message format.
@@ -350,7 +349,7 @@ fn read_deliveries(r: &mut Reader<'_>) -> Result<Vec<RawDelivery>, DecodeError> 
         }
         let mut blobs = Vec::with_capacity(n.min(PREALLOC));
         for _ in 0..n {
-            blobs.push(r.bytes_u32(BLOB_NONCE_LEN + MAX_BLOB_BYTES, "blob")?.to_vec());
+            blobs.push(r.bytes_u32(MAX_WIRE_BLOB_BYTES, "blob")?.to_vec());
         }
         out.push(RawDelivery { envelope, blobs });
     }
@@ -430,7 +429,7 @@ fn read_flight(r: &mut Reader<'_>) -> Result<Flight, DecodeError> {
     let mut blobs = Vec::with_capacity(n.min(PREALLOC));
     for _ in 0..n {
         let bucket = r.u32("blob bucket")?;
-        blobs.push((bucket, r.bytes_u32(BLOB_NONCE_LEN + MAX_BLOB_BYTES, "blob")?.to_vec()));
+        blobs.push((bucket, r.bytes_u32(MAX_WIRE_BLOB_BYTES, "blob")?.to_vec()));
     }
     Ok(Flight {
         more: flags & 1 != 0,

@@ -32,13 +32,65 @@ pub fn memory_replica(seed: u8, clock: &Arc<ManualClock>) -> Replica<MemoryStore
 }
 
 /// `joiner` joins `host`'s room as a ticket and a first catch-up would
-/// make it: the genesis, then the governance its envelopes cite.
-pub fn join<S: Store, T: Store>(joiner: &mut Replica<S>, host: &Replica<T>, room: &RoomId) {
+/// make it: the genesis, then the governance its envelopes cite, and the
+/// joiner's own governance (its published device keys) back to the host.
+pub fn join<S: Store, T: Store>(joiner: &mut Replica<S>, host: &mut Replica<T>, room: &RoomId) {
     joiner.join_room(host.genesis(room).unwrap().as_bytes()).unwrap();
     let changes = host.governance_since(room, &[]).unwrap();
     for outcome in joiner.apply_governance(room, changes).unwrap() {
         outcome.unwrap();
     }
+    // The joiner published its device keys (an encrypted room); the host
+    // learns them as a first catch-up would tell it, so it shares room keys.
+    let back = joiner.governance_since(room, &host.governance_heads(room).unwrap()).unwrap();
+    for outcome in host.apply_governance(room, back).unwrap() {
+        outcome.unwrap();
+    }
+}
+
+/// `to` takes every governance change `from` holds that it lacks, as the
+/// governance half of a catch-up does (for devices that joined one after
+/// another: each one's published keys reach the others through the host).
+pub fn spread_governance<S: Store, T: Store>(
+    from: &Replica<S>,
+    to: &mut Replica<T>,
+    room: &RoomId,
+) {
+    let changes = from.governance_since(room, &to.governance_heads(room).unwrap()).unwrap();
+    for outcome in to.apply_governance(room, changes).unwrap() {
+        outcome.unwrap();
+    }
+}
+
+/// `joiner` takes `host`'s room from its genesis and governance only, as a
+/// device does before any of its own changes reach the host: in an
+/// encrypted room nobody shares room keys with it yet.
+pub fn join_quietly<S: Store, T: Store>(joiner: &mut Replica<S>, host: &Replica<T>, room: &RoomId) {
+    joiner.join_room(host.genesis(room).unwrap().as_bytes()).unwrap();
+    let changes = host.governance_since(room, &[]).unwrap();
+    for outcome in joiner.apply_governance(room, changes).unwrap() {
+        outcome.unwrap();
+    }
+}
+
+/// The room as a replica with the same device and keys renders it from
+/// scratch out of `replica`'s envelopes: the check that incremental
+/// rendering leaves no stale view. The fresh replica gets `replica`'s
+/// device key, Olm account and sessions, so it decrypts what it can.
+pub fn fresh_view<S: Store>(replica: &Replica<S>, room: &RoomId) -> concord_core::RoomSnapshot {
+    let store = MemoryStore::new();
+    let mut batch = concord_core::WriteBatch::new();
+    for (tree, k, v) in dump(replica.store()) {
+        if tree == Tree::Inbound || (tree == Tree::Meta && k == b"olm-account") {
+            batch.put(tree, k, v);
+        }
+    }
+    store.commit(batch).unwrap();
+    let clock = Arc::new(ManualClock::new(0));
+    let mut fresh = Replica::open_with_seed(store, clock, replica.device_seed()).unwrap();
+    join_quietly(&mut fresh, replica, room);
+    fresh.apply(room, replica.deliveries(room).unwrap()).unwrap();
+    fresh.snapshot(room).unwrap()
 }
 
 /// Every record of every tree, for checking that a rejected input changed nothing.
