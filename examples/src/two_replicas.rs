@@ -64,7 +64,11 @@ fn main() -> Result<()> {
     // The room's governance (Alice founded it; it is an open room) travels
     // with the first catch-up; here Bob is handed it with the genesis.
     bob.apply_governance(&room, alice.governance_since(&room, &[])?)?;
-    println!("room {room}");
+    // The room is end-to-end encrypted: joining, Bob published his device's
+    // keys in governance. Alice learns them as the first catch-up would tell
+    // her, and from then on shares her room key with Bob's device.
+    alice.apply_governance(&room, bob.governance_since(&room, &alice.governance_heads(&room)?)?)?;
+    println!("room {room} (end-to-end encrypted: {})", alice.is_encrypted(&room)?);
 
     // Both write while offline from each other.
     let mut from_alice: Vec<Delivery> = Vec::new();

@@ -40,8 +40,9 @@ mod ticket;
 pub use actor::{NetStats, Presence};
 pub use concord_core as core;
 pub use concord_core::{
-    Action, Anchor, AuditEntry, AuthorId, Cursor, DeliveryState, Draft, GovState, Invite, Message,
-    MessageId, Role, RoomId, RoomInfo, SignalKind, Subscription, TimelineDiff, TimelineListener,
+    Action, Anchor, AuditEntry, AuthorId, Cursor, DeliveryState, DeviceKeys, Draft, GovState,
+    Invite, Message, MessageId, Role, RoomId, RoomInfo, RoomOptions, SignalKind, Subscription,
+    TimelineDiff, TimelineListener,
 };
 pub use concord_core::{TimelineItem, TimelinePage};
 pub use config::{
@@ -54,7 +55,9 @@ pub use libp2p::PeerId;
 pub use multiaddr::{Multiaddr, Protocol};
 pub use node::{Node, COMMAND_QUEUE};
 pub use redeem::INVITE_POLL;
-pub use replica_actor::{ReplicaHandle, ReplicaThread, REPLICA_QUEUE};
+pub use replica_actor::{
+    Announcements, ReplicaHandle, ReplicaThread, ANNOUNCE_QUEUE, REPLICA_QUEUE,
+};
 pub use room::Room;
 pub use sync_codec::{SyncCodec, SyncRequest, SyncResponse, SYNC_PROTOCOL};
 pub use ticket::{

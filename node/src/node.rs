@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use concord_core::{
-    AuthorId, Clock, Delivery, Replica, Role, RoomId, RoomInfo, SignalKind, SledStore, Store,
-    SyncStats, SystemClock,
+    AuthorId, Clock, Delivery, Replica, Role, RoomId, RoomInfo, RoomOptions, SignalKind, SledStore,
+    Store, SyncStats, SystemClock,
 };
 use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId};
@@ -106,7 +106,7 @@ impl<S: Store + 'static> Node<S> {
         let author = replica.author();
         let cert = replica.device_cert(&peer_id.to_bytes())?;
         let rooms = replica.rooms().into_iter().map(|r| r.id).collect();
-        let (replica, thread) =
+        let (replica, thread, announcements) =
             ReplicaHandle::spawn(replica).map_err(|e| NodeError::Network(e.to_string()))?;
         let (commands, inbox) = mpsc::channel(COMMAND_QUEUE);
         let (events, _) = broadcast::channel(EVENT_QUEUE);
@@ -116,6 +116,7 @@ impl<S: Store + 'static> Node<S> {
             replica: replica.clone(),
             clock,
             inbox,
+            announcements,
             events: events.clone(),
             metrics,
             config,
@@ -239,21 +240,25 @@ impl<S: Store + 'static> Node<S> {
         self.ask(|tx| Command::Join(room, tx)).await?
     }
 
-    /// Creates a room and serves it.
+    /// Creates an open, end-to-end encrypted room and serves it.
     pub async fn create_room(&self, name: &str) -> Result<Room<S>> {
-        let id = self.replica.create_room(name.to_owned(), None).await?;
-        self.join(id).await?;
-        Ok(Room::new(self.clone(), id))
+        self.create_room_opts(name, RoomOptions::default()).await
     }
 
     /// Creates a room of members only: this device is its admin and
-    /// `members` have their roles; others join by invite.
+    /// `members` have their roles; others join by invite. Encrypted.
     pub async fn create_room_with(
         &self,
         name: &str,
         members: Vec<(AuthorId, Role)>,
     ) -> Result<Room<S>> {
-        let id = self.replica.create_room(name.to_owned(), Some(members)).await?;
+        self.create_room_opts(name, RoomOptions::default().members_only(members)).await
+    }
+
+    /// Creates a room as `options` say (members only or open, encrypted or
+    /// not, history shared with new members or not) and serves it.
+    pub async fn create_room_opts(&self, name: &str, options: RoomOptions) -> Result<Room<S>> {
+        let id = self.replica.create_room(name.to_owned(), options).await?;
         self.join(id).await?;
         Ok(Room::new(self.clone(), id))
     }

@@ -20,7 +20,7 @@ fn open(dir: &std::path::Path) -> Replica<SledStore> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn test_concurrent_callers_each_get_their_own_durable_result() {
     let dir = tempfile::tempdir().unwrap();
-    let (handle, thread) = ReplicaHandle::spawn(open(dir.path())).unwrap();
+    let (handle, thread, _announcements) = ReplicaHandle::spawn(open(dir.path())).unwrap();
     let room = handle.try_call(|r| r.create_room("actor")).await.unwrap();
     let mut tasks = Vec::new();
     for t in 0..8 {
@@ -51,7 +51,7 @@ async fn test_concurrent_callers_each_get_their_own_durable_result() {
 #[tokio::test]
 async fn test_a_panicking_job_is_reported_and_the_replica_keeps_serving() {
     let dir = tempfile::tempdir().unwrap();
-    let (handle, _thread) = ReplicaHandle::spawn(open(dir.path())).unwrap();
+    let (handle, _thread, _announcements) = ReplicaHandle::spawn(open(dir.path())).unwrap();
     let room = handle.try_call(|r| r.create_room("panics")).await.unwrap();
     let result: Result<(), _> = handle.call(|_| panic!("job exploded")).await;
     assert_eq!(result, Err(NodeError::Panicked("job exploded".into())));
@@ -71,7 +71,7 @@ async fn test_a_panicking_job_is_reported_and_the_replica_keeps_serving() {
 #[tokio::test]
 async fn test_calls_after_shutdown_fail_closed_and_the_store_reopens() {
     let dir = tempfile::tempdir().unwrap();
-    let (handle, thread) = ReplicaHandle::spawn(open(dir.path())).unwrap();
+    let (handle, thread, _announcements) = ReplicaHandle::spawn(open(dir.path())).unwrap();
     let other = handle.clone();
     let room = handle.try_call(|r| r.create_room("closing")).await.unwrap();
     handle.shutdown().await.unwrap();
@@ -84,7 +84,7 @@ async fn test_calls_after_shutdown_fail_closed_and_the_store_reopens() {
 #[tokio::test(flavor = "current_thread")]
 async fn test_a_slow_replica_job_does_not_block_the_executor() {
     let dir = tempfile::tempdir().unwrap();
-    let (handle, _thread) = ReplicaHandle::spawn(open(dir.path())).unwrap();
+    let (handle, _thread, _announcements) = ReplicaHandle::spawn(open(dir.path())).unwrap();
     let ticks = Arc::new(AtomicU32::new(0));
     let ticker = {
         let ticks = ticks.clone();

@@ -632,6 +632,22 @@ impl<S: Store> Replica<S> {
         }
         // And requests others made for this device's sessions, which it
         // could not answer while it held no role.
+        self.answer_open_requests(&mut tx, room, None)?;
+        self.finish(tx)
+    }
+
+    /// Answers the key requests for this device's sessions in the windowed
+    /// buckets of `room` that it has not answered: those of `only`'s
+    /// documents (devices whose keys or role just arrived, whose earlier
+    /// requests could not be answered then), or of every document.
+    pub(super) fn answer_open_requests(
+        &mut self,
+        tx: &mut Tx,
+        room: &RoomId,
+        only: Option<&BTreeSet<AuthorId>>,
+    ) -> Result<()> {
+        let all = KeyRange::prefix(room.as_bytes());
+        let window = self.window_in(tx, room);
         let me = self.author();
         let mut buckets = BTreeSet::new();
         for (_, v) in self.store.scan(Tree::Inbound, &all, Order::Ascending, usize::MAX)? {
@@ -645,18 +661,44 @@ impl<S: Store> Replica<S> {
             }
         }
         for bucket in buckets {
-            for author in self.bucket_authors(&tx, room, bucket)? {
-                self.load_doc(&mut tx, (*room, bucket, author))?;
+            for author in self.bucket_authors(tx, room, bucket)? {
+                if only.is_some_and(|o| !o.contains(&author)) {
+                    continue;
+                }
+                self.load_doc(tx, (*room, bucket, author))?;
                 let keys: BTreeSet<String> = self
                     .docs
                     .get(&(*room, bucket, author))
                     .map(|d| d.request_keys().into_iter().collect())
                     .unwrap_or_default();
                 if !keys.is_empty() {
-                    self.answer_key_requests(&mut tx, room, bucket, &author, &keys)?;
+                    self.answer_key_requests(tx, room, bucket, &author, &keys)?;
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Answers what devices that just became readers with keys asked for
+    /// before this device could answer them (their request arrived before
+    /// their keys or their role did).
+    pub(super) fn answer_new_readers(
+        &mut self,
+        room: &RoomId,
+        before: &[(AuthorId, DeviceKeys)],
+    ) -> Result<()> {
+        let me = self.author();
+        let after = self.governance(room)?.readers_with_keys();
+        let new: BTreeSet<AuthorId> = after
+            .into_iter()
+            .filter(|(a, k)| *a != me && !before.contains(&(*a, *k)))
+            .map(|(a, _)| a)
+            .collect();
+        if new.is_empty() || self.e2ee.blind {
+            return Ok(());
+        }
+        let mut tx = Tx::default();
+        self.answer_open_requests(&mut tx, room, Some(&new))?;
         self.finish(tx)
     }
 

@@ -316,6 +316,7 @@ impl<S: Store> Replica<S> {
     ) -> Result<Vec<Result<GovApplied, GovError>>> {
         let me = self.author();
         let was_reader = self.may_read(room, &me)?;
+        let readers_before = self.governance(room)?.readers_with_keys();
         let gov = self.gov_mut(room)?;
         let mut batch = WriteBatch::new();
         let mut outcomes = vec![Ok(GovApplied::Duplicate); changes.len()];
@@ -344,8 +345,12 @@ impl<S: Store> Replica<S> {
                 self.announce_governance(*room, change);
             }
             // Back as a reader, or with new keys: ask again for what waits.
-            if renew && self.is_encrypted(room)? {
-                self.renew_key_requests(room)?;
+            if self.is_encrypted(room)? {
+                if renew {
+                    self.renew_key_requests(room)?;
+                } else {
+                    self.answer_new_readers(room, &readers_before)?;
+                }
             }
         }
         Ok(outcomes)

@@ -7,7 +7,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use concord_core::{GossipVerdict, RoomId, Store, GOV_MAGIC};
+use concord_core::{Announcement, GossipVerdict, RoomId, Store, GOV_MAGIC};
 use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance, PublishError};
 use libp2p::PeerId;
 
@@ -52,6 +52,35 @@ impl<S: Store + 'static> State<S> {
             // out by catch-up when a peer is reachable.
             Err(PublishError::NoPeersSubscribedToTopic | PublishError::Duplicate) => Ok(false),
             Err(e) => Err(NodeError::Network(e.to_string())),
+        }
+    }
+
+    /// Gossips a stored change of this device (a delivery or a governance
+    /// change) to its room. `Ok(false)`: nobody to send it to yet.
+    pub(super) fn publish_change(&mut self, room: RoomId, bytes: Vec<u8>) -> Result<bool> {
+        self.activity.insert(room, Instant::now());
+        let governance = bytes.starts_with(GOV_MAGIC);
+        let result = self.publish(room_topic(&room), bytes);
+        if governance {
+            self.review(None);
+        }
+        if let Ok(true) = result {
+            self.schedule_confirm(room);
+        }
+        result
+    }
+
+    /// Gossips what the replica announced in answer to peers: room keys and
+    /// key requests in this device's documents, its published device keys.
+    /// A failure loses nothing: the change is stored and catch-up carries it.
+    pub(super) fn announced(&mut self, announcement: Announcement) {
+        let (room, bytes) = match announcement {
+            Announcement::Delivery(room, delivery) => (room, delivery.to_bytes()),
+            Announcement::Governance(room, change) => (room, change.as_bytes().to_vec()),
+            _ => return,
+        };
+        if let Err(e) = self.publish_change(room, bytes) {
+            tracing::debug!(%room, error = %e, "announcement gossip failed");
         }
     }
 

@@ -14,9 +14,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use concord_core::{
-    AuthorId, Clock, Hlc, RoomId, SignalKind, Store, SyncSession, SyncStats, GOV_MAGIC,
-};
+use concord_core::{AuthorId, Clock, Hlc, RoomId, SignalKind, Store, SyncSession, SyncStats};
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
@@ -32,7 +30,7 @@ use crate::behaviour::Behaviour;
 use crate::config::NodeConfig;
 use crate::error::{NodeError, Result};
 use crate::events::NodeEvent;
-use crate::replica_actor::{ReplicaHandle, Reply, Request};
+use crate::replica_actor::{Announcements, ReplicaHandle, Reply, Request};
 
 mod gossip;
 mod metrics;
@@ -123,6 +121,8 @@ pub(crate) struct Actor<S: Store> {
     pub(crate) replica: ReplicaHandle<S>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) inbox: mpsc::Receiver<Command>,
+    /// What the replica announced in answer to peers, to gossip.
+    pub(crate) announcements: Announcements,
     pub(crate) events: broadcast::Sender<NodeEvent>,
     pub(crate) metrics: Registry,
     pub(crate) config: NodeConfig,
@@ -190,6 +190,7 @@ impl<S: Store + 'static> Actor<S> {
             replica,
             clock,
             mut inbox,
+            mut announcements,
             events,
             mut metrics,
             config,
@@ -260,6 +261,7 @@ impl<S: Store + 'static> Actor<S> {
                     Some(command) => state.command(command),
                     None => return,
                 },
+                Some(announcement) = announcements.recv() => state.announced(announcement),
                 Some(report) = state.jobs.next(), if !state.jobs.is_empty() => {
                     if let Some(message) = report {
                         state.internal(message);
@@ -309,16 +311,7 @@ impl<S: Store + 'static> State<S> {
                 let _ = reply.send(self.join(room));
             }
             Command::Publish(room, bytes, reply) => {
-                self.activity.insert(room, Instant::now());
-                let governance = bytes.starts_with(GOV_MAGIC);
-                let result = self.publish(room_topic(&room), bytes);
-                if governance {
-                    self.review(None);
-                }
-                if let Ok(true) = result {
-                    self.schedule_confirm(room);
-                }
-                let _ = reply.send(result);
+                let _ = reply.send(self.publish_change(room, bytes));
             }
             Command::Signal(room, bytes, reply) => {
                 let _ = reply.send(self.publish(signal_topic(&room), bytes));

@@ -169,7 +169,7 @@ fn open_replica(
     let store = OutboxStore::new(SledStore::open(dir)?)?;
     let outbox = store.outbox();
     let clock = Arc::new(SystemClock);
-    let replica = match key_file {
+    let mut replica = match key_file {
         None => Replica::open(store, clock)?,
         Some(path) => match read_key_file(path)? {
             Some(seed) => Replica::open_with_seed(store, clock, seed)
@@ -181,6 +181,9 @@ fn open_replica(
             }
         },
     };
+    // A relay stores and serves ciphertext: it holds no room key, publishes
+    // no device keys and decrypts nothing.
+    replica.set_blind(true);
     Ok((replica, outbox))
 }
 

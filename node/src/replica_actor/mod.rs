@@ -21,7 +21,7 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::thread::JoinHandle;
 
-use concord_core::{Op, Replica, Sent, Store};
+use concord_core::{Announcement, Op, Replica, Sent, Store};
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot};
 
@@ -36,6 +36,11 @@ pub(crate) use request::{OwnedFlight, ReaderAsk, Reply, Request};
 /// away, instead of letting a burst of gossip grow memory without bound; 64
 /// covers a burst of one group commit per peer.
 pub const REPLICA_QUEUE: usize = 64;
+
+/// Announcements (room keys, key requests, published device keys) waiting
+/// for the swarm actor to gossip them. Each is already stored, so one that
+/// finds the queue full is not lost: catch-up carries it.
+pub const ANNOUNCE_QUEUE: usize = 256;
 
 /// Local changes committed in one batch (one flush) at most: a burst of
 /// sends from an app queues behind the flush in progress, and the next flush
@@ -84,13 +89,16 @@ impl ReplicaThread {
 }
 
 impl<S: Store + 'static> ReplicaHandle<S> {
-    /// Moves `replica` onto a new thread named `concord-replica`.
-    pub fn spawn(replica: Replica<S>) -> std::io::Result<(Self, ReplicaThread)> {
+    /// Moves `replica` onto a new thread named `concord-replica`. What the
+    /// replica announces in answer to peers ([`Replica::take_announcements`])
+    /// arrives on the receiver, for gossip.
+    pub fn spawn(replica: Replica<S>) -> std::io::Result<(Self, ReplicaThread, Announcements)> {
         let (jobs, inbox) = mpsc::channel(REPLICA_QUEUE);
+        let (announce, announcements) = mpsc::channel(ANNOUNCE_QUEUE);
         let thread = std::thread::Builder::new()
             .name("concord-replica".into())
-            .spawn(move || run(replica, inbox))?;
-        Ok((Self { jobs }, ReplicaThread { thread }))
+            .spawn(move || run(replica, inbox, announce))?;
+        Ok((Self { jobs }, ReplicaThread { thread }, announcements))
     }
 
     /// Sends a request and waits for its answer. Waits while the queue is
@@ -158,9 +166,20 @@ impl<S: Store + 'static> ReplicaHandle<S> {
     }
 }
 
-fn run<S: Store>(mut replica: Replica<S>, mut inbox: mpsc::Receiver<Message<S>>) {
+/// The receiving end of a replica's announcements.
+pub type Announcements = mpsc::Receiver<Announcement>;
+
+fn run<S: Store>(
+    mut replica: Replica<S>,
+    mut inbox: mpsc::Receiver<Message<S>>,
+    announce: mpsc::Sender<Announcement>,
+) {
     let mut next = None;
     loop {
+        for announcement in replica.take_announcements() {
+            // Full or closed: it is stored, and catch-up carries it.
+            let _ = announce.try_send(announcement);
+        }
         if next.is_none() && inbox.is_empty() {
             shred_when_idle(&mut replica);
         }

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use concord_core::{
     serve_sync, start_sync, Action, Anchor, AuditEntry, AuthorId, Genesis, GovChange, GovState,
     Hlc, InboundFlight, Invite, InviteReadiness, Judged, MessageId, Op, Replica, Role, RoomId,
-    RoomInfo, Sent, Served, SignalKind, Start, Started, Step, Store, Subscription, SyncError,
-    SyncSession, TimelineItem, TimelineListener, TimelinePage,
+    RoomInfo, RoomOptions, Sent, Served, SignalKind, Start, Started, Step, Store, Subscription,
+    SyncError, SyncSession, TimelineItem, TimelineListener, TimelinePage,
 };
 use tokio::sync::oneshot;
 
@@ -24,8 +24,8 @@ pub(crate) type Reply<T> = oneshot::Sender<Result<T>>;
 /// A request to the replica thread.
 pub(crate) enum Request {
     // ----- rooms ---------------------------------------------------------------
-    /// [`Replica::create_room`], or [`Replica::create_room_with`] members.
-    CreateRoom { name: String, members: Option<Vec<(AuthorId, Role)>>, reply: Reply<RoomId> },
+    /// [`Replica::create_room_opts`].
+    CreateRoom { name: String, options: RoomOptions, reply: Reply<RoomId> },
     /// [`Replica::join_room`].
     JoinRoom { genesis: Vec<u8>, reply: Reply<RoomId> },
     /// [`Replica::genesis`].
@@ -120,12 +120,9 @@ impl Request {
     /// Answers the request on the replica thread.
     pub(super) fn answer<S: Store>(self, r: &mut Replica<S>) {
         match self {
-            Request::CreateRoom { name, members, reply } => respond(reply, || {
-                Ok(match members {
-                    Some(members) => r.create_room_with(&name, &members)?,
-                    None => r.create_room(&name)?,
-                })
-            }),
+            Request::CreateRoom { name, options, reply } => {
+                respond(reply, || Ok(r.create_room_opts(&name, &options)?))
+            }
             Request::JoinRoom { genesis, reply } => respond(reply, || Ok(r.join_room(&genesis)?)),
             Request::Genesis { room, reply } => respond(reply, || Ok(r.genesis(&room)?.clone())),
             Request::Rooms { reply } => respond(reply, || Ok(r.rooms())),
@@ -194,12 +191,8 @@ impl Request {
 
 /// The typed requests the node's handles make, one method each.
 impl<S: Store + 'static> ReplicaHandle<S> {
-    pub(crate) async fn create_room(
-        &self,
-        name: String,
-        members: Option<Vec<(AuthorId, Role)>>,
-    ) -> Result<RoomId> {
-        self.ask(|reply| Request::CreateRoom { name, members, reply }).await
+    pub(crate) async fn create_room(&self, name: String, options: RoomOptions) -> Result<RoomId> {
+        self.ask(|reply| Request::CreateRoom { name, options, reply }).await
     }
 
     pub(crate) async fn join_room(&self, genesis: Vec<u8>) -> Result<RoomId> {

@@ -52,7 +52,8 @@ Each line you type is sent as a message. Lines starting with / are commands:
   /peers           connected peers and what members last said about themselves
   /ticket          print a ticket for the room again
   /history         print the whole timeline again
-  /members         the room's name, topic, members with their roles, and bans
+  /members         the room's name, topic, members with their roles and the
+                   fingerprints of their device keys, and bans
   /role KEY ROLE   set a member's role (admin, moderator, member, read-only)
   /kick KEY        remove a member          /ban KEY   /unban KEY
   /topic TEXT      set the topic            /rename NAME   rename the room
@@ -156,7 +157,11 @@ async fn session(node: &Node, args: &ChatArgs) -> CliResult<()> {
     let info = room.info().await.context("cannot read the room")?;
     let ticket = settled_ticket(node, room.id()).await?;
     say!("ticket: {ticket}");
-    say!("room: {} ({})", info.name, room.id());
+    if info.encrypted {
+        say!("room: 🔒 {} ({}) — end-to-end encrypted", info.name, room.id());
+    } else {
+        say!("room: {} ({}) — not encrypted: relays and peers can read it", info.name, room.id());
+    }
     say!("you: {} (author {})", args.name, short(&node.author()));
     if args.join.as_ref().is_some_and(|t| t.invite().is_some()) {
         say!("* the ticket carries an invite: you become a member once the room's governance arrives");
@@ -293,6 +298,7 @@ impl View {
         }
         match &m.body {
             Some(body) => out.push_str(body),
+            None if m.waiting_for_key => out.push_str("🔑 (waiting for key)"),
             None => out.push_str("(text not arrived yet)"),
         }
         if m.edited.is_some() {
@@ -614,7 +620,10 @@ impl View {
             if gov.is_open() { " (open)" } else { "" }
         );
         for (author, member) in gov.members() {
-            say!("  {} {}", author, member.role);
+            match gov.device_keys(author) {
+                Some(keys) => say!("  {} {}  🔑 {}", author, member.role, keys.fingerprint()),
+                None => say!("  {} {}  (no device keys published)", author, member.role),
+            }
         }
         for author in gov.bans().keys() {
             say!("  {author} banned");

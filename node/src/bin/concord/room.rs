@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
-use concord_node::{Multiaddr, Node, NodeConfig, RoomId, RoomTicket};
+use concord_node::{Multiaddr, Node, NodeConfig, RoomId, RoomOptions, RoomTicket};
 
 use crate::common::{
     default_data_dir, listen_all, open_node, settled_ticket, CliError, CliResult, Context,
@@ -28,6 +28,14 @@ pub enum RoomCommand {
         /// `concord chat`), not with the ticket alone.
         #[arg(long)]
         members_only: bool,
+        /// A room without end-to-end encryption: relays and any peer that
+        /// serves it can read it. Rooms are encrypted unless this is given.
+        #[arg(long)]
+        unencrypted: bool,
+        /// Share the room's history with new members (an encrypted room
+        /// gives a new member keys from its join onward otherwise).
+        #[arg(long, conflicts_with = "unencrypted")]
+        share_history: bool,
         #[command(flatten)]
         store: StoreArgs,
         #[command(flatten)]
@@ -96,8 +104,13 @@ pub async fn run(command: RoomCommand) -> CliResult<ExitCode> {
     };
     let node = open_node(&store.dir()?, config)?;
     let result = match &command {
-        RoomCommand::Create { name, listen, members_only, .. } => {
-            create(&node, name, *members_only, &listen.listen).await
+        RoomCommand::Create { name, listen, members_only, unencrypted, share_history, .. } => {
+            let mut options =
+                RoomOptions::default().encrypted(!unencrypted).share_history(*share_history);
+            if *members_only {
+                options = options.members_only(Vec::new());
+            }
+            create(&node, name, options, &listen.listen).await
         }
         RoomCommand::List { .. } => list(&node).await,
         RoomCommand::Ticket { room, listen, .. } => {
@@ -113,17 +126,17 @@ pub async fn run(command: RoomCommand) -> CliResult<ExitCode> {
 async fn create(
     node: &Node,
     name: &str,
-    members_only: bool,
+    options: RoomOptions,
     listen: &[Multiaddr],
 ) -> CliResult<()> {
     listen_all(node, listen).await?;
-    let room = if members_only {
-        node.create_room_with(name, Vec::new()).await
-    } else {
-        node.create_room(name).await
-    }
-    .context("cannot create the room")?;
-    say!("room: {}", room.id());
+    let encrypted = options.is_encrypted();
+    let room = node.create_room_opts(name, options).await.context("cannot create the room")?;
+    say!(
+        "room: {}{}",
+        room.id(),
+        if encrypted { " (end-to-end encrypted)" } else { " (not encrypted)" }
+    );
     print_ticket(node, room.id(), listen).await
 }
 
@@ -133,7 +146,8 @@ async fn list(node: &Node) -> CliResult<()> {
         eprintln!("no rooms in this store yet (concord room create NAME, or concord chat)");
     }
     for r in rooms {
-        say!("{}  {}  (created by {})", r.id, r.name, crate::common::short(&r.creator));
+        let lock = if r.encrypted { "🔒 " } else { "" };
+        say!("{}  {lock}{}  (created by {})", r.id, r.name, crate::common::short(&r.creator));
     }
     Ok(())
 }
