@@ -80,8 +80,8 @@ pub use replica::{
     Anchor, Announcement, Applied, DeliveryState, Draft, GossipVerdict, InviteReadiness, Judged,
     Op, Page, Replica, RoomInfo, RoomOptions, RoomSnapshot, Sent, Subscription, TimelineItem,
     TimelineListener, TimelinePage, DEFAULT_DOC_CACHE, DEFAULT_DOC_CACHE_ITEMS,
-    DEFAULT_PENDING_BYTES_PER_ROOM, DEFAULT_PENDING_PER_ROOM, HISTORY_SETTING, MAX_PAGE,
-    ROTATE_AFTER_MESSAGES,
+    DEFAULT_PENDING_BYTES_PER_ROOM, DEFAULT_PENDING_PER_ROOM, HISTORY_SETTING, JOIN_GRACE_MILLIS,
+    MAX_PAGE, ROTATE_AFTER_MESSAGES,
 };
 pub use signal::{Signal, SignalKind, SIGNAL_BYTES, SIGNAL_FRESH_MILLIS};
 pub use store::{

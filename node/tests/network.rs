@@ -255,7 +255,10 @@ async fn test_a_windowed_peer_fetches_older_history_when_it_pages_back() {
     let clock = clock();
     let a = peer(1, &clock, config());
     let b = peer(2, &clock, config());
-    let room = a.node.create_room("history").await.unwrap();
+    // B joins after three days of messages: a room that shares its history
+    // with new members (encrypted ones withhold it otherwise).
+    let shared = concord_core::RoomOptions::default().share_history(true);
+    let room = a.node.create_room_opts("history", shared).await.unwrap();
     for day in 0..3 {
         for i in 0..4 {
             room.send(&format!("day {day} message {i}")).await.unwrap();

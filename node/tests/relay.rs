@@ -26,16 +26,19 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use concord_core::{
-    AuthorId, Delivery, DeliveryState, Flight, RawDelivery, Role, RoomId, SledStore, SyncMessage,
+    AuthorId, Delivery, DeliveryState, Flight, RawDelivery, Role, RoomId, RoomOptions, SledStore,
+    SyncMessage,
 };
 use concord_node::relay::{RelayStore, SledRelayStore};
-use concord_node::{Multiaddr, Node, NodeEvent, Room, SyncRequest};
+use concord_node::{Multiaddr, Node, NodeEvent, Room, RoomTicket, SyncRequest};
 use futures::StreamExt;
 use libp2p::request_response;
 use libp2p::swarm::SwarmEvent;
 
 const CANARY: &str = "CANARY-relay-5f0c2a9e";
 const KEPT: &str = "kept-by-the-relay-81d4";
+const PLAIN_CANARY: &str = "CANARY-in-the-clear-0b7e";
+const PLAIN_KEPT: &str = "kept-in-the-clear-c3a1";
 
 /// A `concord relay` child process.
 struct RelayProcess {
@@ -165,12 +168,40 @@ async fn bodies(room: &Room<SledStore>) -> Vec<String> {
     room.timeline().await.unwrap().into_iter().filter_map(|item| item.message.body).collect()
 }
 
-fn contains(haystack: &[u8], needle: &str) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle.as_bytes())
+fn contains(haystack: &[u8], needle: impl AsRef<[u8]>) -> bool {
+    let needle = needle.as_ref();
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// `member` joins with `ticket` through the relay and goes offline once
+/// the founder's `room` holds its device keys: from then on the founder
+/// shares its room keys with it, so it reads what the relay forwards while
+/// the founder is away (an encrypted room's history for a new reader
+/// begins at its keys).
+async fn join_then_leave(
+    dir: &Path,
+    ticket: &RoomTicket,
+    relay: &RelayProcess,
+    room: &Room<SledStore>,
+) {
+    let member = device(dir);
+    let joined = member.join_ticket(ticket).await.unwrap();
+    member.dial(relay.addr.clone()).await.unwrap();
+    let author = member.author();
+    common::until("the member to publish its device keys", || async {
+        joined.governance().await.unwrap().device_keys(&author).is_some()
+    })
+    .await;
+    common::until("the founder to hold the member's device keys", || async {
+        room.governance().await.unwrap().device_keys(&author).is_some()
+    })
+    .await;
+    member.shutdown().await.unwrap();
 }
 
 /// Every file under `dir`, read raw.
-fn files_containing(dir: &Path, needle: &str) -> Vec<String> {
+fn files_containing(dir: &Path, needle: impl AsRef<[u8]>) -> Vec<String> {
+    let needle = needle.as_ref();
     let mut found = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
@@ -225,15 +256,16 @@ async fn test_store_and_forward_survives_sigkill_and_erases_deleted_bodies() {
     let (status, body) = relay.get("/health");
     assert!(status.contains("200") && body == "ok\n", "{status} {body}");
 
-    // A alone with the relay: B is offline.
+    // B joined once (so A shares room keys with it) and is offline now:
+    // A alone with the relay.
     let a = device(a_dir.path());
     let room = a.create_room("relayed").await.unwrap();
     let ticket = room.ticket().await.unwrap();
     a.dial(relay.addr.clone()).await.unwrap();
+    join_then_leave(b_dir.path(), &ticket, &relay, &room).await;
     let first = room.send("first, while B is away").await.unwrap();
     room.send(KEPT).await.unwrap();
     let secret = room.send(CANARY).await.unwrap();
-    // The canary is in the relay's store before the delete is sent.
     until_reached(&room).await;
     room.edit(first, "first, edited").await.unwrap();
     room.delete(secret).await.unwrap();
@@ -249,10 +281,9 @@ async fn test_store_and_forward_survives_sigkill_and_erases_deleted_bodies() {
     relay.kill();
     let relay = RelayProcess::start(relay_dir.path());
 
-    // B has the ticket (whose addresses are A's, now offline) and meets
-    // only the relay.
+    // B is back, A is not: B meets only the relay.
     let b = device(b_dir.path());
-    let b_room = b.join_ticket(&ticket).await.unwrap();
+    let b_room = b.room(room.id()).await.unwrap();
     b.dial(relay.addr.clone()).await.unwrap();
     common::until("B to receive everything from the relay", || async {
         bodies(&b_room).await == want
@@ -262,20 +293,22 @@ async fn test_store_and_forward_survives_sigkill_and_erases_deleted_bodies() {
     b.shutdown().await.unwrap();
     relay.stop();
 
-    // The relay store, read directly: the canary is gone, the kept body is
-    // there (so the check can fail).
+    // The relay store, read directly, and every file of the relay's data
+    // directory: the room is end-to-end encrypted, so neither the kept
+    // body nor the deleted one is readable anywhere; the room's id is
+    // there (so the search can fail).
     let store = SledRelayStore::open(&relay_dir.path().join("store")).unwrap();
     let (envelopes, blobs) = store_contents(&store, room.id()).await;
     assert!(envelopes >= 6, "the store holds {envelopes} envelopes");
-    assert!(blobs.iter().any(|b| contains(b, KEPT)), "the kept body is missing from the store");
-    assert!(!blobs.iter().any(|b| contains(b, CANARY)), "the canary is in the relay store");
+    assert!(blobs.len() >= 3, "the store holds {} blobs", blobs.len());
+    assert!(
+        !blobs.iter().any(|b| contains(b, KEPT) || contains(b, CANARY)),
+        "plaintext in the store"
+    );
     drop(store);
-    // sled is log-structured: a removed value stays in old log segments
-    // until they are reused (docs/architecture.md, "Erasure"). Measured,
-    // not asserted; the kept body shows the search works.
-    assert!(!files_containing(relay_dir.path(), KEPT).is_empty(), "no file holds the kept body");
-    let lingering = files_containing(relay_dir.path(), CANARY);
-    println!("raw files of the relay still holding the deleted canary: {}", lingering.len());
+    assert!(!files_containing(relay_dir.path(), room.id().as_bytes()).is_empty(), "no room id");
+    assert_eq!(files_containing(relay_dir.path(), KEPT), Vec::<String>::new());
+    assert_eq!(files_containing(relay_dir.path(), CANARY), Vec::<String>::new());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -308,6 +341,7 @@ async fn test_a_relay_whose_replica_was_lost_rebuilds_it_from_its_store() {
     let room = a.create_room("rebuilt").await.unwrap();
     let ticket = room.ticket().await.unwrap();
     a.dial(relay.addr.clone()).await.unwrap();
+    join_then_leave(b_dir.path(), &ticket, &relay, &room).await;
     for i in 0..20 {
         room.send(&format!("message {i}")).await.unwrap();
     }
@@ -322,7 +356,7 @@ async fn test_a_relay_whose_replica_was_lost_rebuilds_it_from_its_store() {
     assert_eq!((relay_peer(&relay), relay.author), (peer, author), "the same relay again");
     assert_eq!(std::fs::read_to_string(&key_file).unwrap(), written);
     let b = device(b_dir.path());
-    let b_room = b.join_ticket(&ticket).await.unwrap();
+    let b_room = b.room(room.id()).await.unwrap();
     b.dial(relay.addr.clone()).await.unwrap();
     common::until("B to receive the rebuilt room", || async { bodies(&b_room).await == want })
         .await;
@@ -392,9 +426,14 @@ async fn test_a_room_of_members_reaches_a_relay_only_once_the_relay_is_a_member(
     let room = a.create_room_with("private", vec![(b.author(), Role::Member)]).await.unwrap();
     let ticket = room.ticket().await.unwrap();
     a.dial(relay.addr.clone()).await.unwrap();
+    // The relay takes the room up and holds its governance; B, a founding
+    // member, joins through it once, so A learns B's device keys.
+    a.sync(relay_peer(&relay), room.id()).await.unwrap();
+    b.shutdown().await.unwrap();
+    join_then_leave(dirs[1].path(), &ticket, &relay, &room).await;
+    let b = device(dirs[1].path());
     room.send("members only").await.unwrap();
-    // The relay takes the room up and holds its governance, but A sends
-    // it no envelopes: its key is not a member.
+    // A sends the relay no envelopes: its key is not a member.
     let stats = a.sync(relay_peer(&relay), room.id()).await.unwrap();
     assert_eq!(stats.envelopes_sent, 0, "{stats:?}");
     assert_eq!(relay.metric("concord_relay_envelopes_stored_total"), 0.0);
@@ -408,7 +447,7 @@ async fn test_a_room_of_members_reaches_a_relay_only_once_the_relay_is_a_member(
 
     // B, a member, receives the room from the relay alone; C, who holds
     // the ticket but is no member, receives its governance and nothing else.
-    let b_room = b.join_ticket(&ticket).await.unwrap();
+    let b_room = b.room(room.id()).await.unwrap();
     let c_room = c.join_ticket(&ticket).await.unwrap();
     b.dial(relay.addr.clone()).await.unwrap();
     c.dial(relay.addr.clone()).await.unwrap();
@@ -751,21 +790,40 @@ mod on_dynamodb {
 
         let a_dir = tempfile::tempdir().unwrap();
         let a = device(a_dir.path());
+        // An end-to-end encrypted room (the default), and one created
+        // without encryption, whose bodies the relay's table holds readable.
         let room = a.create_room("on dynamodb").await.unwrap();
+        let plain = a
+            .create_room_opts("in the clear", RoomOptions::default().encrypted(false))
+            .await
+            .unwrap();
         a.dial(relay.addr.clone()).await.unwrap();
         room.send(KEPT).await.unwrap();
         let secret = room.send(CANARY).await.unwrap();
+        plain.send(PLAIN_KEPT).await.unwrap();
+        let plain_secret = plain.send(PLAIN_CANARY).await.unwrap();
         until_reached(&room).await;
-        assert!(blob_items(&prefix).await.iter().any(|b| contains(b, CANARY)));
-        room.delete(secret).await.unwrap();
-        // The deleted message leaves the timeline; a later message reaching
-        // the relay shows the delete did (the watermark covers both).
-        room.send("after the delete").await.unwrap();
-        until_reached(&room).await;
+        until_reached(&plain).await;
         let blobs = blob_items(&prefix).await;
-        assert!(blobs.iter().any(|b| contains(b, KEPT)), "the kept body is not in the table");
-        assert!(!blobs.iter().any(|b| contains(b, CANARY)), "the canary is still in the table");
-        assert!(relay.metric("concord_relay_blobs_erased_total") >= 1.0);
+        assert!(
+            !blobs.iter().any(|b| contains(b, CANARY) || contains(b, KEPT)),
+            "the encrypted room's bodies are readable in the table"
+        );
+        assert!(blobs.iter().any(|b| contains(b, PLAIN_CANARY)), "the clear room's body");
+        room.delete(secret).await.unwrap();
+        plain.delete(plain_secret).await.unwrap();
+        // The deleted messages leave the timelines; later messages reaching
+        // the relay show the deletes did (the watermark covers both).
+        room.send("after the delete").await.unwrap();
+        plain.send("after the delete").await.unwrap();
+        until_reached(&room).await;
+        until_reached(&plain).await;
+        let blobs = blob_items(&prefix).await;
+        assert!(blobs.iter().any(|b| contains(b, PLAIN_KEPT)), "the kept body is not in the table");
+        assert!(!blobs.iter().any(|b| contains(b, PLAIN_CANARY)), "the canary is still there");
+        assert!(!blobs.iter().any(|b| contains(b, CANARY) || contains(b, KEPT)));
+        // Both deleted bodies' blobs, the ciphertext one included.
+        assert!(relay.metric("concord_relay_blobs_erased_total") >= 2.0);
 
         // The store goes away: a new message stays saved, and health says so.
         let stored = envelope_count(&prefix).await;

@@ -18,7 +18,9 @@ fn genesis() -> concord_core::Genesis {
 fn genesis_and_invite() -> (concord_core::Genesis, Invite) {
     let clock = Arc::new(ManualClock::new(1_750_000_000_000));
     let mut r = Replica::open_with_seed(MemoryStore::new(), clock, [3; 32]).unwrap();
-    let room = r.create_room("ticketed").unwrap();
+    // Unencrypted, as every room was when version 1 tickets were written.
+    let options = concord_core::RoomOptions::default().encrypted(false);
+    let room = r.create_room_opts("ticketed", &options).unwrap();
     let (invite, _) = r.invite(&room, Role::Member, None, None).unwrap();
     (r.genesis(&room).unwrap().clone(), invite)
 }

@@ -48,6 +48,15 @@ use crate::store::{KeyRange, Order, Store, Tree, WriteBatch};
 /// reads.
 pub const ROTATE_AFTER_MESSAGES: u32 = 100;
 
+/// How long before a reader published its device keys its history begins,
+/// in a room that does not share history. A device that joins with a
+/// ticket publishes its keys only once the room's governance reached it,
+/// which can be a while after it joined (and clocks differ); messages sent
+/// in that span are meant for it. Ten minutes of messages is what a new
+/// reader may read from before its publication: the price of not losing
+/// the first messages of everyone who joins.
+pub const JOIN_GRACE_MILLIS: i64 = 10 * 60 * 1000;
+
 /// The room setting that shares history with new members: `"shared"` gives
 /// a new reader room keys from each session's first index, anything else
 /// (the default) from its key publication on.
@@ -220,7 +229,7 @@ impl<S: Store> Replica<S> {
         if published == Some(mine) {
             return Ok(None);
         }
-        Ok(Some(self.govern(room, Action::PublishKeys(mine))?))
+        Ok(Some(self.act(room, Action::PublishKeys(mine))?))
     }
 
     fn load_outbound(&self, room: &RoomId, bucket: u32) -> Result<Option<OutboundState>> {
@@ -743,7 +752,9 @@ impl<S: Store> Replica<S> {
             return Ok(());
         };
         let shared_history = state.settings().get(HISTORY_SETTING).is_some_and(|v| v == "shared");
-        let since = state.keys_published(requester).unwrap_or(i64::MAX);
+        let since = state
+            .keys_published(requester)
+            .map_or(i64::MAX, |published| published.saturating_sub(JOIN_GRACE_MILLIS));
         let dk = (*room, bucket, *requester);
         for key in keys {
             let Some((session, owner)) = doc::parse_pair_key(key) else { continue };

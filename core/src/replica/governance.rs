@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 
+use crate::base::DeviceKeys;
 use crate::envelope::Genesis;
 use crate::error::{Error, Result, StoreError};
 use crate::governance::{
@@ -249,6 +250,17 @@ impl<S: Store> Replica<S> {
     /// Performs a governance action as this device, if its role allows it;
     /// returns the signed change once it is durable, for peers.
     pub fn govern(&mut self, room: &RoomId, action: Action) -> Result<GovChange> {
+        let me = self.author();
+        let was_reader = self.may_read(room, &me)?;
+        let readers_before = self.governance(room)?.readers_with_keys();
+        let change = self.act(room, action)?;
+        self.follow_governance(room, was_reader, &readers_before)?;
+        Ok(change)
+    }
+
+    /// Signs and commits one governance change of this device, with none of
+    /// [`Replica::govern`]'s follow-up.
+    pub(super) fn act(&mut self, room: &RoomId, action: Action) -> Result<GovChange> {
         let time = self.gov_time();
         let Some(gov) = self.govs.get_mut(room) else { return Err(Error::UnknownRoom(*room)) };
         let change = gov.act(&self.key, action, time).map_err(Error::Governance)?;
@@ -337,22 +349,35 @@ impl<S: Store> Replica<S> {
         if accepted > 0 {
             self.commit_governance(room, batch)?;
             self.retry_pending(room)?;
-            // Admitted to an encrypted room (or its founding arrived): this
-            // device publishes its keys, so members share room keys with it.
-            let published = self.publish_keys_if_needed(room)?;
-            let renew = published.is_some() || (!was_reader && self.may_read(room, &me)?);
-            if let Some(change) = published {
-                self.announce_governance(*room, change);
-            }
-            // Back as a reader, or with new keys: ask again for what waits.
-            if self.is_encrypted(room)? {
-                if renew {
-                    self.renew_key_requests(room)?;
-                } else {
-                    self.answer_new_readers(room, &readers_before)?;
-                }
-            }
+            self.follow_governance(room, was_reader, &readers_before)?;
         }
         Ok(outcomes)
+    }
+
+    /// What a change of the governance, received or made here, asks of this
+    /// device in an encrypted room: admitted (or the founding arrived), it
+    /// publishes its keys, so members share room keys with it; back as a
+    /// reader, or with new keys, it asks again for what waits; otherwise it
+    /// answers requests of readers that were not readers before.
+    fn follow_governance(
+        &mut self,
+        room: &RoomId,
+        was_reader: bool,
+        readers_before: &[(AuthorId, DeviceKeys)],
+    ) -> Result<()> {
+        if !self.is_encrypted(room)? {
+            return Ok(());
+        }
+        let me = self.author();
+        let published = self.publish_keys_if_needed(room)?;
+        let renew = published.is_some() || (!was_reader && self.may_read(room, &me)?);
+        if let Some(change) = published {
+            self.announce_governance(*room, change);
+        }
+        if renew {
+            self.renew_key_requests(room)
+        } else {
+            self.answer_new_readers(room, readers_before)
+        }
     }
 }

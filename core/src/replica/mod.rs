@@ -57,7 +57,7 @@ mod tx;
 pub use apply::{Applied, GossipVerdict, Judged};
 pub use delivery::{DeliveryState, TimelineItem, TimelinePage};
 pub use doc_cache::{DEFAULT_DOC_CACHE, DEFAULT_DOC_CACHE_ITEMS};
-pub use e2ee::{Announcement, HISTORY_SETTING, ROTATE_AFTER_MESSAGES};
+pub use e2ee::{Announcement, HISTORY_SETTING, JOIN_GRACE_MILLIS, ROTATE_AFTER_MESSAGES};
 pub use governance::InviteReadiness;
 pub use local::{Draft, Op, Sent};
 pub use pending::{DEFAULT_PENDING_BYTES_PER_ROOM, DEFAULT_PENDING_PER_ROOM};

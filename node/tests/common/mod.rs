@@ -66,7 +66,22 @@ pub async fn until_converged(nodes: &[&Node], room: RoomId, want: usize) -> Room
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let counts: Vec<usize> = last.iter().map(|s| s.messages.len()).collect();
-    panic!("nodes did not converge to {want} messages: {counts:?}");
+    let views: Vec<String> = last
+        .iter()
+        .map(|s| {
+            let each: Vec<String> = s
+                .messages
+                .iter()
+                .map(|m| match (&m.body, m.waiting_for_key) {
+                    (_, true) => format!("{} waiting for key", m.id),
+                    (Some(body), false) => format!("{} {body:?}", m.id),
+                    (None, false) => format!("{} no body", m.id),
+                })
+                .collect();
+            each.join(", ")
+        })
+        .collect();
+    panic!("nodes did not converge to {want} messages: {counts:?}\n{}", views.join("\n"));
 }
 
 /// Polls `check` every 50 ms until it holds, or fails after 30 s.

@@ -11,7 +11,7 @@ use std::future::Future;
 
 use concord_core::{
     Action, BlobHash, Draft, Envelope, Genesis, GovChange, Hlc, ManualClock, MemoryStore, Op,
-    Replica, RoomId, BUCKET_SPAN_MILLIS, MAX_BLOB_BYTES, MAX_GOV_CHANGE_BYTES,
+    Replica, RoomId, RoomOptions, BUCKET_SPAN_MILLIS, MAX_BLOB_BYTES, MAX_GOV_CHANGE_BYTES,
 };
 
 use concord_node::relay::{
@@ -28,6 +28,14 @@ pub struct Material {
     pub foreign: StoredEnvelope,
 }
 
+/// Rooms without end-to-end encryption: Megolm and Olm draw fresh
+/// randomness, and the material must be the same bytes each time it is
+/// built (a reopened store is checked against a second build). What the
+/// stores hold of encrypted rooms is checked in `tests/relay.rs`.
+fn clear() -> RoomOptions {
+    RoomOptions::default().encrypted(false)
+}
+
 /// Builds [`Material`]: 40 posts by two authors in the first room across
 /// two buckets, and one post in the second room.
 pub fn material() -> Material {
@@ -36,10 +44,10 @@ pub fn material() -> Material {
         Replica::open_with_seed(MemoryStore::new(), clock.clone(), [1; 32]).expect("replica");
     let mut bob =
         Replica::open_with_seed(MemoryStore::new(), clock.clone(), [2; 32]).expect("replica");
-    let room = alice.create_room("relay conformance").expect("room");
+    let room = alice.create_room_opts("relay conformance", &clear()).expect("room");
     let genesis = alice.genesis(&room).expect("genesis").clone();
     bob.join_room(genesis.as_bytes()).expect("join");
-    let other = bob.create_room("another room").expect("room");
+    let other = bob.create_room_opts("another room", &clear()).expect("room");
     let mut envelopes = Vec::new();
     for i in 0..40u64 {
         let who = if i % 3 == 0 { &mut bob } else { &mut alice };
@@ -77,7 +85,7 @@ pub fn batch_material() -> BatchMaterial {
         Replica::open_with_seed(MemoryStore::new(), clock.clone(), [3; 32]).expect("replica");
     let mut dave =
         Replica::open_with_seed(MemoryStore::new(), clock.clone(), [4; 32]).expect("replica");
-    let room = carol.create_room("relay batches").expect("room");
+    let room = carol.create_room_opts("relay batches", &clear()).expect("room");
     dave.join_room(carol.genesis(&room).expect("genesis").as_bytes()).expect("join");
     let mut envelopes = Vec::with_capacity(BATCH_ENVELOPES);
     for start in (0..BATCH_ENVELOPES).step_by(50) {
@@ -105,7 +113,7 @@ pub fn gov_material() -> Vec<(RoomId, Vec<GovChange>)> {
         Replica::open_with_seed(MemoryStore::new(), clock.clone(), [5; 32]).expect("replica");
     let mut rooms = Vec::new();
     for (name, topics) in [("relay governance", 2), ("relay governance too", 0)] {
-        let room = erin.create_room(name).expect("room");
+        let room = erin.create_room_opts(name, &clear()).expect("room");
         for i in 0..topics {
             clock.advance(11);
             erin.govern(&room, Action::SetTopic(format!("topic {i}"))).expect("govern");

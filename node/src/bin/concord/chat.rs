@@ -620,9 +620,10 @@ impl View {
             if gov.is_open() { " (open)" } else { "" }
         );
         for (author, member) in gov.members() {
+            say!("  {} {}", author, member.role);
             match gov.device_keys(author) {
-                Some(keys) => say!("  {} {}  🔑 {}", author, member.role, keys.fingerprint()),
-                None => say!("  {} {}  (no device keys published)", author, member.role),
+                Some(keys) => say!("    🔑 device keys {}", keys.fingerprint()),
+                None => say!("    no device keys published yet"),
             }
         }
         for author in gov.bans().keys() {

@@ -132,11 +132,12 @@ async fn create(
     listen_all(node, listen).await?;
     let encrypted = options.is_encrypted();
     let room = node.create_room_opts(name, options).await.context("cannot create the room")?;
-    say!(
-        "room: {}{}",
-        room.id(),
-        if encrypted { " (end-to-end encrypted)" } else { " (not encrypted)" }
-    );
+    say!("room: {}", room.id());
+    if encrypted {
+        say!("encryption: end to end (relays store it and cannot read it)");
+    } else {
+        say!("encryption: none (relays and any peer with the ticket can read it)");
+    }
     print_ticket(node, room.id(), listen).await
 }
 
@@ -146,8 +147,8 @@ async fn list(node: &Node) -> CliResult<()> {
         eprintln!("no rooms in this store yet (concord room create NAME, or concord chat)");
     }
     for r in rooms {
-        let lock = if r.encrypted { "🔒 " } else { "" };
-        say!("{}  {lock}{}  (created by {})", r.id, r.name, crate::common::short(&r.creator));
+        let encrypted = if r.encrypted { ", end-to-end encrypted 🔒" } else { "" };
+        say!("{}  {}  (created by {}{encrypted})", r.id, r.name, crate::common::short(&r.creator));
     }
     Ok(())
 }
