@@ -17,6 +17,9 @@
 //!
 //! Each case is a seeded simulation. `CONCORD_SEED=<n>` replays one case;
 //! `CONCORD_CASES=<n>` runs more than the default 1,000.
+//!
+//! Just over the house's 600 lines: the simulation and the checks run on
+//! its state are read together.
 
 mod common;
 

@@ -68,6 +68,11 @@ fn test_a_schema_3_store_migrates_and_keeps_working() {
     let store = SledStore::open(dir.path()).unwrap();
     let mut alice = Replica::open_with_seed(store, clock.clone(), [1; 32]).unwrap();
 
+    // Its room was made before encryption and stays unencrypted, and says so.
+    assert!(!alice.is_encrypted(&room).unwrap());
+    let listed = alice.rooms();
+    assert_eq!(listed.iter().map(|r| (r.id, r.encrypted)).collect::<Vec<_>>(), [(room, false)]);
+
     // Everything the old store showed, the new one shows.
     let shown = alice.snapshot(&room).unwrap();
     let bodies: Vec<&str> = shown.messages.iter().filter_map(|m| m.body.as_deref()).collect();

@@ -8,7 +8,7 @@ use concord_node::{Node, NodeConfig};
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::error::{self, ConcordError, Result};
-use crate::records::{ClientConfig, ClientEvent, Member, RoomInfo};
+use crate::records::{ClientConfig, ClientEvent, Member, RoomInfo, RoomOptions};
 use crate::room::Room;
 use crate::runtime::{run, runtime};
 use crate::subscription::{Inner, Subscription};
@@ -135,6 +135,27 @@ impl Client {
         let node = self.node.clone();
         run(async move { Ok(Arc::new(Room::new(node.create_room_with(&name, members).await?))) })
             .await
+    }
+
+    /// Creates a room as `options` say: encrypted or not, sharing its
+    /// history with new members or not, open or of members only.
+    pub async fn create_room_with_options(
+        &self,
+        name: String,
+        options: RoomOptions,
+    ) -> Result<Arc<Room>> {
+        let mut made = concord_node::RoomOptions::default()
+            .encrypted(options.encrypted)
+            .share_history(options.share_history);
+        if let Some(members) = options.members {
+            let members = members
+                .into_iter()
+                .map(|m| Ok((error::author_id(&m.author_id)?, m.role.into())))
+                .collect::<Result<Vec<_>>>()?;
+            made = made.members_only(members);
+        }
+        let node = self.node.clone();
+        run(async move { Ok(Arc::new(Room::new(node.create_room_opts(&name, made).await?))) }).await
     }
 
     /// Joins the room a ticket names and connects to the peers it lists.

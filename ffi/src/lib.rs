@@ -35,7 +35,7 @@ pub use client::{Client, EventListener};
 pub use error::ConcordError;
 pub use records::{
     AuditEntry, ClientConfig, ClientEvent, DeliveryState, Member, MemberRole, MessageItem, Page,
-    ReactionItem, RoomGovernance, RoomInfo, SignalKind, TimelineDiff,
+    ReactionItem, RoomGovernance, RoomInfo, RoomOptions, SignalKind, TimelineDiff,
 };
 pub use room::{Room, TimelineListener};
 pub use subscription::Subscription;

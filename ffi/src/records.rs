@@ -52,6 +52,24 @@ pub struct RoomInfo {
     pub creator_id: String,
     /// When it was created, in Unix milliseconds.
     pub created_ms: u64,
+    /// Whether its content is end-to-end encrypted: relays store it and
+    /// cannot read it. Fixed when the room is created.
+    pub encrypted: bool,
+}
+
+/// How a new room is made ([`crate::Client::create_room_with_options`]).
+#[derive(Clone, Debug, PartialEq, Eq, uniffi::Record)]
+pub struct RoomOptions {
+    /// End-to-end encrypted (what `create_room` makes). False makes a room
+    /// that relays and anyone holding its ticket can read.
+    pub encrypted: bool,
+    /// In an encrypted room, whether new members get keys for messages
+    /// sent before they joined. Off by default.
+    pub share_history: bool,
+    /// None for an open room (anyone with the ticket who is not banned may
+    /// post); otherwise a room of members only, with these members beside
+    /// this device, its admin.
+    pub members: Option<Vec<Member>>,
 }
 
 impl From<concord_node::RoomInfo> for RoomInfo {
@@ -61,6 +79,7 @@ impl From<concord_node::RoomInfo> for RoomInfo {
             name: r.name,
             creator_id: r.creator.to_string(),
             created_ms: r.created.millis(),
+            encrypted: r.encrypted,
         }
     }
 }
@@ -115,8 +134,13 @@ pub struct MessageItem {
     pub timestamp_ms: u64,
     /// Its place in the timeline, for `Room::page`.
     pub cursor: String,
-    /// The text, or none while its body has not arrived from a peer.
+    /// The text, or none while its body has not arrived from a peer or
+    /// while it waits for its key.
     pub body: Option<String>,
+    /// In an encrypted room: the message arrived but the key to read it
+    /// has not yet; it has been asked for, and the message is shown (once,
+    /// through the timeline listener) when it comes.
+    pub waiting_for_key: bool,
     /// The id of the message it replies to.
     pub reply_to: Option<String>,
     /// When it was last edited, in Unix milliseconds.
@@ -138,6 +162,7 @@ impl MessageItem {
             timestamp_ms: m.hlc.millis(),
             cursor: m.cursor.to_string(),
             body: m.body,
+            waiting_for_key: m.waiting_for_key,
             reply_to: m.reply_to.map(|id| id.to_string()),
             edited_ms: m.edited.map(|h| h.millis()),
             reactions: m.reactions.into_iter().map(Into::into).collect(),

@@ -9,3 +9,6 @@
 pub(crate) mod megolm;
 pub(crate) mod olm;
 pub(crate) mod rest;
+
+#[cfg(test)]
+mod hostile;

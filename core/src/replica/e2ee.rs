@@ -1,6 +1,7 @@
 //! End-to-end encryption in the replica: Megolm sessions per room bucket,
-//! room keys shared with each reader's device, decryption, messages that
-//! wait for a key, and key requests (`docs/architecture.md`, Encryption).
+//! room keys shared with each reader's device, and decryption
+//! (`docs/architecture.md`, End-to-end encryption). Messages that wait for
+//! a key, room keys received and key requests are in `key_share.rs`.
 //!
 //! **Sending.** Before this device writes content into a bucket of an
 //! encrypted room, [`Replica::encrypt_content`] makes sure its outbound
@@ -25,9 +26,8 @@
 //! Own changes made here in answer to what peers sent (room keys, requests,
 //! published device keys) are kept as announcements for the node to gossip.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
-use super::render::Wait;
 use super::tx::{stage_envelope, Tx};
 use super::{corrupt, Replica};
 use crate::base::{DeviceKeys, MAX_CITED_HEADS};
@@ -35,13 +35,13 @@ use crate::crypto::megolm::{
     self, ContentKind, Decrypted, Inbound, Outbound, RoomKeyContext, SessionId,
 };
 use crate::crypto::olm::DeviceCrypto;
-use crate::doc::{self, DocChange};
+use crate::doc::DocChange;
 use crate::envelope::{Delivery, Envelope, EnvelopeFields};
 use crate::error::{Error, Result};
 use crate::governance::{Action, GovChange, Governance};
 use crate::ids::{AuthorId, MessageId, RoomId};
 use crate::store::tables::{self, META_OLM_ACCOUNT};
-use crate::store::{KeyRange, Order, Store, Tree, WriteBatch};
+use crate::store::{Store, Tree, WriteBatch};
 
 /// Messages one Megolm session encrypts before a new one replaces it, as
 /// Matrix clients do by default: it bounds what one leaked session key
@@ -91,21 +91,21 @@ pub(super) enum Opened {
 /// The session this device encrypts with in one bucket, and whom it was
 /// shared with from which index.
 pub(super) struct OutboundState {
-    session: Outbound,
-    recipients: Recipients,
+    pub(super) session: Outbound,
+    pub(super) recipients: Recipients,
 }
 
 /// The replica's encryption state.
 #[derive(Default)]
 pub(super) struct E2ee {
     device: Option<DeviceCrypto>,
-    outbound: BTreeMap<(RoomId, u32), OutboundState>,
+    pub(super) outbound: BTreeMap<(RoomId, u32), OutboundState>,
     /// A relay: it never holds a key, publishes none, decrypts nothing.
-    blind: bool,
+    pub(super) blind: bool,
     announcements: Vec<Announcement>,
 }
 
-fn encode_recipients(session: &SessionId, recipients: &Recipients) -> Vec<u8> {
+pub(super) fn encode_recipients(session: &SessionId, recipients: &Recipients) -> Vec<u8> {
     let mut out = Vec::with_capacity(34 + recipients.len() * 100);
     out.extend_from_slice(session);
     out.extend_from_slice(&(recipients.len() as u16).to_be_bytes());
@@ -119,9 +119,9 @@ fn encode_recipients(session: &SessionId, recipients: &Recipients) -> Vec<u8> {
 
 /// Whom a session was shared with: each reader's keys, and the index it
 /// got the session from.
-type Recipients = BTreeMap<AuthorId, (DeviceKeys, u32)>;
+pub(super) type Recipients = BTreeMap<AuthorId, (DeviceKeys, u32)>;
 
-fn decode_recipients(bytes: &[u8]) -> Option<(SessionId, Recipients)> {
+pub(super) fn decode_recipients(bytes: &[u8]) -> Option<(SessionId, Recipients)> {
     let session: SessionId = bytes.get(..32)?.try_into().ok()?;
     let count = u16::from_be_bytes(bytes.get(32..34)?.try_into().ok()?) as usize;
     let mut out = BTreeMap::new();
@@ -171,12 +171,12 @@ impl<S: Store> Replica<S> {
         std::mem::take(&mut self.e2ee.announcements)
     }
 
-    fn pickle_key(&self) -> [u8; 32] {
+    pub(super) fn pickle_key(&self) -> [u8; 32] {
         self.key.derive(CONTEXT_PICKLE, &[])
     }
 
     /// The Olm account, loaded or made (and stored) on first use.
-    fn device_crypto(&mut self) -> Result<&mut DeviceCrypto> {
+    pub(super) fn device_crypto(&mut self) -> Result<&mut DeviceCrypto> {
         if self.e2ee.device.is_none() {
             let pickle_key = self.pickle_key();
             let device = match self.store.get(Tree::Meta, META_OLM_ACCOUNT)? {
@@ -197,7 +197,7 @@ impl<S: Store> Replica<S> {
 
     /// The Olm account if this device has one (it is made only by the
     /// device's own actions, never by what peers send).
-    fn device_crypto_if_made(&mut self) -> Result<Option<&mut DeviceCrypto>> {
+    pub(super) fn device_crypto_if_made(&mut self) -> Result<Option<&mut DeviceCrypto>> {
         if self.e2ee.device.is_none() && self.store.get(Tree::Meta, META_OLM_ACCOUNT)?.is_none() {
             return Ok(None);
         }
@@ -205,7 +205,7 @@ impl<S: Store> Replica<S> {
     }
 
     /// The readers of a room with published keys, other than this device.
-    fn key_readers(&self, room: &RoomId) -> Result<BTreeMap<AuthorId, DeviceKeys>> {
+    pub(super) fn key_readers(&self, room: &RoomId) -> Result<BTreeMap<AuthorId, DeviceKeys>> {
         let me = self.author();
         let gov = self.govs.get(room).ok_or(Error::UnknownRoom(*room))?;
         Ok(gov.state().readers_with_keys().into_iter().filter(|(a, _)| *a != me).collect())
@@ -232,7 +232,11 @@ impl<S: Store> Replica<S> {
         Ok(Some(self.act(room, Action::PublishKeys(mine))?))
     }
 
-    fn load_outbound(&self, room: &RoomId, bucket: u32) -> Result<Option<OutboundState>> {
+    pub(super) fn load_outbound(
+        &self,
+        room: &RoomId,
+        bucket: u32,
+    ) -> Result<Option<OutboundState>> {
         let k = tables::bucket_prefix(room, bucket);
         let (Some(pickle), Some(recipients)) =
             (self.store.get(Tree::Outbound, &k)?, self.store.get(Tree::Recipients, &k)?)
@@ -251,7 +255,7 @@ impl<S: Store> Replica<S> {
 
     /// A room key for `recipient` of session `state` from `index` on, as a
     /// change of this device's document in `bucket`.
-    fn share_change(
+    pub(super) fn share_change(
         &mut self,
         room: &RoomId,
         bucket: u32,
@@ -270,7 +274,12 @@ impl<S: Store> Replica<S> {
 
     /// Makes the outbound session of `bucket` ready to encrypt with: new if
     /// needed, shared with every current reader.
-    fn ensure_outbound(&mut self, tx: &mut Tx, room: &RoomId, bucket: u32) -> Result<()> {
+    pub(super) fn ensure_outbound(
+        &mut self,
+        tx: &mut Tx,
+        room: &RoomId,
+        bucket: u32,
+    ) -> Result<()> {
         let readers = self.key_readers(room)?;
         let mut state = match self.e2ee.outbound.remove(&(*room, bucket)) {
             Some(state) => Some(state),
@@ -374,7 +383,7 @@ impl<S: Store> Replica<S> {
         hex::encode(&self.key.derive(CONTEXT_REACTION_TAG, &input)[..8])
     }
 
-    fn stage_inbound(
+    pub(super) fn stage_inbound(
         &self,
         tx: &mut Tx,
         room: &RoomId,
@@ -389,7 +398,7 @@ impl<S: Store> Replica<S> {
     }
 
     /// A session this device decrypts with: its owner, bucket and copy.
-    fn inbound(
+    pub(super) fn inbound(
         &self,
         tx: Option<&Tx>,
         room: &RoomId,
@@ -461,414 +470,6 @@ impl<S: Store> Replica<S> {
         };
         let live = self.message_by_id(room, &id)?;
         Ok(live.filter(|m| m.author == owner).map(|_| content))
-    }
-
-    /// Records that message `id` of `bucket` waits for `session` from
-    /// `index` on, and asks the session's owner for it.
-    pub(super) fn wait_for_key(&mut self, tx: &mut Tx, room: &RoomId, wait: Wait) -> Result<()> {
-        let Wait { bucket, id, owner, session, index } = wait;
-        let (id, owner, session) = (&id, &owner, &session);
-        let k = tables::key_wait_key(room, session, bucket, id);
-        let mut value = index.to_be_bytes().to_vec();
-        value.extend_from_slice(owner.as_bytes());
-        tx.batch.put(Tree::KeyWaits, k, value);
-        if self.e2ee.blind || *owner == self.author() {
-            return Ok(());
-        }
-        let me = self.author();
-        let state = self.governance(room)?;
-        if state.device_keys(&me).is_none() || state.role(&me).is_none() {
-            // Nobody shares with a device whose keys are not published.
-            return Ok(());
-        }
-        // One request per session, lowered only when an earlier message
-        // waits; the owner answers from there.
-        let dk = (*room, bucket, me);
-        self.load_doc(tx, dk)?;
-        let asked = self.docs.get(&dk).and_then(|d| d.request(&doc::pair_key(session, owner)));
-        let queued = tx.own_changes.get(&(*room, bucket)).is_some_and(|c| {
-            c.iter().any(|x| matches!(x, DocChange::Request { session: s, owner: o, index: i } if s == session && o == owner && *i <= index))
-        });
-        if !queued && asked.is_none_or(|a| index < a) {
-            tx.own_changes.entry((*room, bucket)).or_default().push(DocChange::Request {
-                session: *session,
-                owner: *owner,
-                index,
-            });
-        }
-        Ok(())
-    }
-
-    /// Opens the room keys addressed to this device among `keys` (share
-    /// entries of `sender`'s document in `bucket`) and keeps their
-    /// sessions. Returns the sessions that became usable (new, or reaching
-    /// back further than before).
-    pub(super) fn receive_room_keys(
-        &mut self,
-        tx: &mut Tx,
-        room: &RoomId,
-        bucket: u32,
-        sender: &AuthorId,
-        keys: &BTreeSet<String>,
-    ) -> Result<Vec<SessionId>> {
-        if self.e2ee.blind || *sender == self.author() {
-            return Ok(Vec::new());
-        }
-        let me = self.author();
-        let dk = (*room, bucket, *sender);
-        let mut found = Vec::new();
-        for key in keys {
-            let Some((session, recipient)) = doc::parse_pair_key(key) else { continue };
-            if recipient != me {
-                continue;
-            }
-            let Some(sealed) = self.docs.get(&dk).and_then(|d| d.share(key)) else { continue };
-            let Some(copy) = self.open_room_key(room, bucket, sender, &session, &sealed)? else {
-                continue;
-            };
-            let better = match self.inbound(Some(tx), room, &session)? {
-                Some((owner, _, held)) => {
-                    owner == *sender && copy.first_index() < held.first_index()
-                }
-                None => true,
-            };
-            if better {
-                self.stage_inbound(tx, room, sender, bucket, &copy);
-                found.push(session);
-            }
-        }
-        Ok(found)
-    }
-
-    /// Opens one room key; `None` (and nothing changed) for one that is not
-    /// a valid key of `session` for this device from `sender` in `bucket`.
-    fn open_room_key(
-        &mut self,
-        room: &RoomId,
-        bucket: u32,
-        sender: &AuthorId,
-        session: &SessionId,
-        sealed: &[u8],
-    ) -> Result<Option<Inbound>> {
-        let me = self.author();
-        let Ok(message) = vodozemac::olm::PreKeyMessage::from_bytes(sealed) else {
-            return Ok(None);
-        };
-        let identity = message.identity_key().to_bytes();
-        let Some(device) = self.device_crypto_if_made()? else { return Ok(None) };
-        let Ok(plaintext) = device.open_from(&identity, sealed) else { return Ok(None) };
-        let context = RoomKeyContext { room: *room, bucket, sender: *sender, recipient: me };
-        let Ok(exported) = megolm::open_room_key(&plaintext, &context) else { return Ok(None) };
-        let Ok(copy) = Inbound::import(&exported) else { return Ok(None) };
-        Ok((copy.id() == *session).then_some(copy))
-    }
-
-    /// The messages of `room` waiting for `session`: their bucket and id.
-    pub(super) fn waiting_for(
-        &self,
-        tx: &Tx,
-        room: &RoomId,
-        session: &SessionId,
-    ) -> Result<Vec<(u32, MessageId)>> {
-        let prefix = tables::session_key(room, session);
-        let mut out = Vec::new();
-        for (k, _) in self.store.scan(
-            Tree::KeyWaits,
-            &KeyRange::prefix(&prefix),
-            Order::Ascending,
-            usize::MAX,
-        )? {
-            if tx.batch.get(Tree::KeyWaits, &k) == Some(None) {
-                continue;
-            }
-            let bucket = k.get(64..68).and_then(|b| b.try_into().ok()).map(u32::from_be_bytes);
-            let id =
-                k.get(68..84).and_then(|b| <[u8; 16]>::try_from(b).ok()).map(MessageId::from_bytes);
-            if let (Some(b), Some(id)) = (bucket, id) {
-                out.push((b, id));
-            }
-        }
-        let staged: Vec<(u32, MessageId)> = tx
-            .batch
-            .iter()
-            .filter(|(t, key, v)| *t == Tree::KeyWaits && v.is_some() && key.starts_with(&prefix))
-            .filter_map(|(_, key, _)| {
-                let bucket =
-                    key.get(64..68).and_then(|b| b.try_into().ok()).map(u32::from_be_bytes)?;
-                let id = key
-                    .get(68..84)
-                    .and_then(|b| <[u8; 16]>::try_from(b).ok())
-                    .map(MessageId::from_bytes)?;
-                Some((bucket, id))
-            })
-            .collect();
-        out.extend(staged);
-        out.sort();
-        out.dedup();
-        Ok(out)
-    }
-
-    /// Asks again for every key this device waits for in `room`: after it
-    /// became a reader (again) or published new keys, when owners that saw
-    /// its earlier requests would not have answered them.
-    pub(super) fn renew_key_requests(&mut self, room: &RoomId) -> Result<()> {
-        let all = KeyRange::prefix(room.as_bytes());
-        let mut wanted: BTreeMap<(u32, SessionId, AuthorId), u32> = BTreeMap::new();
-        for (k, v) in self.store.scan(Tree::KeyWaits, &all, Order::Ascending, usize::MAX)? {
-            let session: Option<SessionId> = k.get(32..64).and_then(|s| s.try_into().ok());
-            let bucket = k.get(64..68).and_then(|b| b.try_into().ok()).map(u32::from_be_bytes);
-            let index = v.get(..4).and_then(|b| b.try_into().ok()).map(u32::from_be_bytes);
-            let owner =
-                v.get(4..36).and_then(|o| <[u8; 32]>::try_from(o).ok()).map(AuthorId::from_bytes);
-            let (Some(session), Some(bucket), Some(index), Some(owner)) =
-                (session, bucket, index, owner)
-            else {
-                return Err(corrupt(Tree::KeyWaits, "bad record"));
-            };
-            let least = wanted.entry((bucket, session, owner)).or_insert(index);
-            *least = (*least).min(index);
-        }
-        let mut tx = Tx::default();
-        let window = self.window_in(&tx, room);
-        for ((bucket, session, owner), index) in wanted {
-            if bucket >= window {
-                tx.own_changes.entry((*room, bucket)).or_default().push(DocChange::Request {
-                    session,
-                    owner,
-                    index,
-                });
-            }
-        }
-        // And requests others made for this device's sessions, which it
-        // could not answer while it held no role.
-        self.answer_open_requests(&mut tx, room, None)?;
-        self.finish(tx)
-    }
-
-    /// Answers the key requests for this device's sessions in the windowed
-    /// buckets of `room` that it has not answered: those of `only`'s
-    /// documents (devices whose keys or role just arrived, whose earlier
-    /// requests could not be answered then), or of every document.
-    pub(super) fn answer_open_requests(
-        &mut self,
-        tx: &mut Tx,
-        room: &RoomId,
-        only: Option<&BTreeSet<AuthorId>>,
-    ) -> Result<()> {
-        let all = KeyRange::prefix(room.as_bytes());
-        let window = self.window_in(tx, room);
-        let me = self.author();
-        let mut buckets = BTreeSet::new();
-        for (_, v) in self.store.scan(Tree::Inbound, &all, Order::Ascending, usize::MAX)? {
-            let owner =
-                v.get(..32).and_then(|o| <[u8; 32]>::try_from(o).ok()).map(AuthorId::from_bytes);
-            let bucket = v.get(32..36).and_then(|b| b.try_into().ok()).map(u32::from_be_bytes);
-            if let (Some(owner), Some(bucket)) = (owner, bucket) {
-                if owner == me && bucket >= window {
-                    buckets.insert(bucket);
-                }
-            }
-        }
-        for bucket in buckets {
-            for author in self.bucket_authors(tx, room, bucket)? {
-                if only.is_some_and(|o| !o.contains(&author)) {
-                    continue;
-                }
-                self.load_doc(tx, (*room, bucket, author))?;
-                let keys: BTreeSet<String> = self
-                    .docs
-                    .get(&(*room, bucket, author))
-                    .map(|d| d.request_keys().into_iter().collect())
-                    .unwrap_or_default();
-                if !keys.is_empty() {
-                    self.answer_key_requests(tx, room, bucket, &author, &keys)?;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Answers what devices that just became readers with keys asked for
-    /// before this device could answer them (their request arrived before
-    /// their keys or their role did).
-    pub(super) fn answer_new_readers(
-        &mut self,
-        room: &RoomId,
-        before: &[(AuthorId, DeviceKeys)],
-    ) -> Result<()> {
-        let me = self.author();
-        let after = self.governance(room)?.readers_with_keys();
-        let new: BTreeSet<AuthorId> = after
-            .into_iter()
-            .filter(|(a, k)| *a != me && !before.contains(&(*a, *k)))
-            .map(|(a, _)| a)
-            .collect();
-        if new.is_empty() || self.e2ee.blind {
-            return Ok(());
-        }
-        let mut tx = Tx::default();
-        self.answer_open_requests(&mut tx, room, Some(&new))?;
-        self.finish(tx)
-    }
-
-    /// How many messages (bodies and reactions) of `room` wait for a room
-    /// key on this device.
-    pub fn waiting_for_keys(&self, room: &RoomId) -> Result<usize> {
-        let all = KeyRange::prefix(room.as_bytes());
-        Ok(self.store.scan(Tree::KeyWaits, &all, Order::Ascending, usize::MAX)?.len())
-    }
-
-    /// The message stops waiting for `session`.
-    pub(super) fn clear_wait(
-        &self,
-        tx: &mut Tx,
-        room: &RoomId,
-        session: &SessionId,
-        bucket: u32,
-        id: &MessageId,
-    ) {
-        tx.batch.delete(Tree::KeyWaits, tables::key_wait_key(room, session, bucket, id));
-    }
-
-    /// Answers requests for this device's sessions among `keys` (request
-    /// entries of `requester`'s document in `bucket`) with room keys.
-    pub(super) fn answer_key_requests(
-        &mut self,
-        tx: &mut Tx,
-        room: &RoomId,
-        bucket: u32,
-        requester: &AuthorId,
-        keys: &BTreeSet<String>,
-    ) -> Result<()> {
-        let me = self.author();
-        // A device that holds no role now writes nothing peers would take;
-        // it answers once it is a reader again (`renew_key_requests`).
-        if self.e2ee.blind || *requester == me || !self.may_read(room, &me)? {
-            return Ok(());
-        }
-        let state = self.governance(room)?;
-        let (Some(recipient_keys), Some(_)) = (state.device_keys(requester), state.role(requester))
-        else {
-            return Ok(());
-        };
-        let shared_history = state.settings().get(HISTORY_SETTING).is_some_and(|v| v == "shared");
-        let since = state
-            .keys_published(requester)
-            .map_or(i64::MAX, |published| published.saturating_sub(JOIN_GRACE_MILLIS));
-        let dk = (*room, bucket, *requester);
-        for key in keys {
-            let Some((session, owner)) = doc::parse_pair_key(key) else { continue };
-            if owner != me {
-                continue;
-            }
-            let Some(asked) = self.docs.get(&dk).and_then(|d| d.request(key)) else { continue };
-            let Some((_, session_bucket, mut copy)) = self.inbound(Some(tx), room, &session)?
-            else {
-                continue;
-            };
-            if session_bucket != bucket {
-                continue;
-            }
-            let entitled = if shared_history {
-                copy.first_index()
-            } else {
-                self.first_index_since(room, bucket, &session, since)?
-            };
-            let index = asked.max(entitled);
-            // Already shared from there or earlier: catch-up brings it.
-            let shared = self.shared_index(room, bucket, &session, requester)?;
-            if shared.is_some_and(|s| s <= index) {
-                continue;
-            }
-            if let Some(change) =
-                self.share_change(room, bucket, &mut copy, requester, &recipient_keys, index)?
-            {
-                tx.own_changes.entry((*room, bucket)).or_default().push(change);
-                self.record_recipient(
-                    tx,
-                    room,
-                    bucket,
-                    &session,
-                    requester,
-                    (recipient_keys, index),
-                )?;
-            }
-        }
-        Ok(())
-    }
-
-    /// The index a session was shared with `author` from, if it was.
-    fn shared_index(
-        &self,
-        room: &RoomId,
-        bucket: u32,
-        session: &SessionId,
-        author: &AuthorId,
-    ) -> Result<Option<u32>> {
-        if let Some(state) = self.e2ee.outbound.get(&(*room, bucket)) {
-            if state.session.id() == *session {
-                return Ok(state.recipients.get(author).map(|(_, i)| *i));
-            }
-        }
-        let k = tables::bucket_prefix(room, bucket);
-        Ok(self
-            .store
-            .get(Tree::Recipients, &k)?
-            .and_then(|v| decode_recipients(&v))
-            .filter(|(id, _)| id == session)
-            .and_then(|(_, r)| r.get(author).map(|(_, i)| *i)))
-    }
-
-    fn record_recipient(
-        &mut self,
-        tx: &mut Tx,
-        room: &RoomId,
-        bucket: u32,
-        session: &SessionId,
-        author: &AuthorId,
-        shared: (DeviceKeys, u32),
-    ) -> Result<()> {
-        if let Some(state) = self.e2ee.outbound.get_mut(&(*room, bucket)) {
-            if state.session.id() == *session {
-                state.recipients.insert(*author, shared);
-                tx.batch.put(
-                    Tree::Recipients,
-                    tables::bucket_prefix(room, bucket),
-                    encode_recipients(session, &state.recipients),
-                );
-            }
-        }
-        Ok(())
-    }
-
-    /// The index of this device's first message of `session` in `bucket`
-    /// stamped at or after `since` (milliseconds): where a new reader's
-    /// history begins. Past the last message if there is none.
-    fn first_index_since(
-        &mut self,
-        room: &RoomId,
-        bucket: u32,
-        session: &SessionId,
-        since: i64,
-    ) -> Result<u32> {
-        let me = self.author();
-        let mut tx = Tx::default();
-        self.load_doc(&mut tx, (*room, bucket, me))?;
-        let mut first = u32::MAX;
-        let mut last = 0u32;
-        let posts = self.docs.get(&(*room, bucket, me)).map(|d| d.posts()).unwrap_or_default();
-        for (_, post) in posts {
-            let Some(blob) = self.read_blob(None, room, &post.body)? else { continue };
-            let Ok((sid, index)) = megolm::blob_session(&blob) else { continue };
-            if sid != *session {
-                continue;
-            }
-            last = last.max(index + 1);
-            if post.hlc.millis() as i64 >= since {
-                first = first.min(index);
-            }
-        }
-        Ok(if first == u32::MAX { last } else { first })
     }
 
     /// Writes the changes this transaction queued for this device's own

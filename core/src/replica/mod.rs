@@ -46,6 +46,7 @@ mod doc_cache;
 mod e2ee;
 mod governance;
 mod history;
+mod key_share;
 mod local;
 mod pending;
 mod query;

@@ -16,6 +16,7 @@ import uniffi.concord.ClientConfig
 import uniffi.concord.ConcordException
 import uniffi.concord.MemberRole
 import uniffi.concord.Room
+import uniffi.concord.RoomOptions
 import uniffi.concord.TimelineDiff
 import uniffi.concord.TimelineListener
 
@@ -78,6 +79,13 @@ fun main() = runBlocking {
     eventually("A to get B's reply") { "hi A" in bodies(roomA) }
     val reply = roomA.page(null, 10u).items.first { it.body == "hi A" }
     check(reply.id == answer && reply.replyTo == hello && reply.authorId == b.authorId())
+    // End-to-end encrypted by default: each read the other's message, so
+    // room keys went both ways; nothing waits for a key.
+    check(roomA.info().encrypted && roomB.info().encrypted) { "rooms are encrypted by default" }
+    check(roomB.page(null, 10u).items.none { it.waitingForKey })
+    val clear = a.createRoomWithOptions(
+        "in the clear", RoomOptions(encrypted = false, shareHistory = false, members = null))
+    check(!clear.info().encrypted && a.rooms().first { it.id == clear.id() }.encrypted == false)
     checks++
 
     // The listener fired on a Rust thread, not this one.

@@ -126,6 +126,32 @@ class ClientsTestCase(unittest.IsolatedAsyncioTestCase):
         return body in await bodies(room)
 
 
+class TestEncryption(ClientsTestCase):
+    async def test_rooms_are_encrypted_by_default_and_keys_go_both_ways(self):
+        room_a, room_b = await self.shared_room()
+        self.assertTrue((await room_a.info()).encrypted)
+        self.assertTrue((await room_b.info()).encrypted)
+        page = await room_b.page(None, 10)
+        self.assertEqual([item.waiting_for_key for item in page.items], [False])
+        # B read A's message with A's room key; A reads B's with B's.
+        await room_b.send("encrypted both ways")
+        await eventually(lambda: self._has(room_a, "encrypted both ways"), "A to read B")
+        page = await room_a.page(None, 10)
+        self.assertFalse(any(item.waiting_for_key for item in page.items))
+
+    async def test_an_unencrypted_room_is_an_explicit_choice(self):
+        options = concord.RoomOptions(encrypted=False, share_history=False, members=None)
+        room = await self.a.create_room_with_options("in the clear", options)
+        self.assertFalse((await room.info()).encrypted)
+        listed = {r.id: r.encrypted for r in await self.a.rooms()}
+        self.assertIs(listed[room.id()], False)
+        shared = concord.RoomOptions(encrypted=True, share_history=True, members=[])
+        crew = await self.a.create_room_with_options("crew", shared)
+        self.assertTrue((await crew.info()).encrypted)
+        governance = await crew.governance()
+        self.assertEqual([m.author_id for m in governance.members], [self.a.author_id()])
+
+
 class TestChat(ClientsTestCase):
     async def test_two_clients_chat_edit_delete_react_and_page_back(self):
         room_a, room_b = await self.shared_room()
@@ -251,7 +277,9 @@ class TestGovernance(ClientsTestCase):
         with self.assertRaises(ConcordError.NotAllowed):
             await room_b.send("still here?")
         trail = [e.description.split(" ")[0] for e in await room_a.audit()]
-        self.assertEqual(trail, ["created", "invited", "joined", "set", "removed"])
+        # The room is encrypted: A and B each published device keys once.
+        self.assertEqual(trail.count("published"), 2, trail)
+        self.assertEqual([t for t in trail if t != "published"], ["created", "invited", "joined", "set", "removed"])
 
     async def test_invite_ticket_alone_makes_its_holder_a_member(self):
         from concord import MemberRole
@@ -286,7 +314,9 @@ class TestGovernance(ClientsTestCase):
         await eventually(second, "the second join's outcome")
         self.assertTrue(events.invite_outcomes(room_b.id())[1].is_invite_redeemed())
         trail = [e.description.split(" ")[0] for e in await room_a.audit()]
-        self.assertEqual(trail, ["created", "invited", "joined"])
+        # The room is encrypted: A and B each published device keys once.
+        self.assertEqual(trail.count("published"), 2, trail)
+        self.assertEqual([t for t in trail if t != "published"], ["created", "invited", "joined"])
         # Bad arguments are typed errors.
         with self.assertRaises(ConcordError.InvalidId):
             await room_a.invite_ticket(MemberRole.MEMBER, "not an author", None)

@@ -13,6 +13,9 @@
 //! benchmark sets its network up once; a run is one episode on it (a batch
 //! of messages, a partition and its heal), except `catchup-net`, whose every
 //! run starts two nodes from copies of prepared stores.
+//!
+//! One file over the house's 600 lines: the network benchmarks and their
+//! raw gossipsub baseline must run the same workload, so they sit together.
 
 use std::collections::{HashMap, HashSet};
 use std::hash::Hash;

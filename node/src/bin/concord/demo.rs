@@ -18,6 +18,9 @@
 //! Every choice (who goes offline, who edits, deletes and reacts, what is
 //! said) comes from one seeded generator whose seed is printed, so
 //! `--seed` replays the same story; network timing is real and varies.
+//!
+//! One file over the house's 600 lines: the demo is one scripted story
+//! (peers, an offline stretch, the report), kept in the order it runs.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
