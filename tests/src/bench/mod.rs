@@ -209,3 +209,11 @@ fn machine() -> String {
         .unwrap_or(0.0);
     format!("{model}, {cores} cores, {:.1} GiB RAM", mem_kib / (1024.0 * 1024.0))
 }
+
+/// The rooms every benchmark runs in: without end-to-end encryption, as
+/// the results recorded in `docs/benchmarks.md` were measured (before
+/// rooms were encrypted by default). Encrypted runs beside a baseline that
+/// does the same cryptographic work are not built yet.
+pub fn unencrypted() -> concord_core::RoomOptions {
+    concord_core::RoomOptions::default().encrypted(false)
+}

@@ -235,7 +235,7 @@ impl ConcordNet {
             let addr = node.listen(loopback()).await?;
             nodes.push((node, addr, dir));
         }
-        let room = nodes[0].0.create_room("bench").await?.id();
+        let room = nodes[0].0.create_room_opts("bench", super::unencrypted()).await?.id();
         let genesis = nodes[0]
             .0
             .replica()

@@ -60,7 +60,7 @@ impl Ingest {
             }
             replicas.push(Replica::open_with_seed(MemoryStore::new(), clock.clone(), device)?);
         }
-        let room = replicas[0].create_room("relay bench")?;
+        let room = replicas[0].create_room_opts("relay bench", &super::unencrypted())?;
         let genesis = replicas[0].genesis(&room)?.as_bytes().to_vec();
         for replica in &mut replicas[1..] {
             replica.join_room(&genesis)?;

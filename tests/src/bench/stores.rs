@@ -34,7 +34,7 @@ impl ConcordRoom {
         let clock = Arc::new(ManualClock::new(START_MILLIS));
         let mut replica =
             Replica::open_with_seed(open_store(dir.path())?, clock.clone(), w.device_seed)?;
-        let room = replica.create_room("bench")?;
+        let room = replica.create_room_opts("bench", &super::unencrypted())?;
         Ok(Self { replica, room, clock, dir })
     }
 
