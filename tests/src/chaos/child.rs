@@ -363,7 +363,19 @@ async fn handle(peer: &Peer, cmd: Cmd) -> Result<Value> {
             the_room(node).await?.kick(author.parse()?).await?;
             Ok(json!({}))
         }
-        Cmd::Members => Ok(json!({"members": members(&the_room(node).await?).await?})),
+        Cmd::Members => {
+            let gov = the_room(node).await?.governance().await?;
+            let listed: Vec<String> = gov.members().keys().map(|a| a.to_string()).collect();
+            // Which members have published device keys (room keys are
+            // shared only to those).
+            let keyed: Vec<String> = gov
+                .members()
+                .keys()
+                .filter(|a| gov.device_keys(a).is_some())
+                .map(|a| a.to_string())
+                .collect();
+            Ok(json!({"members": listed, "keyed": keyed}))
+        }
         Cmd::Read { probe } => read(node, probe).await,
         Cmd::Skew { millis } => {
             clock.set(millis);

@@ -15,7 +15,7 @@ use super::shrink::shrink;
 
 const USAGE: &str = "usage: concord-chaos [--seed N] [--schedules N] [--duration SECS] \
 [--quiet SECS] [--dynamodb] [--bug ack-before-flush] [--expect-failure] [--replay FILE] \
-[--shrink-runs N] [--work-dir DIR] [--node-bin FILE] [--summary FILE]";
+[--shrink-runs N] [--without KIND,...] [--work-dir DIR] [--node-bin FILE] [--summary FILE]";
 
 #[derive(Debug)]
 struct Args {
@@ -31,6 +31,7 @@ struct Args {
     work_dir: Option<PathBuf>,
     node_bin: Option<PathBuf>,
     summary: Option<PathBuf>,
+    without: Vec<String>,
 }
 
 fn parse(args: &[String]) -> Result<Args> {
@@ -47,6 +48,7 @@ fn parse(args: &[String]) -> Result<Args> {
         work_dir: None,
         node_bin: None,
         summary: None,
+        without: Vec::new(),
     };
     let mut it = args.iter();
     while let Some(flag) = it.next() {
@@ -64,6 +66,7 @@ fn parse(args: &[String]) -> Result<Args> {
             "--work-dir" => a.work_dir = Some(PathBuf::from(value()?)),
             "--node-bin" => a.node_bin = Some(PathBuf::from(value()?)),
             "--summary" => a.summary = Some(PathBuf::from(value()?)),
+            "--without" => a.without.extend(value()?.split(',').map(str::to_owned)),
             "-h" | "--help" => bail!("{USAGE}"),
             other => bail!("unknown argument {other}\n{USAGE}"),
         }
@@ -193,6 +196,7 @@ pub async fn main(args: &[String]) -> Result<i32> {
         duration_ms: (a.duration * 1000.0) as u64,
         dynamodb,
         bug: a.bug.clone(),
+        without: a.without.clone(),
     };
     let schedules: Vec<Schedule> = match replayed {
         Some(s) => vec![s],
@@ -217,7 +221,10 @@ pub async fn main(args: &[String]) -> Result<i32> {
         if r.counts.clean() {
             continue;
         }
-        let extra = schedule.bug.as_ref().map(|b| format!(" --bug {b}")).unwrap_or_default();
+        let mut extra = schedule.bug.as_ref().map(|b| format!(" --bug {b}")).unwrap_or_default();
+        if !a.without.is_empty() {
+            extra += &format!(" --without {}", a.without.join(","));
+        }
         println!(
             "  replay: cargo run -p concord-tests --bin concord-chaos -- --seed {} --duration {}{}{}",
             schedule.seed,

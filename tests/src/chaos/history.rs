@@ -66,6 +66,9 @@ pub struct FinalRead {
     pub items: Vec<Item>,
     /// Its governance's members.
     pub members: Vec<String>,
+    /// The members whose device keys its governance holds.
+    #[serde(default)]
+    pub keyed: Vec<String>,
     /// For each probed id (deleted messages), whether `message(id)` found it.
     pub probe: Vec<(String, bool)>,
 }

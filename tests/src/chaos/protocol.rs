@@ -104,7 +104,9 @@ pub enum Cmd {
         /// The member's author id.
         author: String,
     },
-    /// Replies `{"members": [author ids]}` of this device's governance.
+    /// Replies `{"members": [author ids], "keyed": [author ids]}` of this
+    /// device's governance: its listed members, and those of them whose
+    /// device keys it holds.
     Members,
     /// Reads the timeline through the API: `{"items": [Item]}` and, for
     /// each id of `probe`, whether `Room::message` still returns it.

@@ -606,7 +606,8 @@ impl<'a> Runner<'a> {
                     let items: Vec<Item> = serde_json::from_value(r["items"].clone()).unwrap_or_default();
                     let found: Vec<bool> = serde_json::from_value(r["probe"].clone()).unwrap_or_default();
                     let members = serde_json::from_value(m["members"].clone()).unwrap_or_default();
-                    Some(FinalRead { items, members, probe: probe.iter().cloned().zip(found).collect() })
+                    let keyed = serde_json::from_value(m["keyed"].clone()).unwrap_or_default();
+                    Some(FinalRead { items, members, keyed, probe: probe.iter().cloned().zip(found).collect() })
                 }
                 _ => None,
             });

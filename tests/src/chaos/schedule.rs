@@ -210,6 +210,9 @@ pub struct Options {
     pub dynamodb: bool,
     /// A deliberate bug for the devices.
     pub bug: Option<String>,
+    /// Step kinds ([`Action::kind`]) never drawn, to keep a known bug out
+    /// of a run that looks for others.
+    pub without: Vec<String>,
 }
 
 const EMOJI: [&str; 4] = ["+1", "heart", "eyes", "tada"];
@@ -218,7 +221,10 @@ const EMOJI: [&str; 4] = ["+1", "heart", "eyes", "tada"];
 pub fn generate(seed: u64, options: &Options) -> Schedule {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let devices = rng.random_range(3..=6);
-    let initial = if devices > 3 && rng.random_bool(0.6) { devices - 1 } else { devices };
+    let mut initial = if devices > 3 && rng.random_bool(0.6) { devices - 1 } else { devices };
+    if options.without.iter().any(|w| w == "invite") {
+        initial = devices;
+    }
     let mut steps = Vec::new();
     // Posts so far: (author, number).
     let mut posts: Vec<(usize, usize)> = Vec::new();
@@ -232,8 +238,8 @@ pub fn generate(seed: u64, options: &Options) -> Schedule {
         at += rng.random_range(20..200);
         let action = draw(&mut rng, devices, &mut members, &mut removed, &posts, options);
         let action = match action {
-            Some(a) => a,
-            None => continue,
+            Some(a) if !options.without.iter().any(|w| w == a.kind()) => a,
+            _ => continue,
         };
         let action = match action {
             Action::Post { dev, reply_to, attachments, .. } => {
@@ -297,7 +303,7 @@ fn draw(
             post: posts[rng.random_range(0..posts.len())].1,
             emoji: EMOJI[rng.random_range(0..EMOJI.len())].to_owned(),
         },
-        62..=64 => {
+        62..=64 if !options.without.iter().any(|w| w == "invite") => {
             let outside: Vec<usize> = (0..devices)
                 .filter(|d| !members.contains(d) && Some(*d) != *removed)
                 .collect();
@@ -310,7 +316,7 @@ fn draw(
             let role = if rng.random_bool(0.5) { "moderator" } else { "member" };
             Action::SetRole { dev, role: role.to_owned() }
         }
-        68 if removed.is_none() && members.len() > 3 => {
+        68 if removed.is_none() && members.len() > 3 && !options.without.iter().any(|w| w == "remove") => {
             let dev = members[rng.random_range(1..members.len())];
             members.retain(|m| *m != dev);
             *removed = Some(dev);
