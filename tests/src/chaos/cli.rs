@@ -15,7 +15,7 @@ use super::shrink::shrink;
 
 const USAGE: &str = "usage: concord-chaos [--seed N] [--schedules N] [--duration SECS] \
 [--quiet SECS] [--dynamodb] [--bug ack-before-flush] [--expect-failure] [--replay FILE] \
-[--shrink-runs N] [--without KIND,...] [--work-dir DIR] [--node-bin FILE] [--summary FILE]";
+[--shrink-runs N] [--max-shrunk-steps N] [--without KIND,...] [--work-dir DIR] [--node-bin FILE] [--summary FILE]";
 
 #[derive(Debug)]
 struct Args {
@@ -32,6 +32,7 @@ struct Args {
     node_bin: Option<PathBuf>,
     summary: Option<PathBuf>,
     without: Vec<String>,
+    max_shrunk_steps: Option<usize>,
 }
 
 fn parse(args: &[String]) -> Result<Args> {
@@ -49,6 +50,7 @@ fn parse(args: &[String]) -> Result<Args> {
         node_bin: None,
         summary: None,
         without: Vec::new(),
+        max_shrunk_steps: None,
     };
     let mut it = args.iter();
     while let Some(flag) = it.next() {
@@ -66,6 +68,7 @@ fn parse(args: &[String]) -> Result<Args> {
             "--work-dir" => a.work_dir = Some(PathBuf::from(value()?)),
             "--node-bin" => a.node_bin = Some(PathBuf::from(value()?)),
             "--summary" => a.summary = Some(PathBuf::from(value()?)),
+            "--max-shrunk-steps" => a.max_shrunk_steps = Some(value()?.parse()?),
             "--without" => a.without.extend(value()?.split(',').map(str::to_owned)),
             "-h" | "--help" => bail!("{USAGE}"),
             other => bail!("unknown argument {other}\n{USAGE}"),
@@ -204,6 +207,7 @@ pub async fn main(args: &[String]) -> Result<i32> {
     };
     println!("concord-chaos: seed {base}, {} schedule(s)", schedules.len());
     let mut summary = Summary::default();
+    let mut largest_shrunk = 0;
     for schedule in &schedules {
         let r = run(schedule, &config).await.with_context(|| format!("seed {}", schedule.seed))?;
         summary.add(schedule.seed, &r.history, &r.counts);
@@ -237,6 +241,7 @@ pub async fn main(args: &[String]) -> Result<i32> {
         } else {
             (schedule.clone(), r.counts.clone())
         };
+        largest_shrunk = largest_shrunk.max(small.steps.len());
         let file = work_dir.join(format!("failing-{}.json", schedule.seed));
         std::fs::write(&file, serde_json::to_string_pretty(&small)? + "\n")?;
         println!(
@@ -254,8 +259,16 @@ pub async fn main(args: &[String]) -> Result<i32> {
         std::fs::write(path, &table)?;
     }
     let failed = !summary.failed.is_empty();
-    Ok(match (a.expect_failure, failed) {
-        (false, false) | (true, true) => 0,
-        _ => 1,
-    })
+    if a.expect_failure {
+        // The harness's own test: a deliberate bug must be caught, and
+        // shrink to a small schedule.
+        let small = a.max_shrunk_steps.is_none_or(|max| largest_shrunk <= max);
+        if !failed {
+            println!("expected a failure, and every schedule passed");
+        } else if !small {
+            println!("the failure shrank to {largest_shrunk} steps only");
+        }
+        return Ok(if failed && small { 0 } else { 1 });
+    }
+    Ok(if failed { 1 } else { 0 })
 }
