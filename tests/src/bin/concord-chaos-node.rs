@@ -9,7 +9,8 @@
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(concord_tests::chaos::child::main(&args))?;
     // Background tasks (gossip, sync, a spawned write) end with the process.
     runtime.shutdown_timeout(std::time::Duration::from_millis(200));

@@ -218,14 +218,10 @@ fn check_member(
             continue;
         }
         // The last acknowledged text, or any later one whose edit had no reply.
-        let last_acked = post
-            .edits
-            .iter()
-            .rposition(|(_, o)| *o == Outcome::Acked)
-            .map(|i| i + 1)
-            .unwrap_or(0);
-        let allowed = edit == last_acked
-            || (edit > last_acked && post.edits[edit - 1].1 == Outcome::Unknown);
+        let last_acked =
+            post.edits.iter().rposition(|(_, o)| *o == Outcome::Acked).map(|i| i + 1).unwrap_or(0);
+        let allowed =
+            edit == last_acked || (edit > last_acked && post.edits[edit - 1].1 == Outcome::Unknown);
         if !allowed {
             if edit < last_acked {
                 c.stale_bodies += 1;
@@ -236,7 +232,8 @@ fn check_member(
         let want_reply = post.reply_to.as_ref();
         let attachments_ok = item.attachments.len() == post.attachments.len()
             && post.attachments.iter().enumerate().all(|(i, len)| {
-                let want = blake3::hash(&attachment_bytes(&post.text, i, *len)).to_hex().to_string();
+                let want =
+                    blake3::hash(&attachment_bytes(&post.text, i, *len)).to_hex().to_string();
                 item.attachments[i].as_deref() == Some(want.as_str())
             });
         if item.reply_to.as_ref() != want_reply || !attachments_ok {
@@ -255,7 +252,8 @@ fn check_member(
         }
         let Some(item) = seen_posts.get(&r.post) else { continue };
         let who = &history.authors[r.dev];
-        let present = item.reactions.iter().any(|(e, authors)| *e == r.emoji && authors.contains(who));
+        let present =
+            item.reactions.iter().any(|(e, authors)| *e == r.emoji && authors.contains(who));
         if !present {
             c.lost += 1;
         }

@@ -447,4 +447,3 @@ impl<S: concord_core::Store + 'static> CloneNetwork for Node<S> {
         Box::new(self.clone())
     }
 }
-

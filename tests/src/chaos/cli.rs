@@ -15,7 +15,7 @@ use super::shrink::shrink;
 
 const USAGE: &str = "usage: concord-chaos [--seed N] [--schedules N] [--duration SECS] \
 [--quiet SECS] [--dynamodb] [--bug ack-before-flush] [--expect-failure] [--replay FILE] \
-[--shrink-runs N] [--max-shrunk-steps N] [--without KIND,...] [--work-dir DIR] [--node-bin FILE] [--summary FILE]";
+[--shrink-runs N] [--max-shrunk-steps N] [--without KIND,...] [--dump DIR] [--work-dir DIR] [--node-bin FILE] [--summary FILE]";
 
 #[derive(Debug)]
 struct Args {
@@ -33,6 +33,7 @@ struct Args {
     summary: Option<PathBuf>,
     without: Vec<String>,
     max_shrunk_steps: Option<usize>,
+    dump: Option<PathBuf>,
 }
 
 fn parse(args: &[String]) -> Result<Args> {
@@ -51,10 +52,12 @@ fn parse(args: &[String]) -> Result<Args> {
         summary: None,
         without: Vec::new(),
         max_shrunk_steps: None,
+        dump: None,
     };
     let mut it = args.iter();
     while let Some(flag) = it.next() {
-        let mut value = || it.next().cloned().ok_or_else(|| anyhow!("{flag} needs a value\n{USAGE}"));
+        let mut value =
+            || it.next().cloned().ok_or_else(|| anyhow!("{flag} needs a value\n{USAGE}"));
         match flag.as_str() {
             "--seed" => a.seed = Some(value()?.parse()?),
             "--schedules" => a.schedules = value()?.parse()?,
@@ -68,6 +71,7 @@ fn parse(args: &[String]) -> Result<Args> {
             "--work-dir" => a.work_dir = Some(PathBuf::from(value()?)),
             "--node-bin" => a.node_bin = Some(PathBuf::from(value()?)),
             "--summary" => a.summary = Some(PathBuf::from(value()?)),
+            "--dump" => a.dump = Some(PathBuf::from(value()?)),
             "--max-shrunk-steps" => a.max_shrunk_steps = Some(value()?.parse()?),
             "--without" => a.without.extend(value()?.split(',').map(str::to_owned)),
             "-h" | "--help" => bail!("{USAGE}"),
@@ -90,9 +94,11 @@ fn start_dynamodb() -> Result<(String, u32)> {
     if !out.status.success() {
         bail!("tests/dynamodb-local.sh start failed");
     }
-    let endpoint = String::from_utf8(out.stdout)?.lines().last().unwrap_or_default().trim().to_owned();
+    let endpoint =
+        String::from_utf8(out.stdout)?.lines().last().unwrap_or_default().trim().to_owned();
     let port = endpoint.rsplit(':').next().unwrap_or_default();
-    let pid_file = concat!(env!("CARGO_MANIFEST_DIR"), "/.dynamodb/run/").to_owned() + port + ".pid";
+    let pid_file =
+        concat!(env!("CARGO_MANIFEST_DIR"), "/.dynamodb/run/").to_owned() + port + ".pid";
     let pid = std::fs::read_to_string(&pid_file)
         .with_context(|| format!("read {pid_file}"))?
         .trim()
@@ -150,7 +156,9 @@ impl Summary {
         let total: u64 = self.ops.values().map(|c| c.iter().sum::<u64>()).sum();
         out += &format!("| operations sent | {total} |\n");
         for (k, [acked, failed, unknown]) in &self.ops {
-            out += &format!("| op `{k}` (acked / refused / no reply) | {acked} / {failed} / {unknown} |\n");
+            out += &format!(
+                "| op `{k}` (acked / refused / no reply) | {acked} / {failed} / {unknown} |\n"
+            );
         }
         for (k, v) in &self.faults {
             out += &format!("| fault `{k}` | {v} |\n");
@@ -189,7 +197,7 @@ pub async fn main(args: &[String]) -> Result<i32> {
     let config = RunConfig {
         node_bin,
         quiet: Duration::from_secs_f64(a.quiet),
-        dynamodb: if dynamodb { Some(start_dynamodb()?) } else { None },
+        dynamodb: if dynamodb && a.dump.is_none() { Some(start_dynamodb()?) } else { None },
         work_dir: work_dir.clone(),
     };
     let base = a.seed.unwrap_or_else(|| {
@@ -205,12 +213,25 @@ pub async fn main(args: &[String]) -> Result<i32> {
         Some(s) => vec![s],
         None => (0..a.schedules).map(|i| generate(base + i, &options)).collect(),
     };
+    if let Some(dir) = &a.dump {
+        // Writes the drawn schedules as files, and runs nothing.
+        std::fs::create_dir_all(dir)?;
+        for s in &schedules {
+            let file = dir.join(format!("seed-{}.json", s.seed));
+            std::fs::write(file, serde_json::to_string_pretty(s)? + "\n")?;
+        }
+        return Ok(0);
+    }
     println!("concord-chaos: seed {base}, {} schedule(s)", schedules.len());
     let mut summary = Summary::default();
     let mut largest_shrunk = 0;
     for schedule in &schedules {
         let r = run(schedule, &config).await.with_context(|| format!("seed {}", schedule.seed))?;
         summary.add(schedule.seed, &r.history, &r.counts);
+        if let Some(path) = &a.summary {
+            // After every schedule, so that a long run cut short keeps its table.
+            std::fs::write(path, summary.table())?;
+        }
         let faults: u64 = r.history.faults.values().sum();
         let converged = r.history.converged_after.map(|d| format!("{} ms", d.as_millis()));
         println!(
@@ -220,7 +241,11 @@ pub async fn main(args: &[String]) -> Result<i32> {
             r.history.op_total(),
             faults,
             converged.unwrap_or_else(|| "never".into()),
-            if r.counts.clean() { "ok".to_owned() } else { format!("FAIL {}", r.counts.failures()) }
+            if r.counts.clean() {
+                "ok".to_owned()
+            } else {
+                format!("FAIL {}", r.counts.failures())
+            }
         );
         if r.counts.clean() {
             continue;

@@ -97,11 +97,7 @@ impl NodeProcess {
     }
 
     /// Sends `cmd` and waits up to `timeout` for the reply.
-    pub async fn call(
-        &self,
-        cmd: Cmd,
-        timeout: Duration,
-    ) -> std::result::Result<Reply, NoReply> {
+    pub async fn call(&self, cmd: Cmd, timeout: Duration) -> std::result::Result<Reply, NoReply> {
         let pending = self.send(cmd).await?;
         match tokio::time::timeout(timeout, pending).await {
             Ok(Ok(reply)) => Ok(reply),
@@ -111,14 +107,12 @@ impl NodeProcess {
     }
 
     /// Sends `cmd`; the receiver gets its reply.
-    pub async fn send(
-        &self,
-        cmd: Cmd,
-    ) -> std::result::Result<oneshot::Receiver<Reply>, NoReply> {
+    pub async fn send(&self, cmd: Cmd) -> std::result::Result<oneshot::Receiver<Reply>, NoReply> {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.waiting.lock().expect("waiting replies").insert(id, tx);
-        let line = serde_json::to_string(&Request { req: id, cmd }).map_err(|_| NoReply::Gone)? + "\n";
+        let line =
+            serde_json::to_string(&Request { req: id, cmd }).map_err(|_| NoReply::Gone)? + "\n";
         let mut stdin = self.stdin.lock().await;
         if stdin.write_all(line.as_bytes()).await.is_err() || stdin.flush().await.is_err() {
             return Err(NoReply::Gone);

@@ -83,7 +83,11 @@ fn key_seed(seed: u64, who: u64) -> String {
     hex::encode(blake3::hash(format!("concord-chaos-{seed}-{who}").as_bytes()).as_bytes())
 }
 
-async fn call(p: Option<&NodeProcess>, cmd: Cmd, timeout: Duration) -> Result<serde_json::Value, Outcome> {
+async fn call(
+    p: Option<&NodeProcess>,
+    cmd: Cmd,
+    timeout: Duration,
+) -> Result<serde_json::Value, Outcome> {
     let Some(p) = p else { return Err(Outcome::Failed) };
     match p.call(cmd, timeout).await {
         Ok(r) if r.ok => Ok(r.data),
@@ -170,7 +174,12 @@ impl<'a> Runner<'a> {
             config,
             dirs,
             relay: None,
-            relay_ready: Ready { event: String::new(), peer_id: String::new(), author: String::new(), addr: String::new() },
+            relay_ready: Ready {
+                event: String::new(),
+                peer_id: String::new(),
+                author: String::new(),
+                addr: String::new(),
+            },
             devices: (0..n).map(|_| None).collect(),
             readies: Vec::new(),
             proxies: Vec::new(),
@@ -189,7 +198,8 @@ impl<'a> Runner<'a> {
         me.relay = Some(relay);
         for d in 0..n {
             me.proxies.push(Proxy::start(relay_socket, schedule.seed ^ (d as u64 + 7)).await?);
-            let p = me.spawn(Target::Device(d)).await.with_context(|| format!("start device {d}"))?;
+            let p =
+                me.spawn(Target::Device(d)).await.with_context(|| format!("start device {d}"))?;
             me.readies.push(p.ready.clone());
             me.history.authors.push(p.ready.author.clone());
             me.devices[d] = Some(p);
@@ -227,7 +237,11 @@ impl<'a> Runner<'a> {
     }
 
     fn relay_dial_addr(&self, d: usize) -> String {
-        format!("/ip4/127.0.0.1/tcp/{}/p2p/{}", self.proxies[d].addr().port(), self.relay_ready.peer_id)
+        format!(
+            "/ip4/127.0.0.1/tcp/{}/p2p/{}",
+            self.proxies[d].addr().port(),
+            self.relay_ready.peer_id
+        )
     }
 
     /// Device `d` dials the relay (through its link) and every device up.
@@ -245,13 +259,16 @@ impl<'a> Runner<'a> {
     fn peer(&self, t: Target) -> Option<(&NodeProcess, String)> {
         match t {
             Target::Relay => self.relay.as_ref().map(|p| (p, self.relay_ready.peer_id.clone())),
-            Target::Device(d) => self.devices[d].as_ref().map(|p| (p, self.readies[d].peer_id.clone())),
+            Target::Device(d) => {
+                self.devices[d].as_ref().map(|p| (p, self.readies[d].peer_id.clone()))
+            }
         }
     }
 
     /// Blocks (or unblocks) every pair across the partition, both ways.
     async fn apply_partition(&self, side: &[usize], relay: bool, on: bool) {
-        let all: Vec<Target> = (0..self.schedule.devices).map(Target::Device).chain([Target::Relay]).collect();
+        let all: Vec<Target> =
+            (0..self.schedule.devices).map(Target::Device).chain([Target::Relay]).collect();
         let inside = |t: &Target| match t {
             Target::Relay => relay,
             Target::Device(d) => side.contains(d),
@@ -341,13 +358,20 @@ impl<'a> Runner<'a> {
         if up {
             return Ok(());
         }
+        if t == Target::Relay && self.store_paused {
+            // A relay writes out its outbox to its store before it is
+            // ready, so it cannot start while the store is down: it
+            // restarts once the store answers again.
+            self.later.push((Instant::now() + Duration::from_millis(200), Later::Restart(t)));
+            return Ok(());
+        }
         let mut tries = 0;
         let p = loop {
             match self.spawn(t).await {
                 Ok(p) => break p,
                 Err(e) => {
                     self.history.reopen_failures += 1;
-                    eprintln!("chaos: {t:?} would not restart: {e:#}");
+                    eprintln!("chaos: seed {}: {t:?} would not restart: {e:#}", self.schedule.seed);
                     tries += 1;
                     if tries == 3 {
                         return Ok(());
@@ -407,13 +431,22 @@ impl<'a> Runner<'a> {
             Action::Post { dev, post, reply_to, attachments } => {
                 let text = self.text(*post);
                 let reply_id = reply_to.and_then(|r| self.post_id(r));
-                let cmd = Cmd::Post { text: text.clone(), reply_to: reply_id.clone(), attachments: attachments.clone() };
+                let cmd = Cmd::Post {
+                    text: text.clone(),
+                    reply_to: reply_id.clone(),
+                    attachments: attachments.clone(),
+                };
                 let r = call(self.devices[*dev].as_ref(), cmd, OP_TIMEOUT).await;
                 self.record_post(*dev, *post, text, &r, reply_id, attachments.clone(), false);
             }
             Action::PostDelete { dev, post } => {
                 let text = self.text(*post);
-                let r = call(self.devices[*dev].as_ref(), Cmd::PostDelete { text: text.clone() }, OP_TIMEOUT).await;
+                let r = call(
+                    self.devices[*dev].as_ref(),
+                    Cmd::PostDelete { text: text.clone() },
+                    OP_TIMEOUT,
+                )
+                .await;
                 self.record_post(*dev, *post, text, &r, None, Vec::new(), true);
             }
             Action::KillMidPost { dev, post, after_ms, down_ms } => {
@@ -439,7 +472,12 @@ impl<'a> Runner<'a> {
             Action::Edit { dev, post, edit } => {
                 let Some(id) = self.post_id(*post) else { return Ok(()) };
                 let text = format!("{}e{edit}", self.text(*post));
-                let r = call(self.devices[*dev].as_ref(), Cmd::Edit { id, text: text.clone() }, OP_TIMEOUT).await;
+                let r = call(
+                    self.devices[*dev].as_ref(),
+                    Cmd::Edit { id, text: text.clone() },
+                    OP_TIMEOUT,
+                )
+                .await;
                 self.history.count("edit", outcome(&r));
                 if let Some(p) = self.history.posts.get_mut(post) {
                     p.edits.push((text, outcome(&r)));
@@ -460,9 +498,19 @@ impl<'a> Runner<'a> {
             }
             Action::React { dev, post, emoji } => {
                 let Some(id) = self.post_id(*post) else { return Ok(()) };
-                let r = call(self.devices[*dev].as_ref(), Cmd::React { id, emoji: emoji.clone() }, OP_TIMEOUT).await;
+                let r = call(
+                    self.devices[*dev].as_ref(),
+                    Cmd::React { id, emoji: emoji.clone() },
+                    OP_TIMEOUT,
+                )
+                .await;
                 self.history.count("react", outcome(&r));
-                self.history.reactions.push(ReactRecord { dev: *dev, post: *post, emoji: emoji.clone(), outcome: outcome(&r) });
+                self.history.reactions.push(ReactRecord {
+                    dev: *dev,
+                    post: *post,
+                    emoji: emoji.clone(),
+                    outcome: outcome(&r),
+                });
             }
             Action::Invite { dev } => {
                 let author = self.history.authors[*dev].clone();
@@ -471,7 +519,8 @@ impl<'a> Runner<'a> {
                 if let Ok(v) = &r {
                     let ticket = v["ticket"].as_str().unwrap_or_default().to_owned();
                     self.invite_tickets[*dev] = Some(ticket.clone());
-                    let joined = call(self.devices[*dev].as_ref(), Cmd::Join { ticket }, OP_TIMEOUT).await;
+                    let joined =
+                        call(self.devices[*dev].as_ref(), Cmd::Join { ticket }, OP_TIMEOUT).await;
                     if joined.is_err() && self.devices[*dev].is_some() {
                         o = outcome(&joined);
                     }
@@ -482,7 +531,12 @@ impl<'a> Runner<'a> {
             }
             Action::SetRole { dev, role } => {
                 let author = self.history.authors[*dev].clone();
-                let r = call(self.devices[0].as_ref(), Cmd::SetRole { author, role: role.clone() }, OP_TIMEOUT).await;
+                let r = call(
+                    self.devices[0].as_ref(),
+                    Cmd::SetRole { author, role: role.clone() },
+                    OP_TIMEOUT,
+                )
+                .await;
                 self.history.count("set_role", outcome(&r));
             }
             Action::Remove { dev } => {
@@ -503,15 +557,21 @@ impl<'a> Runner<'a> {
             }
             Action::Lossy { dev, delay_ms, drop_pct, for_ms } => {
                 self.proxies[*dev].set_mode(LinkMode { delay_ms: *delay_ms, drop_pct: *drop_pct });
-                self.later.push((Instant::now() + Duration::from_millis(*for_ms), Later::LinkClean(*dev)));
+                self.later.push((
+                    Instant::now() + Duration::from_millis(*for_ms),
+                    Later::LinkClean(*dev),
+                ));
             }
             Action::Skew { dev, millis } => {
                 self.skews[*dev] = *millis;
-                let _ = call(self.devices[*dev].as_ref(), Cmd::Skew { millis: *millis }, NET_TIMEOUT).await;
+                let _ =
+                    call(self.devices[*dev].as_ref(), Cmd::Skew { millis: *millis }, NET_TIMEOUT)
+                        .await;
             }
             Action::StoreOutage { for_ms } => {
                 self.store_pause(true);
-                self.later.push((Instant::now() + Duration::from_millis(*for_ms), Later::StoreResume));
+                self.later
+                    .push((Instant::now() + Duration::from_millis(*for_ms), Later::StoreResume));
             }
         }
         Ok(())
@@ -533,13 +593,27 @@ impl<'a> Runner<'a> {
         let (id, members_before) = match r {
             Ok(v) => (
                 v["id"].as_str().map(str::to_owned),
-                v["members"].as_array().map(|a| a.iter().filter_map(|m| m.as_str().map(str::to_owned)).collect()).unwrap_or_default(),
+                v["members"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(|m| m.as_str().map(str::to_owned)).collect())
+                    .unwrap_or_default(),
             ),
             Err(_) => (None, Vec::new()),
         };
         self.history.posts.insert(
             post,
-            PostRecord { author: dev, text, outcome: Some(o), id, members_before, reply_to, attachments, edits: Vec::new(), delete: None, post_delete },
+            PostRecord {
+                author: dev,
+                text,
+                outcome: Some(o),
+                id,
+                members_before,
+                reply_to,
+                attachments,
+                edits: Vec::new(),
+                delete: None,
+                post_delete,
+            },
         );
     }
 
@@ -552,11 +626,13 @@ impl<'a> Runner<'a> {
         for proxy in &self.proxies {
             proxy.set_mode(LinkMode::default());
         }
-        let pending: Vec<Later> = self.later.drain(..).map(|(_, l)| l).collect();
-        for l in pending {
-            if let Later::Restart(t) = l {
-                self.restart(t).await?;
-            }
+        self.later.clear();
+        let all: Vec<Target> = [Target::Relay]
+            .into_iter()
+            .chain((0..self.schedule.devices).map(Target::Device))
+            .collect();
+        for t in all {
+            self.restart(t).await?;
         }
         for d in 0..self.schedule.devices {
             if self.skews[d] != 0 {
@@ -594,20 +670,32 @@ impl<'a> Runner<'a> {
             .history
             .posts
             .values()
-            .filter(|p| p.delete == Some(Outcome::Acked) || (p.post_delete && p.outcome == Some(Outcome::Acked)))
+            .filter(|p| {
+                p.delete == Some(Outcome::Acked)
+                    || (p.post_delete && p.outcome == Some(Outcome::Acked))
+            })
             .filter_map(|p| p.id.clone())
             .collect();
         let mut out = Vec::new();
         for d in 0..self.schedule.devices {
-            let read = call(self.devices[d].as_ref(), Cmd::Read { probe: probe.clone() }, OP_TIMEOUT).await;
+            let read =
+                call(self.devices[d].as_ref(), Cmd::Read { probe: probe.clone() }, OP_TIMEOUT)
+                    .await;
             let members = call(self.devices[d].as_ref(), Cmd::Members, OP_TIMEOUT).await;
             out.push(match (read, members) {
                 (Ok(r), Ok(m)) => {
-                    let items: Vec<Item> = serde_json::from_value(r["items"].clone()).unwrap_or_default();
-                    let found: Vec<bool> = serde_json::from_value(r["probe"].clone()).unwrap_or_default();
+                    let items: Vec<Item> =
+                        serde_json::from_value(r["items"].clone()).unwrap_or_default();
+                    let found: Vec<bool> =
+                        serde_json::from_value(r["probe"].clone()).unwrap_or_default();
                     let members = serde_json::from_value(m["members"].clone()).unwrap_or_default();
                     let keyed = serde_json::from_value(m["keyed"].clone()).unwrap_or_default();
-                    Some(FinalRead { items, members, keyed, probe: probe.iter().cloned().zip(found).collect() })
+                    Some(FinalRead {
+                        items,
+                        members,
+                        keyed,
+                        probe: probe.iter().cloned().zip(found).collect(),
+                    })
                 }
                 _ => None,
             });
@@ -635,6 +723,9 @@ fn count_panics(root: &Path) -> u64 {
     entries
         .filter_map(|e| e.ok())
         .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
-        .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default().matches("panicked at").count() as u64)
+        .map(|e| {
+            std::fs::read_to_string(e.path()).unwrap_or_default().matches("panicked at").count()
+                as u64
+        })
         .sum()
 }

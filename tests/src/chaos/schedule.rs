@@ -284,11 +284,8 @@ fn draw(
         0..=29 => {
             let reply_to = (!posts.is_empty() && rng.random_bool(0.2))
                 .then(|| posts[rng.random_range(0..posts.len())].1);
-            let attachments = if rng.random_bool(0.1) {
-                vec![rng.random_range(1..20_000)]
-            } else {
-                Vec::new()
-            };
+            let attachments =
+                if rng.random_bool(0.1) { vec![rng.random_range(1..20_000)] } else { Vec::new() };
             Action::Post { dev: actor, post: 0, reply_to, attachments }
         }
         30..=39 if !own.is_empty() => {
@@ -304,9 +301,8 @@ fn draw(
             emoji: EMOJI[rng.random_range(0..EMOJI.len())].to_owned(),
         },
         62..=64 if !options.without.iter().any(|w| w == "invite") => {
-            let outside: Vec<usize> = (0..devices)
-                .filter(|d| !members.contains(d) && Some(*d) != *removed)
-                .collect();
+            let outside: Vec<usize> =
+                (0..devices).filter(|d| !members.contains(d) && Some(*d) != *removed).collect();
             let dev = *outside.first()?;
             members.push(dev);
             Action::Invite { dev }
@@ -316,7 +312,10 @@ fn draw(
             let role = if rng.random_bool(0.5) { "moderator" } else { "member" };
             Action::SetRole { dev, role: role.to_owned() }
         }
-        68 if removed.is_none() && members.len() > 3 && !options.without.iter().any(|w| w == "remove") => {
+        68 if removed.is_none()
+            && members.len() > 3
+            && !options.without.iter().any(|w| w == "remove") =>
+        {
             let dev = members[rng.random_range(1..members.len())];
             members.retain(|m| *m != dev);
             *removed = Some(dev);
@@ -341,7 +340,11 @@ fn draw(
             if side.is_empty() {
                 side.push(rng.random_range(0..devices));
             }
-            Action::Partition { side, relay: rng.random_bool(0.3), for_ms: rng.random_range(300..3_000) }
+            Action::Partition {
+                side,
+                relay: rng.random_bool(0.3),
+                for_ms: rng.random_range(300..3_000),
+            }
         }
         85..=88 => Action::Lossy {
             dev: rng.random_range(0..devices),
@@ -359,9 +362,7 @@ fn draw(
             let millis = if rng.random_bool(0.5) { magnitude } else { -magnitude };
             Action::Skew { dev: rng.random_range(0..devices), millis }
         }
-        92..=93 if options.dynamodb => {
-            Action::StoreOutage { for_ms: rng.random_range(500..3_000) }
-        }
+        92..=93 if options.dynamodb => Action::StoreOutage { for_ms: rng.random_range(500..3_000) },
         _ => return None,
     })
 }
