@@ -168,7 +168,12 @@ pub fn check(history: &History) -> Counts {
                 let Some(body) = &item.body else { continue };
                 let Some((n, _)) = texts.get(body.as_str()) else { continue };
                 let post = &history.posts[n];
-                if post.author != dev && !post.members_before.contains(&me) {
+                // Only an acknowledged post says what its author's
+                // governance held when it was made.
+                let after_removal = post.outcome == Some(Outcome::Acked)
+                    && !post.members_before.is_empty()
+                    && !post.members_before.contains(&me);
+                if post.author != dev && after_removal {
                     c.removed_received += 1;
                 }
             }

@@ -22,3 +22,4 @@ pub mod proxy;
 pub mod run;
 pub mod schedule;
 pub mod shrink;
+mod steps;

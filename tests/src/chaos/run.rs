@@ -10,16 +10,16 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, Context, Result};
 
 use super::check::{check, Counts};
-use super::history::{FinalRead, History, Outcome, PostRecord, ReactRecord};
+use super::history::{FinalRead, History, Outcome};
 use super::process::{Dirs, NoReply, NodeProcess};
 use super::protocol::{Cmd, Item, Ready};
 use super::proxy::{LinkMode, Proxy};
-use super::schedule::{Action, Schedule, Target};
+use super::schedule::{Schedule, Target};
 
 /// How long a workload operation may take before it counts as unknown.
-const OP_TIMEOUT: Duration = Duration::from_secs(5);
+pub(super) const OP_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a network command (dial, block) may take.
-const NET_TIMEOUT: Duration = Duration::from_secs(3);
+pub(super) const NET_TIMEOUT: Duration = Duration::from_secs(3);
 /// How often the quiet phase reads every device.
 const QUIET_POLL: Duration = Duration::from_millis(500);
 
@@ -47,29 +47,29 @@ pub struct RunResult {
 
 /// A timed consequence of an earlier step.
 #[derive(Clone, Debug)]
-enum Later {
+pub(super) enum Later {
     Restart(Target),
     Heal(u64),
     LinkClean(usize),
     StoreResume,
 }
 
-struct Runner<'a> {
-    schedule: &'a Schedule,
-    config: &'a RunConfig,
-    dirs: Dirs,
-    relay: Option<NodeProcess>,
-    relay_ready: Ready,
-    devices: Vec<Option<NodeProcess>>,
-    readies: Vec<Ready>,
-    proxies: Vec<Proxy>,
-    base_ticket: String,
-    invite_tickets: Vec<Option<String>>,
-    partition: Option<(u64, Vec<usize>, bool)>,
-    skews: Vec<i64>,
-    store_paused: bool,
-    later: Vec<(Instant, Later)>,
-    history: History,
+pub(super) struct Runner<'a> {
+    pub(super) schedule: &'a Schedule,
+    pub(super) config: &'a RunConfig,
+    pub(super) dirs: Dirs,
+    pub(super) relay: Option<NodeProcess>,
+    pub(super) relay_ready: Ready,
+    pub(super) devices: Vec<Option<NodeProcess>>,
+    pub(super) readies: Vec<Ready>,
+    pub(super) proxies: Vec<Proxy>,
+    pub(super) base_ticket: String,
+    pub(super) invite_tickets: Vec<Option<String>>,
+    pub(super) partition: Option<(u64, Vec<usize>, bool)>,
+    pub(super) skews: Vec<i64>,
+    pub(super) store_paused: bool,
+    pub(super) later: Vec<(Instant, Later)>,
+    pub(super) history: History,
 }
 
 fn socket_of(addr: &str) -> Result<SocketAddr> {
@@ -83,7 +83,7 @@ fn key_seed(seed: u64, who: u64) -> String {
     hex::encode(blake3::hash(format!("concord-chaos-{seed}-{who}").as_bytes()).as_bytes())
 }
 
-async fn call(
+pub(super) async fn call(
     p: Option<&NodeProcess>,
     cmd: Cmd,
     timeout: Duration,
@@ -101,7 +101,7 @@ async fn call(
     }
 }
 
-fn outcome<T>(r: &Result<T, Outcome>) -> Outcome {
+pub(super) fn outcome<T>(r: &Result<T, Outcome>) -> Outcome {
     match r {
         Ok(_) => Outcome::Acked,
         Err(o) => *o,
@@ -245,7 +245,7 @@ impl<'a> Runner<'a> {
     }
 
     /// Device `d` dials the relay (through its link) and every device up.
-    async fn connect(&self, d: usize) {
+    pub(super) async fn connect(&self, d: usize) {
         let Some(p) = self.devices[d].as_ref() else { return };
         let _ = p.call(Cmd::Dial { addr: self.relay_dial_addr(d) }, NET_TIMEOUT).await;
         for (o, other) in self.devices.iter().enumerate() {
@@ -266,7 +266,7 @@ impl<'a> Runner<'a> {
     }
 
     /// Blocks (or unblocks) every pair across the partition, both ways.
-    async fn apply_partition(&self, side: &[usize], relay: bool, on: bool) {
+    pub(super) async fn apply_partition(&self, side: &[usize], relay: bool, on: bool) {
         let all: Vec<Target> =
             (0..self.schedule.devices).map(Target::Device).chain([Target::Relay]).collect();
         let inside = |t: &Target| match t {
@@ -329,7 +329,7 @@ impl<'a> Runner<'a> {
         Ok(())
     }
 
-    fn store_pause(&mut self, pause: bool) {
+    pub(super) fn store_pause(&mut self, pause: bool) {
         let Some((_, pid)) = &self.config.dynamodb else { return };
         if self.store_paused == pause {
             return;
@@ -339,7 +339,7 @@ impl<'a> Runner<'a> {
         self.store_paused = pause;
     }
 
-    async fn kill(&mut self, t: Target, down_ms: u64) {
+    pub(super) async fn kill(&mut self, t: Target, down_ms: u64) {
         let p = match t {
             Target::Relay => self.relay.take(),
             Target::Device(d) => self.devices[d].take(),
@@ -413,208 +413,6 @@ impl<'a> Runner<'a> {
             }
         }
         Ok(())
-    }
-
-    fn text(&self, post: usize) -> String {
-        format!("s{}p{post}", self.schedule.seed)
-    }
-
-    fn post_id(&self, post: usize) -> Option<String> {
-        self.history.posts.get(&post).and_then(|p| p.id.clone())
-    }
-
-    async fn step(&mut self, action: &Action) -> Result<()> {
-        if action.is_fault() {
-            self.history.fault(action.kind());
-        }
-        match action {
-            Action::Post { dev, post, reply_to, attachments } => {
-                let text = self.text(*post);
-                let reply_id = reply_to.and_then(|r| self.post_id(r));
-                let cmd = Cmd::Post {
-                    text: text.clone(),
-                    reply_to: reply_id.clone(),
-                    attachments: attachments.clone(),
-                };
-                let r = call(self.devices[*dev].as_ref(), cmd, OP_TIMEOUT).await;
-                self.record_post(*dev, *post, text, &r, reply_id, attachments.clone(), false);
-            }
-            Action::PostDelete { dev, post } => {
-                let text = self.text(*post);
-                let r = call(
-                    self.devices[*dev].as_ref(),
-                    Cmd::PostDelete { text: text.clone() },
-                    OP_TIMEOUT,
-                )
-                .await;
-                self.record_post(*dev, *post, text, &r, None, Vec::new(), true);
-            }
-            Action::KillMidPost { dev, post, after_ms, down_ms } => {
-                let text = self.text(*post);
-                let cmd = Cmd::Post { text: text.clone(), reply_to: None, attachments: Vec::new() };
-                let r = match self.devices[*dev].as_ref() {
-                    None => Err(Outcome::Failed),
-                    Some(p) => match p.send(cmd).await {
-                        Err(_) => Err(Outcome::Unknown),
-                        Ok(mut rx) => {
-                            tokio::time::sleep(Duration::from_millis(*after_ms)).await;
-                            match rx.try_recv() {
-                                Ok(reply) if reply.ok => Ok(reply.data),
-                                Ok(_) => Err(Outcome::Failed),
-                                Err(_) => Err(Outcome::Unknown),
-                            }
-                        }
-                    },
-                };
-                self.record_post(*dev, *post, text, &r, None, Vec::new(), false);
-                self.kill(Target::Device(*dev), *down_ms).await;
-            }
-            Action::Edit { dev, post, edit } => {
-                let Some(id) = self.post_id(*post) else { return Ok(()) };
-                let text = format!("{}e{edit}", self.text(*post));
-                let r = call(
-                    self.devices[*dev].as_ref(),
-                    Cmd::Edit { id, text: text.clone() },
-                    OP_TIMEOUT,
-                )
-                .await;
-                self.history.count("edit", outcome(&r));
-                if let Some(p) = self.history.posts.get_mut(post) {
-                    p.edits.push((text, outcome(&r)));
-                }
-            }
-            Action::Delete { dev, post } => {
-                let Some(id) = self.post_id(*post) else { return Ok(()) };
-                if self.history.posts[post].delete == Some(Outcome::Acked) {
-                    return Ok(());
-                }
-                let r = call(self.devices[*dev].as_ref(), Cmd::Delete { id }, OP_TIMEOUT).await;
-                self.history.count("delete", outcome(&r));
-                if let Some(p) = self.history.posts.get_mut(post) {
-                    if p.delete != Some(Outcome::Unknown) || outcome(&r) == Outcome::Acked {
-                        p.delete = Some(outcome(&r));
-                    }
-                }
-            }
-            Action::React { dev, post, emoji } => {
-                let Some(id) = self.post_id(*post) else { return Ok(()) };
-                let r = call(
-                    self.devices[*dev].as_ref(),
-                    Cmd::React { id, emoji: emoji.clone() },
-                    OP_TIMEOUT,
-                )
-                .await;
-                self.history.count("react", outcome(&r));
-                self.history.reactions.push(ReactRecord {
-                    dev: *dev,
-                    post: *post,
-                    emoji: emoji.clone(),
-                    outcome: outcome(&r),
-                });
-            }
-            Action::Invite { dev } => {
-                let author = self.history.authors[*dev].clone();
-                let r = call(self.devices[0].as_ref(), Cmd::Invite { author }, OP_TIMEOUT).await;
-                let mut o = outcome(&r);
-                if let Ok(v) = &r {
-                    let ticket = v["ticket"].as_str().unwrap_or_default().to_owned();
-                    self.invite_tickets[*dev] = Some(ticket.clone());
-                    let joined =
-                        call(self.devices[*dev].as_ref(), Cmd::Join { ticket }, OP_TIMEOUT).await;
-                    if joined.is_err() && self.devices[*dev].is_some() {
-                        o = outcome(&joined);
-                    }
-                    self.connect(*dev).await;
-                }
-                self.history.count("invite", o);
-                self.history.invites.push((*dev, o));
-            }
-            Action::SetRole { dev, role } => {
-                let author = self.history.authors[*dev].clone();
-                let r = call(
-                    self.devices[0].as_ref(),
-                    Cmd::SetRole { author, role: role.clone() },
-                    OP_TIMEOUT,
-                )
-                .await;
-                self.history.count("set_role", outcome(&r));
-            }
-            Action::Remove { dev } => {
-                let author = self.history.authors[*dev].clone();
-                let r = call(self.devices[0].as_ref(), Cmd::Remove { author }, OP_TIMEOUT).await;
-                self.history.count("remove", outcome(&r));
-                self.history.removal = Some((*dev, outcome(&r)));
-            }
-            Action::Kill { target, down_ms } => self.kill(*target, *down_ms).await,
-            Action::Partition { side, relay, for_ms } => {
-                if let Some((_, old, r)) = self.partition.take() {
-                    self.apply_partition(&old, r, false).await;
-                }
-                let id = self.history.faults.values().sum::<u64>();
-                self.apply_partition(side, *relay, true).await;
-                self.partition = Some((id, side.clone(), *relay));
-                self.later.push((Instant::now() + Duration::from_millis(*for_ms), Later::Heal(id)));
-            }
-            Action::Lossy { dev, delay_ms, drop_pct, for_ms } => {
-                self.proxies[*dev].set_mode(LinkMode { delay_ms: *delay_ms, drop_pct: *drop_pct });
-                self.later.push((
-                    Instant::now() + Duration::from_millis(*for_ms),
-                    Later::LinkClean(*dev),
-                ));
-            }
-            Action::Skew { dev, millis } => {
-                self.skews[*dev] = *millis;
-                let _ =
-                    call(self.devices[*dev].as_ref(), Cmd::Skew { millis: *millis }, NET_TIMEOUT)
-                        .await;
-            }
-            Action::StoreOutage { for_ms } => {
-                self.store_pause(true);
-                self.later
-                    .push((Instant::now() + Duration::from_millis(*for_ms), Later::StoreResume));
-            }
-        }
-        Ok(())
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn record_post(
-        &mut self,
-        dev: usize,
-        post: usize,
-        text: String,
-        r: &Result<serde_json::Value, Outcome>,
-        reply_to: Option<String>,
-        attachments: Vec<u32>,
-        post_delete: bool,
-    ) {
-        let o = outcome(r);
-        self.history.count(if post_delete { "post_delete" } else { "post" }, o);
-        let (id, members_before) = match r {
-            Ok(v) => (
-                v["id"].as_str().map(str::to_owned),
-                v["members"]
-                    .as_array()
-                    .map(|a| a.iter().filter_map(|m| m.as_str().map(str::to_owned)).collect())
-                    .unwrap_or_default(),
-            ),
-            Err(_) => (None, Vec::new()),
-        };
-        self.history.posts.insert(
-            post,
-            PostRecord {
-                author: dev,
-                text,
-                outcome: Some(o),
-                id,
-                members_before,
-                reply_to,
-                attachments,
-                edits: Vec::new(),
-                delete: None,
-                post_delete,
-            },
-        );
     }
 
     /// Heals everything, restarts what is down, and polls until settled.
