@@ -246,7 +246,9 @@ fn check_member(
         }
     }
     for (n, post) in &history.posts {
-        let must = post.outcome == Some(Outcome::Acked) && is_deleted(post).is_none();
+        // A refused delete deleted nothing; one without a reply may have.
+        let deleted = matches!(is_deleted(post), Some(Outcome::Acked | Outcome::Unknown));
+        let must = post.outcome == Some(Outcome::Acked) && !post.post_delete && !deleted;
         if must && !seen_posts.contains_key(n) {
             c.lost += 1;
         }

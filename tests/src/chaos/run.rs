@@ -265,6 +265,14 @@ impl<'a> Runner<'a> {
         }
     }
 
+    /// The peer id of a process, up or down (it is stable across restarts).
+    fn peer_id(&self, t: Target) -> String {
+        match t {
+            Target::Relay => self.relay_ready.peer_id.clone(),
+            Target::Device(d) => self.readies[d].peer_id.clone(),
+        }
+    }
+
     /// Blocks (or unblocks) every pair across the partition, both ways.
     pub(super) async fn apply_partition(&self, side: &[usize], relay: bool, on: bool) {
         let all: Vec<Target> =
@@ -278,8 +286,12 @@ impl<'a> Runner<'a> {
                 if inside(a) == inside(b) {
                     continue;
                 }
-                if let (Some((pa, _)), Some((_, id_b))) = (self.peer(*a), self.peer(*b)) {
-                    let _ = pa.call(Cmd::Block { peer: id_b, on }, NET_TIMEOUT).await;
+                // The peer id of a process that is down is still known: a
+                // block held by a process that is up must be lifted even
+                // while the peer it names is down.
+                if let Some((pa, _)) = self.peer(*a) {
+                    let peer = self.peer_id(*b);
+                    let _ = pa.call(Cmd::Block { peer, on }, NET_TIMEOUT).await;
                 }
             }
         }
