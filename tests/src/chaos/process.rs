@@ -53,7 +53,7 @@ impl NodeProcess {
             .with_context(|| format!("open {}", log.display()))?;
         let mut child = Command::new(bin)
             .args(args)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", std::env::var("CONCORD_CHAOS_LOG").unwrap_or_else(|_| "warn".into()))
             .env("RUST_BACKTRACE", "1")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

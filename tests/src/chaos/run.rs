@@ -127,7 +127,7 @@ pub async fn run(schedule: &Schedule, config: &RunConfig) -> Result<RunResult> {
     };
     runner.stop().await;
     let history = runner.history;
-    if counts.clean() {
+    if counts.clean() && std::env::var_os("CONCORD_CHAOS_KEEP").is_none() {
         let _ = std::fs::remove_dir_all(&root);
     } else {
         // Kept for diagnosis: the processes' directories and logs, and the
