@@ -89,6 +89,23 @@ step "tests (with the relay store's DynamoDB suite against DynamoDB Local)"
 cargo test --workspace --locked --features "$features"
 disk
 
+# Whole processes under seeded faults (docs/reliability.md): device nodes
+# and a relay, each a concord-chaos-node process, through fixed seeds of
+# kills, partitions, a lossy link and clock skew, judged by the checker;
+# then the harness's own proof that it can fail: a deliberate bug (posts
+# acknowledged before they are written) must be caught and shrink to a
+# schedule of at most 3 steps. Invites are left out of the drawn schedules
+# while the invited-member bug is open (docs/reliability.md, open failures).
+# About 3 minutes; the DynamoDB store outage runs with --dynamodb, not here.
+step "chaos: fixed seeds over whole processes, and the deliberate bug they must catch"
+chaos_work=$(mktemp -d)
+"$bin/concord-chaos" --seed 1 --schedules 8 --duration 4 --without invite --shrink-runs 0 \
+    --work-dir "$chaos_work"
+"$bin/concord-chaos" --seed 10 --schedules 1 --duration 4 --without invite --quiet 6 \
+    --bug ack-before-flush --expect-failure --shrink-runs 12 --max-shrunk-steps 3 \
+    --work-dir "$chaos_work"
+rm -rf "$chaos_work"
+
 step "bindings: Python suite, Swift API check, Kotlin on the JVM"
 export CONCORD_FFI_BUILD="${build_all[*]}"
 ffi/test-python.sh

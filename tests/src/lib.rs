@@ -4,3 +4,5 @@
 //! crates' tests need them; the core's own helpers are in
 //! `core/tests/common/mod.rs`.
 #![deny(missing_docs)]
+
+pub mod chaos;
