@@ -96,7 +96,7 @@ disk
 # acknowledged before they are written) must be caught and shrink to a
 # schedule of at most 3 steps. Invites are left out of the drawn schedules
 # while the invited-member bug is open (docs/reliability.md, open failures).
-# About 3 minutes; the DynamoDB store outage runs with --dynamodb, not here.
+# About 2 minutes; the DynamoDB store outage runs with --dynamodb, not here.
 step "chaos: fixed seeds over whole processes, and the deliberate bug they must catch"
 chaos_work=$(mktemp -d)
 "$bin/concord-chaos" --seed 1 --schedules 8 --duration 4 --without invite --shrink-runs 0 \
