@@ -30,7 +30,8 @@ pub fn run(ctx: &Ctx) -> Result<Report> {
         let mut concord = ConcordRoom::create(&w)?;
         // One post into another room first, so that what the first commit
         // allocates once (sled's write buffers, caches) is not counted.
-        let other = concord.replica.create_room_opts("warm-up", &super::unencrypted())?;
+        let other =
+            concord.replica.create_room_opts("warm-up", &super::Rooms::Unencrypted.options())?;
         concord.replica.post(&other, Draft::text("warm-up"))?;
         let (_, c_live, c_peak) = held_by(|| concord.post(&w.messages, GROUP).map(drop))?;
         // What the replica's author document holds: the heap freed when the

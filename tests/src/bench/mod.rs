@@ -5,6 +5,7 @@
 mod alloc;
 mod append;
 mod cold_open;
+mod crypto;
 mod disk;
 mod memory;
 mod net;
@@ -116,16 +117,35 @@ const RELAY_BENCHES: &[(&str, Bench)] = &[
     ("relay-ingest-dynamodb", relay_dynamo::run),
 ];
 
+/// The benchmarks in end-to-end encrypted rooms, run only when named.
+const E2EE_BENCHES: &[(&str, Bench)] = &[
+    ("append-e2ee", append::run_e2ee),
+    ("page-e2ee", page::run_e2ee),
+    ("gossip-e2ee", net::run_gossip_e2ee),
+    ("relay-ingest-sled-e2ee", relay::run_sled_e2ee),
+    #[cfg(feature = "dynamodb")]
+    ("relay-ingest-dynamodb-e2ee", relay_dynamo::run_e2ee),
+];
+
 /// The DynamoDB half of `relay-ingest`, which needs the feature.
 const RELAY_DYNAMODB: &str = "relay-ingest-dynamodb";
+const RELAY_DYNAMODB_E2EE: &str = "relay-ingest-dynamodb-e2ee";
 
 /// Names that stand for several benchmarks.
-const GROUPS: [(&str, &[&str]); 1] = [("relay-ingest", &["relay-ingest-sled", RELAY_DYNAMODB])];
+const GROUPS: [(&str, &[&str]); 2] = [
+    ("relay-ingest", &["relay-ingest-sled", RELAY_DYNAMODB]),
+    (
+        "e2ee",
+        &["append-e2ee", "page-e2ee", "gossip-e2ee", "relay-ingest-sled-e2ee", RELAY_DYNAMODB_E2EE],
+    ),
+];
 
 const USAGE: &str = "usage: concord-bench [NAME...] [--seed N] [--runs R] [--quick] [--large N]
 names: append, page, cold-open, memory, disk, gossip, partition, catchup-net (default: these eight);
        relay-ingest-sled, relay-ingest-dynamodb (needs --features dynamodb),
-       relay-ingest (both relay halves), run only when named";
+       relay-ingest (both relay halves), run only when named;
+       append-e2ee, page-e2ee, gossip-e2ee, relay-ingest-sled-e2ee, relay-ingest-dynamodb-e2ee
+       (the same in end-to-end encrypted rooms), or e2ee for all five, run only when named";
 
 pub fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
@@ -146,16 +166,16 @@ pub fn main() -> Result<()> {
                 println!("{USAGE}");
                 return Ok(());
             }
-            name if BENCHES.iter().chain(RELAY_BENCHES).any(|(n, _)| *n == name) => {
+            name if all_benches().any(|(n, _)| *n == name) => {
                 names.push(name.to_owned());
             }
             name if GROUPS.iter().any(|(n, _)| *n == name) => {
                 let (_, members) = GROUPS.iter().find(|(n, _)| *n == name).expect("a group");
                 names.extend(members.iter().map(|m| (*m).to_owned()));
             }
-            RELAY_DYNAMODB => bail!(
-                "{RELAY_DYNAMODB} needs the dynamodb feature: cargo run --release \
-                 -p concord-tests --features dynamodb --bin concord-bench -- {RELAY_DYNAMODB}"
+            name @ (RELAY_DYNAMODB | RELAY_DYNAMODB_E2EE) => bail!(
+                "{name} needs the dynamodb feature: cargo run --release \
+                 -p concord-tests --features dynamodb --bin concord-bench -- {name}"
             ),
             other => bail!("unknown argument {other:?}\n{USAGE}"),
         }
@@ -175,21 +195,28 @@ pub fn main() -> Result<()> {
         machine()
     );
     let named = |name: &str| names.iter().any(|n| n == name);
-    if named(RELAY_DYNAMODB) && !RELAY_BENCHES.iter().any(|(n, _)| *n == RELAY_DYNAMODB) {
-        eprintln!(
-            "{RELAY_DYNAMODB} skipped: built without the dynamodb feature \
-             (cargo run --release -p concord-tests --features dynamodb --bin concord-bench)"
-        );
+    for name in [RELAY_DYNAMODB, RELAY_DYNAMODB_E2EE] {
+        if named(name) && !all_benches().any(|(n, _)| *n == name) {
+            eprintln!(
+                "{name} skipped: built without the dynamodb feature \
+                 (cargo run --release -p concord-tests --features dynamodb --bin concord-bench)"
+            );
+        }
     }
     let chosen = BENCHES
         .iter()
         .filter(|(name, _)| names.is_empty() || named(name))
-        .chain(RELAY_BENCHES.iter().filter(|(name, _)| named(name)));
+        .chain(RELAY_BENCHES.iter().chain(E2EE_BENCHES).filter(|(name, _)| named(name)));
     for (_, bench) in chosen {
         let report = bench(&ctx)?;
         println!("{}", report.markdown(seed, runs));
     }
     Ok(())
+}
+
+/// Every benchmark this build has.
+fn all_benches() -> impl Iterator<Item = &'static (&'static str, Bench)> {
+    BENCHES.iter().chain(RELAY_BENCHES).chain(E2EE_BENCHES)
 }
 
 /// CPU model, core count and memory, from /proc.
@@ -210,10 +237,27 @@ fn machine() -> String {
     format!("{model}, {cores} cores, {:.1} GiB RAM", mem_kib / (1024.0 * 1024.0))
 }
 
-/// The rooms every benchmark runs in: without end-to-end encryption, as
-/// the results recorded in `docs/benchmarks.md` were measured (before
-/// rooms were encrypted by default). Encrypted runs beside a baseline that
-/// does the same cryptographic work are not built yet.
-pub fn unencrypted() -> concord_core::RoomOptions {
-    concord_core::RoomOptions::default().encrypted(false)
+/// The rooms a benchmark runs in. The eight default benchmarks run in
+/// unencrypted rooms, as the results recorded in `docs/benchmarks.md` were
+/// first measured; the `-e2ee` benchmarks run the same workloads in
+/// end-to-end encrypted rooms (the default for new rooms), beside a
+/// baseline that does the same cryptographic work (`crypto.rs`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Rooms {
+    Unencrypted,
+    Encrypted,
+}
+
+impl Rooms {
+    pub fn options(self) -> concord_core::RoomOptions {
+        concord_core::RoomOptions::default().encrypted(self == Rooms::Encrypted)
+    }
+
+    /// A report's name: `name`, or `encrypted` for encrypted rooms.
+    pub fn name(self, name: &'static str, encrypted: &'static str) -> &'static str {
+        match self {
+            Rooms::Unencrypted => name,
+            Rooms::Encrypted => encrypted,
+        }
+    }
 }

@@ -41,11 +41,12 @@ use rand_chacha::ChaCha8Rng;
 use tempfile::TempDir;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
+use super::crypto::{Receiver, Sender};
 use super::report::{thousands, Metric, Report, Unit};
 use super::stats::{column, quantile, runs};
 use super::stores::{open_store, ConcordRoom, GROUP};
 use super::workload::{busy_span, Workload};
-use super::Ctx;
+use super::{Ctx, Rooms};
 
 /// Gossipsub's heartbeat as Concord's node sets it; the raw swarms use the
 /// same, since it paces mesh repair and lazy gossip in both.
@@ -180,9 +181,10 @@ impl std::iter::Sum for Traffic {
 
 // ----- Concord nodes ---------------------------------------------------------
 
-/// Records when each message first appeared in one peer's timeline. Called
-/// on the replica thread after the change is durable, which is when a user
-/// would see it.
+/// Records when each message first appeared readable in one peer's
+/// timeline (in an encrypted room, not while it waits for its key).
+/// Called on the replica thread after the change is durable, which is when
+/// a user would see it.
 #[derive(Default)]
 struct Arrivals(Mutex<HashMap<MessageId, Instant>>);
 
@@ -191,8 +193,10 @@ impl TimelineListener for Arrivals {
         let now = Instant::now();
         let mut seen = self.0.lock().unwrap_or_else(|e| e.into_inner());
         for diff in diffs {
-            if let TimelineDiff::Insert(m) = diff {
-                seen.entry(m.id).or_insert(now);
+            if let TimelineDiff::Insert(m) | TimelineDiff::Update(m) = diff {
+                if !m.waiting_for_key {
+                    seen.entry(m.id).or_insert(now);
+                }
             }
         }
     }
@@ -223,8 +227,10 @@ struct ConcordNet {
 
 impl ConcordNet {
     /// Starts `n` nodes on fresh stores, listening on loopback; the first
-    /// creates a room and the others join it (without connecting).
-    async fn start(n: usize, seed: u64, config: NodeConfig) -> Result<Self> {
+    /// creates a room of the kind `rooms` names and the others join it
+    /// (without connecting). In an encrypted room every node ends up holding
+    /// every member's device keys, as first catch-ups would leave them.
+    async fn start(n: usize, seed: u64, config: NodeConfig, rooms: Rooms) -> Result<Self> {
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let keys = seeds(&mut net_rng(seed, NetStream::Keys), n);
         let mut nodes = Vec::with_capacity(n);
@@ -235,7 +241,7 @@ impl ConcordNet {
             let addr = node.listen(loopback()).await?;
             nodes.push((node, addr, dir));
         }
-        let room = nodes[0].0.create_room_opts("bench", super::unencrypted()).await?.id();
+        let room = nodes[0].0.create_room_opts("bench", rooms.options()).await?.id();
         let genesis = nodes[0]
             .0
             .replica()
@@ -266,6 +272,23 @@ impl ConcordNet {
                 _subscription: subscription,
                 _dir: dir,
             });
+        }
+        if rooms == Rooms::Encrypted {
+            // Each joiner's published device keys reach the host, then the
+            // host's whole governance reaches every joiner.
+            let host = peers[0].node.replica();
+            for p in &peers[1..] {
+                let heads = host.try_call(move |r| r.governance_heads(&room)).await?;
+                let back =
+                    p.node.replica().try_call(move |r| r.governance_since(&room, &heads)).await?;
+                host.try_call(move |r| r.apply_governance(&room, back).map(drop)).await?;
+            }
+            for p in &peers[1..] {
+                let replica = p.node.replica();
+                let heads = replica.try_call(move |r| r.governance_heads(&room)).await?;
+                let changes = host.try_call(move |r| r.governance_since(&room, &heads)).await?;
+                replica.try_call(move |r| r.apply_governance(&room, changes).map(drop)).await?;
+            }
         }
         Ok(Self { peers, seen: HashSet::new() })
     }
@@ -327,7 +350,10 @@ enum RawCommand {
 }
 
 /// A plain gossipsub swarm (TCP, Noise, Yamux) on its own task. Payloads
-/// start with an 8-byte sequence number; receipts are recorded by it.
+/// start with an 8-byte sequence number; receipts are recorded by it. In
+/// an encrypted room the payload carries the sender's encrypted message
+/// ([`encrypted_payload`]), and a receipt counts once it verified and
+/// decrypted.
 struct RawPeer {
     commands: mpsc::Sender<RawCommand>,
     addr: Multiaddr,
@@ -335,7 +361,11 @@ struct RawPeer {
 }
 
 impl RawPeer {
-    async fn start(secret: [u8; 32], topic: IdentTopic) -> Result<Self> {
+    async fn start(
+        secret: [u8; 32],
+        topic: IdentTopic,
+        mut receivers: Option<HashMap<usize, Receiver>>,
+    ) -> Result<Self> {
         let mut secret = secret;
         let keypair = identity::Keypair::ed25519_from_bytes(&mut secret)?;
         let mut metrics = Registry::default();
@@ -396,8 +426,12 @@ impl RawPeer {
                         if let SwarmEvent::Behaviour(gossipsub::Event::Message { message, .. }) =
                             event
                         {
+                            let readable = match &mut receivers {
+                                None => true,
+                                Some(receivers) => open_payload(receivers, &message.data).is_some(),
+                            };
                             let now = Instant::now();
-                            if let Some(seq) = sequence(&message.data) {
+                            if let Some(seq) = sequence(&message.data).filter(|_| readable) {
                                 seen.lock()
                                     .unwrap_or_else(|e| e.into_inner())
                                     .entry(seq)
@@ -425,6 +459,36 @@ impl RawPeer {
 /// The sequence number a raw payload starts with.
 fn sequence(payload: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(payload.get(..8)?.try_into().ok()?))
+}
+
+/// A raw payload of an encrypted room: `seq` ‖ sender u8 ‖ length u32 ‖
+/// the sender's encrypted `body` ([`Sender::encrypt`]), then filler up to
+/// `size` bytes.
+fn encrypted_payload(
+    seq: u64,
+    from: usize,
+    body: &str,
+    sender: &mut Sender,
+    size: usize,
+) -> Vec<u8> {
+    let travel = sender.encrypt(body.as_bytes());
+    let mut out = seq.to_be_bytes().to_vec();
+    out.push(u8::try_from(from).unwrap_or(u8::MAX));
+    out.extend_from_slice(&u32::try_from(travel.len()).unwrap_or(u32::MAX).to_be_bytes());
+    out.extend_from_slice(&travel);
+    if out.len() < size {
+        out.resize(size, 0);
+    }
+    out
+}
+
+/// Verifies and decrypts an [`encrypted_payload`] with its sender's
+/// session, if this peer holds it.
+fn open_payload(receivers: &mut HashMap<usize, Receiver>, payload: &[u8]) -> Option<Vec<u8>> {
+    let from = usize::from(*payload.get(8)?);
+    let len = u32::from_be_bytes(payload.get(9..13)?.try_into().ok()?) as usize;
+    let travel = payload.get(13..13 + len)?;
+    receivers.get_mut(&from)?.decrypt(travel).ok()
 }
 
 /// A raw payload of `size` bytes (at least 8): `seq`, then filler.
@@ -457,21 +521,33 @@ fn registry_traffic(metrics: &Registry, gossip_prefix: &str) -> Traffic {
     out
 }
 
-/// Plain gossipsub swarms on one topic.
+/// Plain gossipsub swarms on one topic; in an encrypted room each with a
+/// Megolm session whose key every other peer holds.
 struct RawNet {
     peers: Vec<RawPeer>,
+    senders: Option<Vec<Mutex<Sender>>>,
 }
 
 impl RawNet {
-    async fn start(n: usize, seed: u64, topic: &str) -> Result<Self> {
+    async fn start(n: usize, seed: u64, topic: &str, rooms: Rooms) -> Result<Self> {
         // Keys from their own draw, so raw and Concord peers never share one.
         let mut rng = net_rng(seed, NetStream::Keys);
         let _concord_keys = seeds(&mut rng, n);
+        let senders: Option<Vec<Sender>> = (rooms == Rooms::Encrypted)
+            .then(|| (0..n).map(|i| Sender::new(seed.wrapping_add(i as u64))).collect());
         let mut peers = Vec::with_capacity(n);
-        for key in seeds(&mut rng, n) {
-            peers.push(RawPeer::start(key, IdentTopic::new(topic)).await?);
+        for (i, key) in seeds(&mut rng, n).into_iter().enumerate() {
+            let receivers = senders.as_ref().map(|all| {
+                all.iter()
+                    .enumerate()
+                    .filter(|(j, _)| *j != i)
+                    .map(|(j, s)| (j, s.receiver()))
+                    .collect()
+            });
+            peers.push(RawPeer::start(key, IdentTopic::new(topic), receivers).await?);
         }
-        Ok(Self { peers })
+        let senders = senders.map(|all| all.into_iter().map(Mutex::new).collect());
+        Ok(Self { peers, senders })
     }
 
     async fn connect(&self, edges: &[(usize, usize)]) -> Result<()> {
@@ -551,7 +627,14 @@ impl GossipNet for RawNet {
 
     async fn send(&self, from: usize, message: &Planned) -> Result<u64> {
         let seq = sequence(&message.payload).ok_or_else(|| anyhow!("payload without sequence"))?;
-        self.peers[from].tell(RawCommand::Publish(message.payload.clone())).await?;
+        let payload = match &self.senders {
+            None => message.payload.clone(),
+            Some(senders) => {
+                let mut sender = senders[from].lock().unwrap_or_else(|e| e.into_inner());
+                encrypted_payload(seq, from, &message.body, &mut sender, message.payload.len())
+            }
+        };
+        self.peers[from].tell(RawCommand::Publish(payload)).await?;
         Ok(seq)
     }
 
@@ -694,6 +777,23 @@ async fn latency_run<N: GossipNet>(net: &N, plan: &[Planned]) -> Result<LatencyR
 /// validation hold) publishing payloads of the sizes of that run's Concord
 /// deliveries; latency from publish to the receive event.
 pub fn run_gossip(ctx: &Ctx) -> Result<Report> {
+    run_gossip_in(ctx, Rooms::Unencrypted)
+}
+
+/// `gossip-e2ee`: the same in an end-to-end encrypted room whose members
+/// hold each other's device keys (Concord shares its room keys itself, over
+/// the same gossip, during the warm-up rounds); a copy counts once it is
+/// readable. Baseline: the raw swarms with the same cryptography, each
+/// sender Megolm-encrypting and signing the text as it publishes
+/// (`crypto.rs`), each receiver verifying and decrypting before it counts
+/// the copy.
+pub fn run_gossip_e2ee(ctx: &Ctx) -> Result<Report> {
+    run_gossip_in(ctx, Rooms::Encrypted)
+}
+
+fn run_gossip_in(ctx: &Ctx, rooms: Rooms) -> Result<Report> {
+    let name = rooms.name("gossip", "gossip-e2ee");
+    let encrypted = rooms == Rooms::Encrypted;
     let rt = runtime()?;
     let m = ctx.sizes.gossip_messages;
     let w = Workload::generate(ctx.seed, m, busy_span(m));
@@ -705,10 +805,10 @@ pub fn run_gossip(ctx: &Ctx) -> Result<Report> {
     for n in GOSSIP_PEERS {
         let edges = topology(n);
         let (mut concord, raw) = rt.block_on(async {
-            let mut concord = ConcordNet::start(n, ctx.seed, node_config()).await?;
+            let mut concord = ConcordNet::start(n, ctx.seed, node_config(), rooms).await?;
             concord.connect(&edges).await?;
             let topic = format!("concord/room/{}", concord.peers[0].room.id());
-            let raw = RawNet::start(n, ctx.seed, &topic).await?;
+            let raw = RawNet::start(n, ctx.seed, &topic, rooms).await?;
             raw.connect(&edges).await?;
             let first_c = warm_up(&concord, "Concord").await?;
             let first_r = warm_up(&raw, "raw gossipsub").await?;
@@ -725,7 +825,7 @@ pub fn run_gossip(ctx: &Ctx) -> Result<Report> {
         })?;
         let mut lost_here = [0usize; 2];
         let mut run = 0u64;
-        let rows = runs(&format!("gossip, {n} peers"), ctx.runs, || {
+        let rows = runs(&format!("{name}, {n} peers"), ctx.runs, || {
             rt.block_on(async {
                 let plan: Vec<Planned> = w
                     .messages
@@ -756,7 +856,7 @@ pub fn run_gossip(ctx: &Ctx) -> Result<Report> {
                         let size = sizes[i % sizes.len()];
                         Planned {
                             from: p.from,
-                            body: String::new(),
+                            body: p.body.clone(),
                             payload: raw_payload(seq, size, &mut filler),
                         }
                     })
@@ -827,26 +927,40 @@ pub fn run_gossip(ctx: &Ctx) -> Result<Report> {
         format!("copies that did not arrive within {} s: {}", DRAIN.as_secs(), parts.join("; "))
     };
     Ok(Report {
-        name: "gossip",
+        name,
         workload: format!(
             "3 and 10 peers on 127.0.0.1 (3: every pair connected; 10: a ring with chords, \
-             peer i dialing i+1 and i+3, four neighbours each), the mesh formed by warm-up \
-             rounds (each peer sends one message; the first round, sent as soon as the \
-             connections were up, took {} to reach every peer); per run {m} messages of \
-             20–200 bytes of text from rotating senders, one every {} ms with Room::send; \
-             latency from just before the send to the insert into each other peer's \
-             timeline, p50 and p99 over the copies of a run; traffic from the first send \
-             until {} ms after the last arrival; {lost_text}",
+             peer i dialing i+1 and i+3, four neighbours each) in one {} room, the mesh \
+             formed by warm-up rounds (each peer sends one message; the first round, sent as \
+             soon as the connections were up, took {} to reach every peer); per run {m} \
+             messages of 20–200 bytes of text from rotating senders, one every {} ms with \
+             Room::send; latency from just before the send to the insert into each other \
+             peer's timeline{}, p50 and p99 over the copies of a run; traffic from the first \
+             send until {} ms after the last arrival; {lost_text}",
+            if encrypted { "end-to-end encrypted" } else { "unencrypted" },
             firsts.join(", "),
             PACE.as_millis(),
+            if encrypted { " readable (its room key there)" } else { "" },
             SETTLE.as_millis()
         ),
-        baseline_name: "raw gossipsub",
-        baseline: "plain libp2p gossipsub swarms (TCP, Noise, Yamux; signed messages, \
-                   heartbeat 500 ms, no validation hold), same topology and topic name, \
-                   payloads of the sizes of the same run's Concord deliveries; latency from \
-                   publish to the receive event"
-            .into(),
+        baseline_name: if encrypted {
+            "raw gossipsub + the same cryptography"
+        } else {
+            "raw gossipsub"
+        },
+        baseline: format!(
+            "plain libp2p gossipsub swarms (TCP, Noise, Yamux; signed messages, heartbeat \
+             500 ms, no validation hold), same topology and topic name, payloads of the sizes \
+             of the same run's Concord deliveries{}; latency from publish to the receive event{}",
+            if encrypted {
+                " carrying the text Megolm-encrypted and Ed25519-signed by the sender as it \
+                 publishes (vodozemac and ed25519-dalek, every receiver holding each \
+                 sender's session)"
+            } else {
+                ""
+            },
+            if encrypted { " after verification and decryption" } else { "" },
+        ),
         metrics,
         goals: Vec::new(),
     })
@@ -925,7 +1039,8 @@ pub fn run_partition(ctx: &Ctx) -> Result<Report> {
     let (left, right) = bodies.split_at(k);
     let mut net = rt.block_on(async {
         let config = node_config().confirm_delay(QUIET);
-        let mut net = ConcordNet::start(PARTITION_PEERS, ctx.seed, config).await?;
+        let mut net =
+            ConcordNet::start(PARTITION_PEERS, ctx.seed, config, Rooms::Unencrypted).await?;
         net.connect(&topology(PARTITION_PEERS)).await?;
         warm_up(&net, "Concord").await?;
         net.new_deliveries().await?;

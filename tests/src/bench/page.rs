@@ -10,7 +10,7 @@ use super::report::{thousands, Goal, Metric, Report, Unit};
 use super::stats::{column, quantile, runs, time_each};
 use super::stores::{newest, same_count, ConcordRoom, RawSled, GROUP};
 use super::workload::{busy_span, rng, KeyLayout, Stream, Workload, DAY_MILLIS};
-use super::Ctx;
+use super::{Ctx, Rooms};
 
 /// Messages per page.
 const PAGE: usize = 50;
@@ -23,11 +23,23 @@ const PAGE: usize = 50;
 /// value: `range(..key).rev().take(50)`.
 /// Goal: Concord's p99 is at most 2x raw sled's.
 pub fn run(ctx: &Ctx) -> Result<Report> {
+    run_in(ctx, Rooms::Unencrypted)
+}
+
+/// `page-e2ee`: the same in an end-to-end encrypted room, against raw sled
+/// holding what an encrypting device stores (`crypto.rs`) and opening each
+/// body's seal as it reads the page.
+pub fn run_e2ee(ctx: &Ctx) -> Result<Report> {
+    run_in(ctx, Rooms::Encrypted)
+}
+
+fn run_in(ctx: &Ctx, rooms: Rooms) -> Result<Report> {
+    let encrypted = rooms == Rooms::Encrypted;
     let n = ctx.sizes.page_room;
     let w = Workload::generate(ctx.seed, n, busy_span(n));
-    let mut concord = ConcordRoom::create(&w)?;
+    let mut concord = ConcordRoom::create_in(&w, rooms)?;
     concord.post(&w.messages, GROUP)?;
-    let raw = RawSled::create()?;
+    let raw = RawSled::create_for(rooms, ctx.seed)?;
     raw.append(&w, &w.messages, KeyLayout::TimeFirst, GROUP)?;
     let cursors = concord.cursors()?;
     same_count("whole room", cursors.len(), raw.tree.len())?;
@@ -40,14 +52,22 @@ pub fn run(ctx: &Ctx) -> Result<Report> {
         Ok(concord.replica.page(&concord.room, Anchor::Before(cursors[i]), PAGE)?.messages.len())
     };
     let raw_page = |i: usize| -> Result<usize> {
-        Ok(newest(&raw.tree, Bound::Excluded(&keys[i]), PAGE)?.len())
+        let page = newest(&raw.tree, Bound::Excluded(&keys[i]), PAGE)?;
+        if encrypted {
+            for (k, v) in &page {
+                std::hint::black_box(raw.body(k, v)?);
+            }
+        }
+        Ok(page.len())
     };
     // Warm both and check that they page over the same messages.
     for &i in &picks {
         same_count("page", concord_page(i)?, raw_page(i)?)?;
     }
 
-    let rows = runs("page", ctx.runs, || {
+    let name = rooms.name("page", "page-e2ee");
+    let baseline_name = if encrypted { "raw sled + the same cryptography" } else { "raw sled" };
+    let rows = runs(name, ctx.runs, || {
         let c = time_each(&picks, |i| concord_page(i).map(drop))?;
         let r = time_each(&picks, |i| raw_page(i).map(drop))?;
         Ok([quantile(&c, 0.5), quantile(&r, 0.5), quantile(&c, 0.99), quantile(&r, 0.99)])
@@ -56,20 +76,34 @@ pub fn run(ctx: &Ctx) -> Result<Report> {
     let p99 = Metric::compared("p99 per page", Unit::Micros, &column(&rows, 2), &column(&rows, 3));
     let ratio = p99.ratio().unwrap_or(f64::INFINITY);
     Ok(Report {
-        name: "page",
+        name,
         workload: format!(
-            "a warm room of {} messages spanning {:.1} days of clock time (4,000 per \
+            "a warm {}room of {} messages spanning {:.1} days of clock time (4,000 per \
              day, one bucket per day), posted {GROUP} per commit; {} seeded random \
              cursors, a page of {PAGE} before each (p50 and p99 over the calls of one run)",
+            if encrypted { "end-to-end encrypted " } else { "" },
             thousands(n as f64),
             busy_span(n) as f64 / DAY_MILLIS as f64,
             thousands(picks.len() as f64)
         ),
-        baseline_name: "raw sled",
-        baseline: format!(
-            "one tree keyed time ‖ author ‖ id, value the body; range(..key).rev().take({PAGE})"
-        ),
+        baseline_name,
+        baseline: if encrypted {
+            format!(
+                "one tree keyed time ‖ author ‖ id, the value an encrypting device stores \
+                 (Megolm ciphertext, signature, the body sealed with XChaCha20-Poly1305); \
+                 range(..key).rev().take({PAGE}), each body's seal opened"
+            )
+        } else {
+            format!(
+                "one tree keyed time ‖ author ‖ id, value the body; \
+                 range(..key).rev().take({PAGE})"
+            )
+        },
         metrics: vec![p50, p99],
-        goals: vec![Goal::new("p99 at most 2x raw sled", format!("{ratio:.2}x"), ratio <= 2.0)],
+        goals: vec![Goal::new(
+            format!("p99 at most 2x {baseline_name}"),
+            format!("{ratio:.2}x"),
+            ratio <= 2.0,
+        )],
     })
 }

@@ -18,10 +18,13 @@ use concord_core::RoomId;
 use concord_node::relay::{DynamoRelayStore, StoredEnvelope};
 use futures::{StreamExt, TryStreamExt};
 
-use super::relay::{ingest, partitions, report, size, store_only, time_verify, Ingest, Phase};
+use super::relay::{
+    baseline_text, encryption_cost, ingest, partitions, raw_verify, report, size, store_only,
+    time_verify, Ingest, Phase,
+};
 use super::report::Report;
 use super::stats::runs;
-use super::Ctx;
+use super::{Ctx, Rooms};
 
 const REGION: &str = "us-east-1";
 
@@ -122,6 +125,9 @@ async fn raw_batch_put(client: &Client, table: &str, items: Vec<Item>) -> Result
 async fn raw_ingest(client: &Client, prefix: &str, w: &Ingest) -> Result<()> {
     let (envelopes, buckets) = (format!("{prefix}envelopes"), format!("{prefix}buckets"));
     for flight in &w.flights {
+        if w.rooms == Rooms::Encrypted {
+            raw_verify(&w.envelopes[flight.clone()])?;
+        }
         let rows = &w.rows[flight.clone()];
         let index = partitions(rows).iter().map(|(room, b)| bucket_item(room, *b)).collect();
         raw_batch_put(client, &buckets, index).await?;
@@ -201,19 +207,35 @@ async fn side(
 /// `relay-ingest-dynamodb`: into [`DynamoRelayStore`], against raw
 /// `BatchWriteItem`s.
 pub fn run(ctx: &Ctx) -> Result<Report> {
-    let w = Ingest::generate(ctx.seed, size(ctx))?;
+    run_in(ctx, Rooms::Unencrypted)
+}
+
+/// `relay-ingest-dynamodb-e2ee`: the same with an encrypted room's
+/// envelopes, the baseline checking each signature before it writes.
+pub fn run_e2ee(ctx: &Ctx) -> Result<Report> {
+    run_in(ctx, Rooms::Encrypted)
+}
+
+fn run_in(ctx: &Ctx, rooms: Rooms) -> Result<Report> {
+    let name = rooms.name("relay-ingest-dynamodb", "relay-ingest-dynamodb-e2ee");
+    let w = Ingest::generate(ctx.seed, size(ctx), rooms)?;
+    let clear = match rooms {
+        Rooms::Encrypted => Some(Ingest::generate(ctx.seed, size(ctx), Rooms::Unencrypted)?),
+        Rooms::Unencrypted => None,
+    };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let endpoint = endpoint()?;
     let client = raw_client(&endpoint);
     let tag = format!("concord_bench_{}", std::process::id());
-    let warm = Ingest::generate(ctx.seed ^ 1, WARM_UP.min(w.envelopes.len()))?;
+    let warm = Ingest::generate(ctx.seed ^ 1, WARM_UP.min(w.envelopes.len()), rooms)?;
     for phase in [Phase::Ingest, Phase::Raw] {
         let prefix = format!("{tag}_warm_{phase:?}_");
         rt.block_on(side(&endpoint, &client, &prefix, phase, &warm))?;
     }
     let n = w.envelopes.len() as f64;
     let mut run = 0;
-    let rows = runs("relay-ingest-dynamodb", ctx.runs, || {
+    let mut verify = Vec::new();
+    let rows = runs(name, ctx.runs, || {
         let mut out = [0.0; 4];
         for phase in Phase::order(run) {
             let secs = match phase {
@@ -225,20 +247,35 @@ pub fn run(ctx: &Ctx) -> Result<Report> {
             };
             out[phase.column()] = n / secs;
         }
+        if let Some(clear) = &clear {
+            let rate = clear.envelopes.len() as f64 / time_verify(clear)?;
+            verify.push([out[Phase::Verify.column()], rate]);
+        }
         run += 1;
         Ok(out)
     })?;
-    Ok(report(
-        "relay-ingest-dynamodb",
+    let mut report = report(
+        name,
         &w,
         &rows,
-        "raw BatchWriteItem",
-        format!(
-            "aws-sdk-dynamodb `BatchWriteItem`s of the same items into the same table \
-             layout (made by `DynamoRelayStore::create_tables`, fresh for each side of each \
-             run), a client set up as the store's; per flight its bucket entries, then its \
-             envelope rows, 25 per call, {} calls in flight; unprocessed items sent again",
-            DynamoRelayStore::BATCH_CONCURRENCY
+        match rooms {
+            Rooms::Unencrypted => "raw BatchWriteItem",
+            Rooms::Encrypted => "raw BatchWriteItem + the same verification",
+        },
+        baseline_text(
+            &w,
+            &format!(
+                "aws-sdk-dynamodb `BatchWriteItem`s of the same items into the same table \
+                 layout (made by `DynamoRelayStore::create_tables`, fresh for each side of \
+                 each run), a client set up as the store's; per flight its bucket entries, \
+                 then its envelope rows, 25 per call, {} calls in flight; unprocessed items \
+                 sent again",
+                DynamoRelayStore::BATCH_CONCURRENCY
+            ),
         ),
-    ))
+    );
+    if let Some(clear) = &clear {
+        report.metrics.extend(encryption_cost(&w, clear, &verify));
+    }
+    Ok(report)
 }

@@ -2,6 +2,7 @@
 //! temporary directory: a Concord replica with one room, and a raw sled tree.
 //! Both are driven from a [`Workload`] with the same commit policy.
 
+use std::cell::RefCell;
 use std::ops::Bound;
 use std::path::Path;
 use std::sync::Arc;
@@ -9,12 +10,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Result};
 use concord_core::{
-    Anchor, Cursor, Draft, ManualClock, MessageId, Op, Replica, RoomId, SledStore, MAX_PAGE,
+    Anchor, Cursor, Delivery, Draft, ManualClock, MessageId, Op, Replica, RoomId, SledStore,
+    MAX_PAGE,
 };
 use sled::IVec;
 use tempfile::TempDir;
 
+use super::crypto::Sender;
 use super::workload::{KeyLayout, Msg, Workload, START_MILLIS};
+use super::Rooms;
 
 /// Messages per commit for group commit, unless a benchmark says otherwise.
 pub const GROUP: usize = 100;
@@ -23,19 +27,28 @@ pub const GROUP: usize = 100;
 pub struct ConcordRoom {
     pub replica: Replica<SledStore>,
     pub room: RoomId,
+    /// Bytes of the deliveries (envelope and blobs) posted so far.
+    pub sent_bytes: usize,
     clock: Arc<ManualClock>,
     dir: TempDir,
 }
 
 impl ConcordRoom {
-    /// A new replica with the workload's device key, and an empty room.
+    /// A new replica with the workload's device key, and an empty,
+    /// unencrypted room.
     pub fn create(w: &Workload) -> Result<Self> {
+        Self::create_in(w, Rooms::Unencrypted)
+    }
+
+    /// A new replica with the workload's device key, and an empty room of
+    /// the kind `rooms` names.
+    pub fn create_in(w: &Workload, rooms: Rooms) -> Result<Self> {
         let dir = tempfile::tempdir()?;
         let clock = Arc::new(ManualClock::new(START_MILLIS));
         let mut replica =
             Replica::open_with_seed(open_store(dir.path())?, clock.clone(), w.device_seed)?;
-        let room = replica.create_room_opts("bench", &super::unencrypted())?;
-        Ok(Self { replica, room, clock, dir })
+        let room = replica.create_room_opts("bench", &rooms.options())?;
+        Ok(Self { replica, room, sent_bytes: 0, clock, dir })
     }
 
     /// Reopens a store left by [`ConcordRoom::close`].
@@ -45,7 +58,7 @@ impl ConcordRoom {
             Replica::open_with_seed(open_store(dir.path())?, clock.clone(), w.device_seed)?;
         let room =
             replica.rooms().first().map(|r| r.id).ok_or_else(|| anyhow::anyhow!("no room"))?;
-        Ok(Self { replica, room, clock, dir })
+        Ok(Self { replica, room, sent_bytes: 0, clock, dir })
     }
 
     /// Posts `msgs`, `group` per commit (`post` when it is 1), the clock set
@@ -55,14 +68,18 @@ impl ConcordRoom {
         for chunk in msgs.chunks(group) {
             self.clock.set(chunk[0].at);
             if let [one] = chunk {
-                ids.push(self.replica.post(&self.room, Draft::text(one.body.clone()))?.id);
+                let sent = self.replica.post(&self.room, Draft::text(one.body.clone()))?;
+                self.sent_bytes += delivery_bytes(&sent.delivery);
+                ids.push(sent.id);
             } else {
                 let ops = chunk
                     .iter()
                     .map(|m| Op::Post { room: self.room, draft: Draft::text(m.body.clone()) })
                     .collect();
                 for sent in self.replica.commit(ops)? {
-                    ids.push(sent?.id);
+                    let sent = sent?;
+                    self.sent_bytes += delivery_bytes(&sent.delivery);
+                    ids.push(sent.id);
                 }
             }
         }
@@ -103,11 +120,19 @@ impl ConcordRoom {
     }
 }
 
+/// Bytes of a delivery as it travels: the envelope and its blobs.
+pub fn delivery_bytes(d: &Delivery) -> usize {
+    d.envelope.as_bytes().len() + d.blobs.iter().map(Vec::len).sum::<usize>()
+}
+
 /// A raw sled database with one tree of messages, opened like Concord's
-/// store (no timed flushes; durability from explicit flushes).
+/// store (no timed flushes; durability from explicit flushes). For
+/// encrypted rooms it also does an encrypting device's work per message
+/// ([`Sender::post`]) and stores what that gives.
 pub struct RawSled {
     pub db: sled::Db,
     pub tree: sled::Tree,
+    crypto: Option<RefCell<Sender>>,
     dir: TempDir,
 }
 
@@ -116,9 +141,36 @@ impl RawSled {
         Self::reopen(tempfile::tempdir()?)
     }
 
+    /// A raw database for rooms of the kind `rooms` names; encrypted ones
+    /// get a [`Sender`] seeded from `seed`.
+    pub fn create_for(rooms: Rooms, seed: u64) -> Result<Self> {
+        let mut raw = Self::create()?;
+        if rooms == Rooms::Encrypted {
+            raw.crypto = Some(RefCell::new(Sender::new(seed)));
+        }
+        Ok(raw)
+    }
+
     pub fn reopen(dir: TempDir) -> Result<Self> {
         let (db, tree) = open_raw(dir.path())?;
-        Ok(Self { db, tree, dir })
+        Ok(Self { db, tree, crypto: None, dir })
+    }
+
+    /// The value stored for `m` at `key`: its body, or for encrypted rooms
+    /// the travelling ciphertext and the sealed body.
+    fn value(&self, key: &[u8], m: &Msg) -> Result<IVec> {
+        match &self.crypto {
+            None => Ok(IVec::from(m.body.as_bytes())),
+            Some(sender) => Ok(sender.borrow_mut().post(key, m.body.as_bytes())?.into()),
+        }
+    }
+
+    /// The body of a stored entry of an encrypted room, its seal opened.
+    pub fn body(&self, key: &[u8], value: &[u8]) -> Result<Vec<u8>> {
+        match &self.crypto {
+            None => anyhow::bail!("a raw store without encryption holds bodies as values"),
+            Some(sender) => sender.borrow().open(key, value),
+        }
     }
 
     /// Inserts `msgs` (key in `layout`, value the body), flushing after every
@@ -132,11 +184,15 @@ impl RawSled {
     ) -> Result<()> {
         for chunk in msgs.chunks(group) {
             if let [one] = chunk {
-                self.tree.insert(w.key(layout, one), one.body.as_bytes())?;
+                let key = w.key(layout, one);
+                let value = self.value(&key, one)?;
+                self.tree.insert(key, value)?;
             } else {
                 let mut batch = sled::Batch::default();
                 for m in chunk {
-                    batch.insert(w.key(layout, m), m.body.as_bytes());
+                    let key = w.key(layout, m);
+                    let value = self.value(&key, m)?;
+                    batch.insert(key, value);
                 }
                 self.tree.apply_batch(batch)?;
             }
