@@ -6,3 +6,4 @@
 #![deny(missing_docs)]
 
 pub mod chaos;
+pub mod dynamodb_local;

@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{bail, ensure, Result};
 use aws_sdk_dynamodb::config::retry::RetryConfig;
 use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_dynamodb::primitives::Blob;
@@ -40,17 +40,8 @@ fn endpoint() -> Result<String> {
     if let Ok(endpoint) = std::env::var("CONCORD_DYNAMODB_ENDPOINT") {
         return Ok(endpoint);
     }
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/dynamodb-local.sh");
     let started = Instant::now();
-    let out = std::process::Command::new("bash")
-        .arg(script)
-        .args(["start", "--watch", &std::process::id().to_string()])
-        .stderr(std::process::Stdio::inherit())
-        .output()
-        .context("run tests/dynamodb-local.sh")?;
-    ensure!(out.status.success(), "tests/dynamodb-local.sh start failed");
-    let stdout = String::from_utf8(out.stdout)?;
-    let endpoint = stdout.lines().last().context("an endpoint")?.trim().to_owned();
+    let endpoint = concord_tests::dynamodb_local::start()?.endpoint;
     eprintln!("DynamoDB Local at {endpoint}, up in {:?}", started.elapsed());
     Ok(endpoint)
 }

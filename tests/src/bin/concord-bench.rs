@@ -10,9 +10,12 @@
 //! Names: `append`, `page`, `cold-open`, `memory`, `disk`, and the network
 //! benchmarks `gossip`, `partition`, `catchup-net` (all eight when none is
 //! given); the relay's `relay-ingest-sled` and `relay-ingest-dynamodb`
-//! (`relay-ingest` for both) run only when named. The DynamoDB half needs
-//! the `dynamodb` feature and starts DynamoDB Local unless
-//! `CONCORD_DYNAMODB_ENDPOINT` is set. `--quick` shrinks every size for a
+//! (`relay-ingest` for both) run only when named, as do the same in end to
+//! end encrypted rooms, `append-e2ee`, `page-e2ee`, `gossip-e2ee`,
+//! `relay-ingest-sled-e2ee` and `relay-ingest-dynamodb-e2ee` (`e2ee` for
+//! all five), each beside a baseline doing the same cryptography. The
+//! DynamoDB halves need the `dynamodb` feature and start DynamoDB Local
+//! unless `CONCORD_DYNAMODB_ENDPOINT` is set. `--quick` shrinks every size for a
 //! smoke run; `--large N` sets the size of the large room of `cold-open`.
 //! Results and method are in `docs/benchmarks.md`.
 

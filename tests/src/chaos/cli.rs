@@ -84,26 +84,8 @@ fn parse(args: &[String]) -> Result<Args> {
 /// Starts DynamoDB Local (stopped when this process exits) and returns
 /// its endpoint and its JVM's pid, which store outages stop and continue.
 fn start_dynamodb() -> Result<(String, u32)> {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/dynamodb-local.sh");
-    let out = std::process::Command::new("bash")
-        .arg(script)
-        .args(["start", "--watch", &std::process::id().to_string()])
-        .stderr(std::process::Stdio::inherit())
-        .output()
-        .context("run tests/dynamodb-local.sh")?;
-    if !out.status.success() {
-        bail!("tests/dynamodb-local.sh start failed");
-    }
-    let endpoint =
-        String::from_utf8(out.stdout)?.lines().last().unwrap_or_default().trim().to_owned();
-    let port = endpoint.rsplit(':').next().unwrap_or_default();
-    let pid_file =
-        concat!(env!("CARGO_MANIFEST_DIR"), "/.dynamodb/run/").to_owned() + port + ".pid";
-    let pid = std::fs::read_to_string(&pid_file)
-        .with_context(|| format!("read {pid_file}"))?
-        .trim()
-        .parse()?;
-    Ok((endpoint, pid))
+    let started = crate::dynamodb_local::start()?;
+    Ok((started.endpoint, started.pid))
 }
 
 /// Everything the schedules of one invocation added up to.
