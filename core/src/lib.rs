@@ -53,6 +53,8 @@ mod replica;
 mod signal;
 mod store;
 mod sync;
+#[cfg(test)]
+mod test_support;
 mod view;
 
 pub use base::{

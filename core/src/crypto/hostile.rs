@@ -27,7 +27,7 @@ fn seed(name: &str) -> u64 {
 }
 
 /// One to eight random edits of `bytes`; never the input unchanged.
-fn mutate(rng: &mut ChaCha8Rng, bytes: &[u8]) -> Vec<u8> {
+pub(super) fn mutate(rng: &mut ChaCha8Rng, bytes: &[u8]) -> Vec<u8> {
     loop {
         let mut out = bytes.to_vec();
         for _ in 0..rng.random_range(1..=8) {

@@ -12,3 +12,5 @@ pub(crate) mod rest;
 
 #[cfg(test)]
 mod hostile;
+#[cfg(test)]
+mod hostile_alloc;
