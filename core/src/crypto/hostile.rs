@@ -12,19 +12,9 @@ use rand_chacha::ChaCha8Rng;
 use super::megolm::{self, ContentKind, Outbound, RoomKeyContext};
 use super::olm::DeviceCrypto;
 use crate::ids::{AuthorId, MessageId, RoomId};
+use crate::test_support::test_seed;
 
 const CASES: usize = 10_000;
-
-fn seed(name: &str) -> u64 {
-    let seed =
-        std::env::var("CONCORD_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-            name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-                (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-            })
-        });
-    println!("{name}: seed {seed} (replay with CONCORD_SEED={seed})");
-    seed
-}
 
 /// One to eight random edits of `bytes`; never the input unchanged.
 pub(super) fn mutate(rng: &mut ChaCha8Rng, bytes: &[u8]) -> Vec<u8> {
@@ -55,7 +45,7 @@ pub(super) fn mutate(rng: &mut ChaCha8Rng, bytes: &[u8]) -> Vec<u8> {
 
 #[test]
 fn test_mutated_encrypted_blobs_never_decrypt_to_other_content() {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed("mutated encrypted blobs"));
+    let mut rng = ChaCha8Rng::seed_from_u64(test_seed("mutated encrypted blobs"));
     let mut out = Outbound::generate().unwrap();
     let mut copy = out.inbound();
     let id = MessageId::from_bytes([9; 16]);
@@ -82,7 +72,7 @@ fn test_mutated_encrypted_blobs_never_decrypt_to_other_content() {
 
 #[test]
 fn test_mutated_room_keys_are_refused_or_unchanged() {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed("mutated room keys"));
+    let mut rng = ChaCha8Rng::seed_from_u64(test_seed("mutated room keys"));
     let mut out = Outbound::generate().unwrap();
     let exported = out.inbound().export_at(0).unwrap();
     let id = MessageId::from_bytes([4; 16]);
@@ -123,7 +113,7 @@ fn test_mutated_room_keys_are_refused_or_unchanged() {
 
 #[test]
 fn test_mutated_pre_key_messages_open_to_nothing_else() {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed("mutated pre-key messages"));
+    let mut rng = ChaCha8Rng::seed_from_u64(test_seed("mutated pre-key messages"));
     let alice = DeviceCrypto::generate().unwrap();
     let mut bob = DeviceCrypto::generate().unwrap();
     let sealed = alice.seal_to(&bob.keys(), b"a room key").unwrap();

@@ -15,18 +15,13 @@ use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::*;
+use crate::test_support::test_seed;
 
 const ROOM: RoomId = RoomId([7; 32]);
 const T0: i64 = 1_700_000_000_000;
 
 fn key(n: u8) -> DeviceKey {
     DeviceKey::from_seed([n; 32])
-}
-
-fn seed(default: u64) -> u64 {
-    let seed = std::env::var("CONCORD_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(default);
-    eprintln!("seed {seed} (CONCORD_SEED={seed} replays it)");
-    seed
 }
 
 /// The cast: an admin (the creator), a moderator, a member, a read-only
@@ -647,7 +642,8 @@ fn legitimate(
 
 #[test]
 fn test_ten_thousand_forgeries_are_refused_and_every_legitimate_change_accepted() {
-    let seed = seed(0x60ef);
+    let seed =
+        test_seed("test_ten_thousand_forgeries_are_refused_and_every_legitimate_change_accepted");
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let c = cast();
     // The author side, where honest keys act and forgers build on the same
@@ -703,7 +699,7 @@ fn test_ten_thousand_forgeries_are_refused_and_every_legitimate_change_accepted(
 /// in a random order: every replica ends with the same state and heads.
 #[test]
 fn test_concurrent_changes_in_any_order_end_identical() {
-    let seed = seed(0xc0c0);
+    let seed = test_seed("test_concurrent_changes_in_any_order_end_identical");
     let cases = std::env::var("CONCORD_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(150u64);
     for case in 0..cases {
         let case_seed = seed.wrapping_add(case);
@@ -857,7 +853,7 @@ fn test_the_rules_for_concurrent_cases() {
 
 #[test]
 fn test_random_bytes_and_truncations_are_refused_without_panicking() {
-    let seed = seed(0xb17e);
+    let seed = test_seed("test_random_bytes_and_truncations_are_refused_without_panicking");
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let c = cast();
     let (mut gov, _) = founded(&c);
