@@ -252,7 +252,7 @@ impl<S: Store> Replica<S> {
     pub fn govern(&mut self, room: &RoomId, action: Action) -> Result<GovChange> {
         let me = self.author();
         let was_reader = self.may_read(room, &me)?;
-        let readers_before = self.governance(room)?.readers_with_keys();
+        let readers_before = self.readers_before(room)?;
         let change = self.act(room, action)?;
         self.follow_governance(room, was_reader, &readers_before)?;
         Ok(change)
@@ -328,7 +328,7 @@ impl<S: Store> Replica<S> {
     ) -> Result<Vec<Result<GovApplied, GovError>>> {
         let me = self.author();
         let was_reader = self.may_read(room, &me)?;
-        let readers_before = self.governance(room)?.readers_with_keys();
+        let readers_before = self.readers_before(room)?;
         let gov = self.gov_mut(room)?;
         let mut batch = WriteBatch::new();
         let mut outcomes = vec![Ok(GovApplied::Duplicate); changes.len()];
@@ -352,6 +352,18 @@ impl<S: Store> Replica<S> {
             self.follow_governance(room, was_reader, &readers_before)?;
         }
         Ok(outcomes)
+    }
+
+    /// The readers with published keys before a change of the governance,
+    /// which `follow_governance` compares with those after it to
+    /// find new readers. Only an encrypted room needs them; an unencrypted
+    /// one gets none (an empty list allocates nothing).
+    fn readers_before(&self, room: &RoomId) -> Result<Vec<(AuthorId, DeviceKeys)>> {
+        Ok(if self.is_encrypted(room)? {
+            self.governance(room)?.readers_with_keys()
+        } else {
+            Vec::new()
+        })
     }
 
     /// What a change of the governance, received or made here, asks of this
