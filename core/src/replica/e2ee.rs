@@ -31,6 +31,7 @@ use std::collections::BTreeMap;
 use super::tx::{stage_envelope, Tx};
 use super::{corrupt, Replica};
 use crate::base::{DeviceKeys, MAX_CITED_HEADS};
+use crate::blob;
 use crate::crypto::megolm::{
     self, ContentKind, Decrypted, Inbound, Outbound, RoomKeyContext, SessionId,
 };
@@ -298,18 +299,23 @@ impl<S: Store> Replica<S> {
         }
         let mut state = state.ok_or_else(|| corrupt(Tree::Outbound, "no session"))?;
         let index = state.session.index();
-        let mut copy = state.session.inbound();
         let mut shares = Vec::new();
         let new_readers: Vec<(AuthorId, DeviceKeys)> = readers
             .iter()
             .filter(|(a, _)| !state.recipients.contains_key(a))
             .map(|(a, k)| (*a, *k))
             .collect();
-        for (author, keys) in &new_readers {
-            if let Some(change) = self.share_change(room, bucket, &mut copy, author, keys, index)? {
-                shares.push(change);
+        if !new_readers.is_empty() {
+            // Exporting the session signs its key: only when shared.
+            let mut copy = state.session.inbound();
+            for (author, keys) in &new_readers {
+                if let Some(change) =
+                    self.share_change(room, bucket, &mut copy, author, keys, index)?
+                {
+                    shares.push(change);
+                }
+                state.recipients.insert(*author, (*keys, index));
             }
-            state.recipients.insert(*author, (*keys, index));
         }
         if stale || !new_readers.is_empty() {
             let k = tables::bucket_prefix(room, bucket);
@@ -345,7 +351,11 @@ impl<S: Store> Replica<S> {
             .outbound
             .get_mut(&(*room, bucket))
             .ok_or_else(|| corrupt(Tree::Outbound, "no session"))?;
-        Ok(state.session.encrypt(kind, id, content))
+        let blob = state.session.encrypt(kind, id, content);
+        if kind == ContentKind::Body {
+            tx.own_bodies.insert(blob::hash(&blob), content.to_vec());
+        }
+        Ok(blob)
     }
 
     /// Stages the pickles of the outbound sessions a transaction used.

@@ -381,6 +381,9 @@ impl<S: Store> Replica<S> {
             // A relay keeps the ciphertext it cannot read, and no body.
             return Ok(());
         }
+        if let Some(text) = tx.own_bodies.get(hash).cloned() {
+            return self.stage_body(tx, room, key, hash, &text);
+        }
         match self.open_content(Some(tx), room, &key.author, &key.id, ContentKind::Body, blob)? {
             Opened::Plain(text)
                 if text.len() <= blob::MAX_BODY_BYTES && std::str::from_utf8(&text).is_ok() =>

@@ -81,6 +81,10 @@ pub(super) struct Tx {
     pub(super) unlocked: BTreeSet<(RoomId, MessageId)>,
     /// Messages found waiting for a room key while rendering.
     pub(super) waits: Vec<super::render::Wait>,
+    /// Bodies this device encrypted in this transaction, by blob hash: its
+    /// own posts and edits render from the text it wrote, not by
+    /// decrypting its own ciphertext again.
+    pub(super) own_bodies: HashMap<BlobHash, Vec<u8>>,
 }
 
 impl Tx {
