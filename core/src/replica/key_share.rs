@@ -19,6 +19,7 @@ use super::tx::Tx;
 use super::{corrupt, Replica};
 use crate::base::DeviceKeys;
 use crate::crypto::megolm::{self, Inbound, RoomKeyContext, SessionId};
+use crate::crypto::olm;
 use crate::doc::{self, DocChange};
 use crate::error::Result;
 use crate::ids::{AuthorId, MessageId, RoomId};
@@ -114,6 +115,10 @@ impl<S: Store> Replica<S> {
         sealed: &[u8],
     ) -> Result<Option<Inbound>> {
         let me = self.author();
+        // The cap before any parsing, as `open_from` applies it.
+        if sealed.len() > olm::MAX_PRE_KEY_MESSAGE_BYTES {
+            return Ok(None);
+        }
         let Ok(message) = vodozemac::olm::PreKeyMessage::from_bytes(sealed) else {
             return Ok(None);
         };
