@@ -67,7 +67,7 @@ pub use clock::{Clock, ManualClock, SystemClock, MAX_HLC_DRIFT_MILLIS};
 pub use doc::{MAX_ATTACHMENTS, MAX_REACTION_BYTES};
 pub use envelope::{
     Delivery, Envelope, Genesis, MAX_BLOBS_PER_ENVELOPE, MAX_DELIVERY_BYTES, MAX_ENVELOPE_BYTES,
-    MAX_UPDATE_BYTES,
+    MAX_UPDATE_BYTES, PARALLEL_VERIFY_MIN,
 };
 pub use error::{DecodeError, EnvelopeError, Error, Result, StoreError, SyncError};
 pub use governance::{

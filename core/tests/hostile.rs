@@ -193,6 +193,33 @@ fn test_tampered_signature_or_body_is_rejected() {
 }
 
 #[test]
+fn test_a_flight_verified_over_the_cores_gives_each_envelope_its_own_verdict() {
+    let mut w = world();
+    let mut flight = Vec::new();
+    for i in 0..3 * concord_core::PARALLEL_VERIFY_MIN {
+        w.clock.advance(1);
+        let sent = w.alice.post(&w.room, Draft::text(format!("message {i}"))).unwrap();
+        flight.push(sent.delivery.envelope.as_bytes().to_vec());
+    }
+    // Forged, truncated and emptied envelopes at the edges of every part.
+    let last = flight.len() - 1;
+    for at in [0, 1, concord_core::PARALLEL_VERIFY_MIN, flight.len() / 2, last] {
+        let signature_at = flight[at].len() - SIGNATURE_LEN;
+        flight[at][signature_at + 3] ^= 0x40;
+    }
+    flight[7].truncate(40);
+    flight[last - 1].clear();
+    let many = Envelope::from_bytes_many(&flight);
+    let one_by_one: Vec<_> = flight.iter().map(|b| Envelope::from_bytes(b)).collect();
+    assert_eq!(many, one_by_one);
+    assert_eq!(many.iter().filter(|r| r.is_err()).count(), 7, "{many:?}");
+    assert_eq!(many[1], Err(EnvelopeError::BadSignature));
+    assert!(matches!(many[7], Err(EnvelopeError::Decode(_))), "{:?}", many[7]);
+    // Small flights are verified in place, with the same verdicts.
+    assert_eq!(Envelope::from_bytes_many(&flight[..3]), one_by_one[..3].to_vec());
+}
+
+#[test]
 fn test_envelope_signed_by_someone_other_than_its_author_is_rejected() {
     let w = world();
     let base = raw(&w.post.delivery.envelope);

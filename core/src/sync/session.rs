@@ -320,11 +320,14 @@ impl SyncSession {
         inbox.blobs.extend(chunk.blobs);
     }
 
-    /// Verifies each delivery on its own; forged ones are counted and dropped.
+    /// Verifies each delivery on its own (a large flight over the cores,
+    /// [`Envelope::from_bytes_many`]); forged ones are counted and dropped.
     fn verify(&mut self, raw: Vec<RawDelivery>) -> Vec<Delivery> {
+        let envelopes: Vec<&[u8]> = raw.iter().map(|d| d.envelope.as_slice()).collect();
+        let verified = Envelope::from_bytes_many(&envelopes);
         let mut out = Vec::with_capacity(raw.len());
-        for d in raw {
-            match Envelope::from_bytes(&d.envelope).and_then(|e| Delivery::new(e, d.blobs)) {
+        for (envelope, d) in verified.into_iter().zip(raw) {
+            match envelope.and_then(|e| Delivery::new(e, d.blobs)) {
                 Ok(d) => out.push(d),
                 Err(_) => self.stats.envelopes_rejected += 1,
             }

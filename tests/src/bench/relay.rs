@@ -1,8 +1,10 @@
 //! `relay-ingest`: a relay storing the sync flights it receives. For each
 //! flight Concord decodes and verifies every envelope (as a sync session
-//! verifies what it receives), makes its row with `StoredEnvelope::of`, and
-//! writes the flight with one `RelayStore::put_envelopes`; the baseline is
-//! the raw store writing the same rows the same way. The sled half is here;
+//! verifies what it receives, `Envelope::from_bytes_many`, over the
+//! cores), makes its row with `StoredEnvelope::of`, and writes the flight
+//! with one `RelayStore::put_envelopes`; the baseline checks the same
+//! signatures the same way with ed25519-dalek alone ([`raw_verify`]) and
+//! has the raw store write the same rows the same way. The sled half is here;
 //! the DynamoDB half (feature `dynamodb`) is in `relay_dynamo.rs`.
 
 use std::collections::BTreeSet;
@@ -168,20 +170,34 @@ impl Ingest {
 /// sync session validates what it receives), check it is for the room,
 /// and make its row.
 pub fn verify_flight(room: RoomId, envelopes: &[Vec<u8>]) -> Result<Vec<StoredEnvelope>> {
-    envelopes
-        .iter()
-        .map(|bytes| {
-            let envelope = Envelope::from_bytes(bytes).context("envelope verifies")?;
+    Envelope::from_bytes_many(envelopes)
+        .into_iter()
+        .map(|envelope| {
+            let envelope = envelope.context("envelope verifies")?;
             ensure!(envelope.room() == room, "an envelope of another room");
             Ok(StoredEnvelope::of(&envelope))
         })
         .collect()
 }
 
-/// The raw baselines' verification in encrypted rooms: each envelope's
-/// Ed25519 signature checked with ed25519-dalek directly (strict, as
-/// Concord checks it), nothing else decoded.
+/// The raw baselines' verification: each envelope's Ed25519 signature
+/// checked with ed25519-dalek directly, nothing else decoded, the flight
+/// split over every core as Concord splits it. Strict verification, as
+/// Concord's: batch verification (`verify_batch`) checks the cofactored
+/// equation and can accept a crafted signature that `verify_strict`
+/// refuses, and replicas that disagree on what is signed would diverge,
+/// so it is no honest substitute.
 pub fn raw_verify(envelopes: &[Vec<u8>]) -> Result<()> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let per = envelopes.len().div_ceil(cores).max(1);
+    std::thread::scope(|scope| {
+        let parts: Vec<_> =
+            envelopes.chunks(per).map(|part| scope.spawn(move || raw_verify_part(part))).collect();
+        parts.into_iter().try_for_each(|p| p.join().map_err(|_| anyhow::anyhow!("panicked"))?)
+    })
+}
+
+fn raw_verify_part(envelopes: &[Vec<u8>]) -> Result<()> {
     let mut signed = Vec::new();
     for bytes in envelopes {
         let author = bytes.get(AUTHOR_AT).context("short envelope")?;
@@ -286,25 +302,18 @@ pub fn report(
         &column(rows, Phase::Ingest.column()),
         &raw,
     );
-    let store_name = "store alone: `put_envelopes` of ready rows";
-    let store_rates = column(rows, Phase::StoreOnly.column());
-    let store = match w.rooms {
-        Rooms::Unencrypted => {
-            Metric::compared(store_name, Unit::EnvelopesPerSecond, &store_rates, &raw)
-        }
-        // The baseline verifies as well: no counterpart of the store alone.
-        Rooms::Encrypted => Metric::alone(store_name, Unit::EnvelopesPerSecond, &store_rates),
-    };
+    // The baseline verifies as well: the store alone has no counterpart.
+    let store = Metric::alone(
+        "store alone: `put_envelopes` of ready rows",
+        Unit::EnvelopesPerSecond,
+        &column(rows, Phase::StoreOnly.column()),
+    );
     let verify = Metric::alone(
         "decode and verify alone, nothing stored",
         Unit::EnvelopesPerSecond,
         &column(rows, Phase::Verify.column()),
     );
     let ratio = ingest.ratio().unwrap_or(0.0);
-    let measured = match store.ratio() {
-        Some(store_ratio) => format!("{ratio:.2}x; the store alone {store_ratio:.2}x"),
-        None => format!("{ratio:.2}x"),
-    };
     Report {
         name,
         workload: w.describe(),
@@ -313,7 +322,7 @@ pub fn report(
         metrics: vec![ingest, store, verify],
         goals: vec![Goal::new(
             format!("relay ingest at least 0.8x {baseline_name}"),
-            measured,
+            format!("{ratio:.2}x"),
             ratio >= 0.8,
         )],
     }
@@ -348,17 +357,18 @@ pub fn encryption_cost(w: &Ingest, clear: &Ingest, verify: &[[f64; 2]]) -> Vec<M
     ]
 }
 
-/// The baseline's description, extended for encrypted rooms by the same
-/// verification.
+/// The baseline's description: its writes, and the same verification.
 pub fn baseline_text(w: &Ingest, raw: &str) -> String {
-    match w.rooms {
-        Rooms::Unencrypted => raw.to_owned(),
-        Rooms::Encrypted => format!(
-            "{raw}; before each flight's writes, every envelope's Ed25519 signature checked \
-             with ed25519-dalek's verify_strict, as the relay checks it (a relay decrypts \
-             nothing, so this is all the cryptography it does)"
-        ),
-    }
+    format!(
+        "{raw}; before each flight's writes, every envelope's Ed25519 signature checked \
+         with ed25519-dalek's verify_strict, the flight split over every core as Concord \
+         splits it{}",
+        match w.rooms {
+            Rooms::Unencrypted => "",
+            Rooms::Encrypted =>
+                " (a relay decrypts nothing, so this is all the cryptography it does)",
+        }
+    )
 }
 
 /// Envelopes in the full and the `--quick` workload.
@@ -439,7 +449,7 @@ fn run_sled_in(ctx: &Ctx, rooms: Rooms) -> Result<Report> {
         name,
         &w,
         &rows,
-        if rooms == Rooms::Encrypted { "raw sled + the same verification" } else { "raw sled" },
+        "raw sled + the same verification",
         baseline_text(
             &w,
             "sled opened as the relay store opens it, its two trees, the same keys \
@@ -462,9 +472,7 @@ async fn raw_sled(
     w: &Ingest,
 ) -> Result<()> {
     for flight in &w.flights {
-        if w.rooms == Rooms::Encrypted {
-            raw_verify(&w.envelopes[flight.clone()])?;
-        }
+        raw_verify(&w.envelopes[flight.clone()])?;
         let rows = &w.rows[flight.clone()];
         let mut index = sled::Batch::default();
         for (room, bucket) in partitions(rows) {
