@@ -203,3 +203,52 @@ fn test_a_new_reader_gets_history_from_its_keys_on_unless_the_room_shares_it() {
     assert_eq!(old.as_deref(), Some("long before B"), "the room shares its history");
     assert_eq!(new.as_deref(), Some("after B joined"));
 }
+
+#[test]
+fn test_a_removed_members_earlier_message_reaches_a_later_reader_through_another_member() {
+    let (clock, mut rs) = replicas(3);
+    let members = vec![(rs[1].author(), Role::Member), (rs[2].author(), Role::Member)];
+    let options = RoomOptions::default().members_only(members);
+    let room = rs[0].create_room_opts("forward", &options).unwrap();
+    let (a, rest) = rs.split_at_mut(1);
+    common::join(&mut rest[0], &mut a[0], &room);
+    let [a, b, c] = &mut rs[..] else { unreachable!() };
+    let b_author = b.author();
+    clock.advance(10);
+    b.post(&room, Draft::text("B, before it left")).unwrap();
+    hand_over(b, a, &room);
+    let _ = announced(a);
+    assert_eq!(bodies(a, &room), vec![Some("B, before it left".to_owned())]);
+
+    // C joins; its keys reach A but never B, and C's request for B's
+    // session reaches A while B is still a member: A leaves it to B.
+    clock.advance(10);
+    common::join(c, a, &room);
+    hand_over(a, c, &room);
+    let requests: Vec<_> = announced(c).into_iter().chain(c.deliveries(&room).unwrap()).collect();
+    let _ = a.apply(&room, requests).unwrap();
+    let early = announced(a);
+    let _ = c.apply(&room, early).unwrap();
+    assert_eq!(bodies(c, &room), vec![None], "B's message waits on C");
+
+    // A removes B. B will never answer; A forwards B's session to C.
+    clock.advance(10);
+    a.govern(&room, Action::Remove { member: b_author }).unwrap();
+    let forwarded = announced(a);
+    assert!(!forwarded.is_empty(), "A forwarded the key once B left");
+    common::spread_governance(a, c, &room);
+    for outcome in c.apply(&room, forwarded.clone()).unwrap() {
+        outcome.unwrap();
+    }
+    hand_over(a, c, &room);
+    let view = c.snapshot(&room).unwrap();
+    assert_eq!(view.messages.len(), 1, "shown once: {view:?}");
+    assert_eq!(view.messages[0].body.as_deref(), Some("B, before it left"));
+    assert_eq!(view.messages[0].author, b_author, "still B's message");
+    assert_eq!(c.waiting_for_keys(&room).unwrap(), 0);
+    // Applying the forward again changes nothing, and A forwards once.
+    let _ = c.apply(&room, forwarded).unwrap();
+    assert_eq!(c.snapshot(&room).unwrap(), view);
+    hand_over(c, a, &room);
+    assert!(announced(a).is_empty(), "nothing forwarded twice");
+}

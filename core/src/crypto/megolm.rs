@@ -266,6 +266,15 @@ pub(crate) fn room_key(context: &RoomKeyContext, exported: &[u8]) -> Vec<u8> {
     out
 }
 
+/// The sender a room key's plaintext names: the owner of its session.
+pub(crate) fn room_key_sender(bytes: &[u8]) -> Result<AuthorId, DecodeError> {
+    let mut r = Reader::new(bytes);
+    check_header(&mut r, ROOM_KEY_MAGIC, "room key")?;
+    let _room: [u8; 32] = r.array("room key room")?;
+    r.u32("room key bucket")?;
+    Ok(AuthorId::from_bytes(r.array("room key sender")?))
+}
+
 /// Reads a room key's plaintext; its context must be `expected`, so a key
 /// meant for another room, bucket, sender or device is refused.
 pub(crate) fn open_room_key(

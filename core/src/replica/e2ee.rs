@@ -254,20 +254,22 @@ impl<S: Store> Replica<S> {
         Ok(Some(OutboundState { session, recipients }))
     }
 
-    /// A room key for `recipient` of session `state` from `index` on, as a
-    /// change of this device's document in `bucket`.
+    /// A room key for `recipient` of session `session` (owned by `owner`:
+    /// this device, or a removed member whose key this device forwards)
+    /// from `index` on, as a change of this device's document in `bucket`.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn share_change(
         &mut self,
         room: &RoomId,
         bucket: u32,
+        owner: &AuthorId,
         session: &mut Inbound,
         recipient: &AuthorId,
         keys: &DeviceKeys,
         index: u32,
     ) -> Result<Option<DocChange>> {
         let Some(exported) = session.export_at(index) else { return Ok(None) };
-        let context =
-            RoomKeyContext { room: *room, bucket, sender: self.author(), recipient: *recipient };
+        let context = RoomKeyContext { room: *room, bucket, sender: *owner, recipient: *recipient };
         let plaintext = megolm::room_key(&context, &exported);
         let sealed = self.device_crypto()?.seal_to(keys, &plaintext)?;
         Ok(Some(DocChange::Share { session: session.id(), recipient: *recipient, sealed }))
@@ -307,10 +309,11 @@ impl<S: Store> Replica<S> {
             .collect();
         if !new_readers.is_empty() {
             // Exporting the session signs its key: only when shared.
+            let me = self.author();
             let mut copy = state.session.inbound();
             for (author, keys) in &new_readers {
                 if let Some(change) =
-                    self.share_change(room, bucket, &mut copy, author, keys, index)?
+                    self.share_change(room, bucket, &me, &mut copy, author, keys, index)?
                 {
                     shares.push(change);
                 }

@@ -9,7 +9,10 @@
 //! whichever is later, unless the room shares history. A request that
 //! arrived before the requester's keys or role is answered once they
 //! arrive (`answer_new_readers`); a device that becomes a reader again, or
-//! publishes new keys, asks again for everything that waits.
+//! publishes new keys, asks again for everything that waits. Once an owner
+//! has left the room it answers nobody, so every member holding its session
+//! forwards the key instead, on the same terms, in a room key that names
+//! the owner as its sender.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -87,25 +90,35 @@ impl<S: Store> Replica<S> {
                 continue;
             }
             let Some(sealed) = self.docs.get(&dk).and_then(|d| d.share(key)) else { continue };
-            let Some(copy) = self.open_room_key(room, bucket, sender, &session, &sealed)? else {
+            let Some((owner, copy)) =
+                self.open_room_key(room, bucket, sender, &session, &sealed)?
+            else {
                 continue;
             };
             let better = match self.inbound(Some(tx), room, &session)? {
-                Some((owner, _, held)) => {
-                    owner == *sender && copy.first_index() < held.first_index()
+                Some((held_owner, _, held)) => {
+                    held_owner == owner && copy.first_index() < held.first_index()
                 }
                 None => true,
             };
             if better {
-                self.stage_inbound(tx, room, sender, bucket, &copy);
+                self.stage_inbound(tx, room, &owner, bucket, &copy);
                 found.push(session);
             }
         }
         Ok(found)
     }
 
-    /// Opens one room key; `None` (and nothing changed) for one that is not
-    /// a valid key of `session` for this device from `sender` in `bucket`.
+    /// Opens one room key that `sender` wrote; `None` (and nothing changed)
+    /// for one that is not a valid key of `session` for this device in
+    /// `bucket`. Returns the session's owner with it: `sender`, or for a
+    /// key `sender` forwards, the owner its plaintext names (a member no
+    /// longer in the room, whose sessions only other members can pass on;
+    /// `answer_key_requests`). A forwarded key is taken only from a current
+    /// reader: it vouches for it by signing its document. It cannot make
+    /// anyone's content say something else: a blob decrypts only with its
+    /// session's true ratchet, and counts only in a message its owner
+    /// signed.
     fn open_room_key(
         &mut self,
         room: &RoomId,
@@ -113,7 +126,7 @@ impl<S: Store> Replica<S> {
         sender: &AuthorId,
         session: &SessionId,
         sealed: &[u8],
-    ) -> Result<Option<Inbound>> {
+    ) -> Result<Option<(AuthorId, Inbound)>> {
         let me = self.author();
         // The cap before any parsing, as `open_from` applies it.
         if sealed.len() > olm::MAX_PRE_KEY_MESSAGE_BYTES {
@@ -125,10 +138,14 @@ impl<S: Store> Replica<S> {
         let identity = message.identity_key().to_bytes();
         let Some(device) = self.device_crypto_if_made()? else { return Ok(None) };
         let Ok(plaintext) = device.open_from(&identity, sealed) else { return Ok(None) };
-        let context = RoomKeyContext { room: *room, bucket, sender: *sender, recipient: me };
+        let Ok(owner) = megolm::room_key_sender(&plaintext) else { return Ok(None) };
+        if owner != *sender && (owner == me || !self.may_read(room, sender)?) {
+            return Ok(None);
+        }
+        let context = RoomKeyContext { room: *room, bucket, sender: owner, recipient: me };
         let Ok(exported) = megolm::open_room_key(&plaintext, &context) else { return Ok(None) };
         let Ok(copy) = Inbound::import(&exported) else { return Ok(None) };
-        Ok((copy.id() == *session).then_some(copy))
+        Ok((copy.id() == *session).then_some((owner, copy)))
     }
 
     /// The messages of `room` waiting for `session`: their bucket and id.
@@ -209,30 +226,32 @@ impl<S: Store> Replica<S> {
         }
         // And requests others made for this device's sessions, which it
         // could not answer while it held no role.
-        self.answer_open_requests(&mut tx, room, None)?;
+        let me = BTreeSet::from([self.author()]);
+        self.answer_open_requests(&mut tx, room, &me, None)?;
         self.finish(tx)
     }
 
-    /// Answers the key requests for this device's sessions in the windowed
-    /// buckets of `room` that it has not answered: those of `only`'s
-    /// documents (devices whose keys or role just arrived, whose earlier
-    /// requests could not be answered then), or of every document.
+    /// Answers the key requests for the sessions of `owners` (this device,
+    /// or members who left, whose keys it forwards) in the windowed buckets
+    /// of `room` that it has not answered: those of `only`'s documents
+    /// (devices whose keys or role just arrived, whose earlier requests
+    /// could not be answered then), or of every document.
     pub(super) fn answer_open_requests(
         &mut self,
         tx: &mut Tx,
         room: &RoomId,
+        owners: &BTreeSet<AuthorId>,
         only: Option<&BTreeSet<AuthorId>>,
     ) -> Result<()> {
         let all = KeyRange::prefix(room.as_bytes());
         let window = self.window_in(tx, room);
-        let me = self.author();
         let mut buckets = BTreeSet::new();
         for (_, v) in self.store.scan(Tree::Inbound, &all, Order::Ascending, usize::MAX)? {
             let owner =
                 v.get(..32).and_then(|o| <[u8; 32]>::try_from(o).ok()).map(AuthorId::from_bytes);
             let bucket = v.get(32..36).and_then(|b| b.try_into().ok()).map(u32::from_be_bytes);
             if let (Some(owner), Some(bucket)) = (owner, bucket) {
-                if owner == me && bucket >= window {
+                if owners.contains(&owner) && bucket >= window {
                     buckets.insert(bucket);
                 }
             }
@@ -258,7 +277,8 @@ impl<S: Store> Replica<S> {
 
     /// Answers what devices that just became readers with keys asked for
     /// before this device could answer them (their request arrived before
-    /// their keys or their role did).
+    /// their keys or their role did), and forwards the keys others asked of
+    /// readers who just left.
     pub(super) fn answer_new_readers(
         &mut self,
         room: &RoomId,
@@ -267,15 +287,26 @@ impl<S: Store> Replica<S> {
         let me = self.author();
         let after = self.governance(room)?.readers_with_keys();
         let new: BTreeSet<AuthorId> = after
-            .into_iter()
+            .iter()
             .filter(|(a, k)| *a != me && !before.contains(&(*a, *k)))
-            .map(|(a, _)| a)
+            .map(|(a, _)| *a)
             .collect();
-        if new.is_empty() || self.e2ee.blind {
+        // Readers who left: their sessions' open requests are forwarded now.
+        let left: BTreeSet<AuthorId> = before
+            .iter()
+            .map(|(a, _)| *a)
+            .filter(|a| *a != me && !after.iter().any(|(b, _)| b == a))
+            .collect();
+        if (new.is_empty() && left.is_empty()) || self.e2ee.blind {
             return Ok(());
         }
         let mut tx = Tx::default();
-        self.answer_open_requests(&mut tx, room, Some(&new))?;
+        if !new.is_empty() {
+            self.answer_open_requests(&mut tx, room, &BTreeSet::from([me]), Some(&new))?;
+        }
+        if !left.is_empty() {
+            self.answer_open_requests(&mut tx, room, &left, None)?;
+        }
         self.finish(tx)
     }
 
@@ -326,31 +357,57 @@ impl<S: Store> Replica<S> {
         let dk = (*room, bucket, *requester);
         for key in keys {
             let Some((session, owner)) = doc::parse_pair_key(key) else { continue };
-            if owner != me {
+            // Another owner's session is forwarded only once that owner
+            // left the room: it answers for itself while it is a reader,
+            // and never again after (a member removed before a newcomer's
+            // keys reached it leaves its earlier messages to the others).
+            let forward = owner != me;
+            if forward && self.may_read(room, &owner)? {
                 continue;
             }
             let Some(asked) = self.docs.get(&dk).and_then(|d| d.request(key)) else { continue };
-            let Some((_, session_bucket, mut copy)) = self.inbound(Some(tx), room, &session)?
+            let Some((held_owner, session_bucket, mut copy)) =
+                self.inbound(Some(tx), room, &session)?
             else {
                 continue;
             };
-            if session_bucket != bucket {
+            if session_bucket != bucket || held_owner != owner {
                 continue;
             }
             let entitled = if shared_history {
                 copy.first_index()
             } else {
-                self.first_index_since(room, bucket, &session, since)?
+                self.first_index_since(room, bucket, &owner, &session, since)?
             };
-            let index = asked.max(entitled);
-            // Already shared from there or earlier: catch-up brings it.
-            let shared = self.shared_index(room, bucket, &session, requester)?;
-            if shared.is_some_and(|s| s <= index) {
-                continue;
+            let mut index = asked.max(entitled);
+            if forward {
+                // What this copy holds, and once per recipient.
+                index = index.max(copy.first_index());
+                let pair = doc::pair_key(&session, requester);
+                let mine = (*room, bucket, me);
+                self.load_doc(tx, mine)?;
+                let queued = tx.own_changes.get(&(*room, bucket)).is_some_and(|c| {
+                    c.iter().any(|x| matches!(x, DocChange::Share { session: s, recipient: r, .. } if *s == session && r == requester))
+                });
+                if queued || self.docs.get(&mine).is_some_and(|d| d.share(&pair).is_some()) {
+                    continue;
+                }
+            } else {
+                // Already shared from there or earlier: catch-up brings it.
+                let shared = self.shared_index(room, bucket, &session, requester)?;
+                if shared.is_some_and(|s| s <= index) {
+                    continue;
+                }
             }
-            if let Some(change) =
-                self.share_change(room, bucket, &mut copy, requester, &recipient_keys, index)?
-            {
+            if let Some(change) = self.share_change(
+                room,
+                bucket,
+                &owner,
+                &mut copy,
+                requester,
+                &recipient_keys,
+                index,
+            )? {
                 tx.own_changes.entry((*room, bucket)).or_default().push(change);
                 self.record_recipient(
                     tx,
@@ -409,22 +466,22 @@ impl<S: Store> Replica<S> {
         Ok(())
     }
 
-    /// The index of this device's first message of `session` in `bucket`
+    /// The index of `owner`'s first message of `session` in `bucket`
     /// stamped at or after `since` (milliseconds): where a new reader's
     /// history begins. Past the last message if there is none.
     fn first_index_since(
         &mut self,
         room: &RoomId,
         bucket: u32,
+        owner: &AuthorId,
         session: &SessionId,
         since: i64,
     ) -> Result<u32> {
-        let me = self.author();
         let mut tx = Tx::default();
-        self.load_doc(&mut tx, (*room, bucket, me))?;
+        self.load_doc(&mut tx, (*room, bucket, *owner))?;
         let mut first = u32::MAX;
         let mut last = 0u32;
-        let posts = self.docs.get(&(*room, bucket, me)).map(|d| d.posts()).unwrap_or_default();
+        let posts = self.docs.get(&(*room, bucket, *owner)).map(|d| d.posts()).unwrap_or_default();
         for (_, post) in posts {
             let Some(blob) = self.read_blob(None, room, &post.body)? else { continue };
             let Ok((sid, index)) = megolm::blob_session(&blob) else { continue };
