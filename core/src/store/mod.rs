@@ -132,7 +132,8 @@ impl WriteBatch {
     pub fn len(&self) -> usize {
         self.writes.len()
     }
-    pub(crate) fn iter(&self) -> impl Iterator<Item = (Tree, &[u8], Option<&[u8]>)> {
+    /// Every write: tree, key, and the value (`None` for a delete).
+    pub fn iter(&self) -> impl Iterator<Item = (Tree, &[u8], Option<&[u8]>)> {
         self.writes.iter().map(|((t, k), v)| (*t, k.as_slice(), v.as_deref()))
     }
     pub(crate) fn into_writes(self) -> impl Iterator<Item = (Tree, Vec<u8>, Option<Vec<u8>>)> {

@@ -4,6 +4,7 @@
 
 mod alloc;
 mod append;
+mod breakdown;
 mod cold_open;
 mod crypto;
 mod disk;
@@ -117,6 +118,11 @@ const RELAY_BENCHES: &[(&str, Bench)] = &[
     ("relay-ingest-dynamodb", relay_dynamo::run),
 ];
 
+/// Diagnostics of the storage format (bytes and writes per message, tree
+/// by tree), run only when named.
+const DIAGNOSTICS: &[(&str, Bench)] =
+    &[("breakdown", breakdown::run), ("breakdown-e2ee", breakdown::run_e2ee)];
+
 /// The benchmarks in end-to-end encrypted rooms, run only when named.
 const E2EE_BENCHES: &[(&str, Bench)] = &[
     ("append-e2ee", append::run_e2ee),
@@ -145,7 +151,8 @@ names: append, page, cold-open, memory, disk, gossip, partition, catchup-net (de
        relay-ingest-sled, relay-ingest-dynamodb (needs --features dynamodb),
        relay-ingest (both relay halves), run only when named;
        append-e2ee, page-e2ee, gossip-e2ee, relay-ingest-sled-e2ee, relay-ingest-dynamodb-e2ee
-       (the same in end-to-end encrypted rooms), or e2ee for all five, run only when named";
+       (the same in end-to-end encrypted rooms), or e2ee for all five, run only when named;
+       breakdown, breakdown-e2ee (bytes and writes per message, tree by tree), only when named";
 
 pub fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
@@ -203,10 +210,9 @@ pub fn main() -> Result<()> {
             );
         }
     }
-    let chosen = BENCHES
-        .iter()
-        .filter(|(name, _)| names.is_empty() || named(name))
-        .chain(RELAY_BENCHES.iter().chain(E2EE_BENCHES).filter(|(name, _)| named(name)));
+    let chosen = BENCHES.iter().filter(|(name, _)| names.is_empty() || named(name)).chain(
+        RELAY_BENCHES.iter().chain(E2EE_BENCHES).chain(DIAGNOSTICS).filter(|(name, _)| named(name)),
+    );
     for (_, bench) in chosen {
         let report = bench(&ctx)?;
         println!("{}", report.markdown(seed, runs));
@@ -216,7 +222,7 @@ pub fn main() -> Result<()> {
 
 /// Every benchmark this build has.
 fn all_benches() -> impl Iterator<Item = &'static (&'static str, Bench)> {
-    BENCHES.iter().chain(RELAY_BENCHES).chain(E2EE_BENCHES)
+    BENCHES.iter().chain(RELAY_BENCHES).chain(E2EE_BENCHES).chain(DIAGNOSTICS)
 }
 
 /// CPU model, core count and memory, from /proc.
