@@ -169,8 +169,11 @@ pub fn check(history: &History) -> Counts {
                 let Some((n, _)) = texts.get(body.as_str()) else { continue };
                 let post = &history.posts[n];
                 // Only an acknowledged post says what its author's
-                // governance held when it was made.
+                // governance held when it was made; one issued before the
+                // removal that lacks the device was made before its invite
+                // reached the author, and is meant for it.
                 let after_removal = post.outcome == Some(Outcome::Acked)
+                    && *n >= history.posts_before_removal
                     && !post.members_before.is_empty()
                     && !post.members_before.contains(&me);
                 if post.author != dev && after_removal {

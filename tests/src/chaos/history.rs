@@ -90,6 +90,9 @@ pub struct History {
     pub invites: Vec<(usize, Outcome)>,
     /// The removal: (device, outcome).
     pub removal: Option<(usize, Outcome)>,
+    /// Posts numbered below this were issued before the removal was.
+    #[serde(default)]
+    pub posts_before_removal: usize,
     /// Operations by kind and outcome.
     pub ops: BTreeMap<String, [u64; 3]>,
     /// Faults injected, by kind.

@@ -140,6 +140,8 @@ impl Runner<'_> {
             }
             Action::Remove { dev } => {
                 let author = self.history.authors[*dev].clone();
+                self.history.posts_before_removal =
+                    self.history.posts.keys().next_back().map_or(0, |n| n + 1);
                 let r = call(self.devices[0].as_ref(), Cmd::Remove { author }, OP_TIMEOUT).await;
                 self.history.count("remove", outcome(&r));
                 self.history.removal = Some((*dev, outcome(&r)));
