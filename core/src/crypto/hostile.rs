@@ -16,6 +16,16 @@ use crate::test_support::test_seed;
 
 const CASES: usize = 10_000;
 
+/// The room-key context these tests seal and open keys in.
+pub(super) fn sample_context() -> RoomKeyContext {
+    RoomKeyContext {
+        room: RoomId::from_bytes([1; 32]),
+        bucket: 7,
+        sender: AuthorId::from_bytes([2; 32]),
+        recipient: AuthorId::from_bytes([3; 32]),
+    }
+}
+
 /// One to eight random edits of `bytes`; never the input unchanged.
 pub(super) fn mutate(rng: &mut ChaCha8Rng, bytes: &[u8]) -> Vec<u8> {
     loop {
@@ -77,12 +87,7 @@ fn test_mutated_room_keys_are_refused_or_unchanged() {
     let exported = out.inbound().export_at(0).unwrap();
     let id = MessageId::from_bytes([4; 16]);
     let blob = out.encrypt(ContentKind::Body, &id, b"what the sender wrote");
-    let context = RoomKeyContext {
-        room: RoomId::from_bytes([1; 32]),
-        bucket: 7,
-        sender: AuthorId::from_bytes([2; 32]),
-        recipient: AuthorId::from_bytes([3; 32]),
-    };
+    let context = sample_context();
     let plain = megolm::room_key(&context, &exported);
     assert_eq!(megolm::open_room_key(&plain, &context).unwrap(), exported);
     for _ in 0..CASES {

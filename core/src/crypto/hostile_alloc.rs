@@ -26,13 +26,13 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use vodozemac::olm::PreKeyMessage;
 
-use super::hostile::mutate;
-use super::megolm::{self, ContentKind, Inbound, Outbound, RoomKeyContext};
+use super::hostile::{mutate, sample_context};
+use super::megolm::{self, ContentKind, Inbound, Outbound};
 use super::olm::{DeviceCrypto, MAX_PRE_KEY_MESSAGE_BYTES};
 use super::rest;
 use crate::base::DecodeError;
 use crate::blob::MAX_WIRE_BLOB_BYTES;
-use crate::ids::{AuthorId, MessageId, RoomId};
+use crate::ids::MessageId;
 use crate::test_support::{largest_allocation, test_seed};
 
 const CASES: usize = 10_000;
@@ -328,12 +328,7 @@ fn test_hostile_room_keys_allocate_at_most_input_plus_headroom() {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let out = Outbound::generate().unwrap();
     let exported = out.inbound().export_at(0).unwrap();
-    let context = RoomKeyContext {
-        room: RoomId::from_bytes([1; 32]),
-        bucket: 7,
-        sender: AuthorId::from_bytes([2; 32]),
-        recipient: AuthorId::from_bytes([3; 32]),
-    };
+    let context = sample_context();
     let plain = megolm::room_key(&context, &exported);
     assert_eq!(
         u16::from_be_bytes([plain[ROOM_KEY_LEN_AT], plain[ROOM_KEY_LEN_AT + 1]]) as usize,
@@ -403,12 +398,7 @@ fn test_hostile_pre_key_messages_allocate_at_most_input_plus_headroom() {
     let mut bob = DeviceCrypto::generate().unwrap();
     let sender = alice.keys().identity;
     // A pre-key message the size of a real share: a room key.
-    let context = RoomKeyContext {
-        room: RoomId::from_bytes([1; 32]),
-        bucket: 7,
-        sender: AuthorId::from_bytes([2; 32]),
-        recipient: AuthorId::from_bytes([3; 32]),
-    };
+    let context = sample_context();
     let exported = Outbound::generate().unwrap().inbound().export_at(0).unwrap();
     let sealed = alice.seal_to(&bob.keys(), &megolm::room_key(&context, &exported)).unwrap();
     // The three keys' lengths and the Olm message's, then within that

@@ -375,12 +375,7 @@ mod tests {
 
     #[test]
     fn test_a_room_key_opens_only_in_its_context() {
-        let context = RoomKeyContext {
-            room: RoomId::from_bytes([1; 32]),
-            bucket: 7,
-            sender: AuthorId::from_bytes([2; 32]),
-            recipient: AuthorId::from_bytes([3; 32]),
-        };
+        let context = crate::crypto::hostile::sample_context();
         let key = room_key(&context, b"exported");
         assert_eq!(open_room_key(&key, &context).unwrap(), b"exported");
         let others = [

@@ -13,18 +13,11 @@ use ed25519_dalek::{Signer, SigningKey};
 /// simulations already span two buckets.
 pub const EPOCH_MILLIS: u64 = 20_000 * concord_core::BUCKET_SPAN_MILLIS - 3 * 3_600_000;
 
-/// The seed a test runs with: `CONCORD_SEED` if set, to replay a failure,
-/// otherwise derived from the test's name. Always printed.
-pub fn test_seed(name: &str) -> u64 {
-    let seed =
-        std::env::var("CONCORD_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-            name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-                (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-            })
-        });
-    println!("{name}: seed {seed} (replay with CONCORD_SEED={seed})");
-    seed
-}
+// The unit tests' seed rule, from the one file both include.
+#[path = "../../src/test_seed.rs"]
+mod seed;
+#[allow(unused_imports)] // not every test binary draws a seed
+pub use seed::test_seed;
 
 /// A replica on a memory store with a seeded key and a shared manual clock.
 pub fn memory_replica(seed: u8, clock: &Arc<ManualClock>) -> Replica<MemoryStore> {

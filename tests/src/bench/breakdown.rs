@@ -20,7 +20,7 @@ use concord_core::{
 };
 
 use super::report::{thousands, Metric, Report, Unit};
-use super::stores::{open_sled, open_store, settle, RawSled, GROUP};
+use super::stores::{join_with_keys, open_sled, open_store, settle, RawSled, GROUP};
 use super::workload::{busy_span, KeyLayout, Workload, START_MILLIS};
 use super::{Ctx, Rooms};
 
@@ -36,8 +36,7 @@ struct Written {
 /// everything on to the store it wraps.
 struct Counting<S> {
     inner: S,
-    written: Arc<Mutex<BTreeMap<&'static str, Written>>>,
-    commits: Arc<Mutex<u64>>,
+    written: Counts,
 }
 
 impl<S: Store> Store for Counting<S> {
@@ -71,7 +70,6 @@ impl<S: Store> Store for Counting<S> {
                     }
                 }
             }
-            *self.commits.lock().unwrap_or_else(|e| e.into_inner()) += 1;
         }
         self.inner.commit(batch)
     }
@@ -94,8 +92,7 @@ fn counted(
     seed: [u8; 32],
 ) -> Result<(Replica<Counting<SledStore>>, Counts)> {
     let written: Counts = Arc::default();
-    let store =
-        Counting { inner: open_store(dir)?, written: written.clone(), commits: Arc::default() };
+    let store = Counting { inner: open_store(dir)?, written: written.clone() };
     Ok((Replica::open_with_seed(store, clock.clone(), seed)?, written))
 }
 
@@ -139,11 +136,7 @@ fn measure(w: &Workload, rooms: Rooms) -> Result<Measured> {
     let (mut a, a_written) = counted(a_dir.path(), &clock, w.device_seed)?;
     let (mut b, b_written) = counted(b_dir.path(), &clock, b_seed)?;
     let room = a.create_room_opts("breakdown", &rooms.options())?;
-    b.join_room(a.genesis(&room)?.as_bytes())?;
-    let changes = a.governance_since(&room, &[])?;
-    b.apply_governance(&room, changes)?.into_iter().try_for_each(|o| o.map(drop))?;
-    let back = b.governance_since(&room, &a.governance_heads(&room)?)?;
-    a.apply_governance(&room, back)?.into_iter().try_for_each(|o| o.map(drop))?;
+    join_with_keys(&mut b, &mut a, &room)?;
     let reset = |c: &Counts| std::mem::take(&mut *c.lock().unwrap_or_else(|e| e.into_inner()));
     reset(&a_written);
     reset(&b_written);

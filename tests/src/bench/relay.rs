@@ -19,6 +19,7 @@ use rand::RngCore;
 
 use super::report::{thousands, Goal, Metric, Report, Unit};
 use super::stats::{column, runs, timed};
+use super::stores::{join_with_keys, take_governance};
 use super::workload::{busy_span, rng, Stream, Workload, START_MILLIS};
 use super::{Ctx, Rooms};
 
@@ -81,27 +82,15 @@ impl Ingest {
         let genesis = replicas[0].genesis(&room)?.as_bytes().to_vec();
         let (host, joiners) = replicas.split_at_mut(1);
         for replica in joiners.iter_mut() {
-            replica.join_room(&genesis)?;
-            if rooms == Rooms::Encrypted {
-                // As a first catch-up each way would: the joiner takes the
-                // room's governance and publishes its device keys, which
-                // the host then holds.
-                let changes = host[0].governance_since(&room, &[])?;
-                replica
-                    .apply_governance(&room, changes)?
-                    .into_iter()
-                    .try_for_each(|o| o.map(drop))?;
-                let back = replica.governance_since(&room, &host[0].governance_heads(&room)?)?;
-                host[0].apply_governance(&room, back)?.into_iter().try_for_each(|o| o.map(drop))?;
+            match rooms {
+                Rooms::Unencrypted => replica.join_room(&genesis).map(drop)?,
+                Rooms::Encrypted => join_with_keys(replica, &mut host[0], &room)?,
             }
         }
         if rooms == Rooms::Encrypted {
+            // Later joiners' keys reach the earlier ones through the host.
             for replica in joiners.iter_mut() {
-                let changes = host[0].governance_since(&room, &replica.governance_heads(&room)?)?;
-                replica
-                    .apply_governance(&room, changes)?
-                    .into_iter()
-                    .try_for_each(|o| o.map(drop))?;
+                take_governance(&host[0], replica, &room)?;
             }
         }
         let mut envelopes = Vec::with_capacity(count);
@@ -328,33 +317,62 @@ pub fn report(
     }
 }
 
-/// What encryption itself costs a relay, for an `-e2ee` report: bytes per
-/// message of the encrypted workload `w` against the same posts in an
-/// unencrypted room (`clear`), and decode-and-verify rates of both, from
-/// `verify` rows of [encrypted, unencrypted] per run.
-pub fn encryption_cost(w: &Ingest, clear: &Ingest, verify: &[[f64; 2]]) -> Vec<Metric> {
-    let per = |bytes: usize, of: &Ingest| vec![bytes as f64 / of.envelopes.len() as f64];
-    vec![
-        Metric::side_by_side(
-            "encryption's cost: envelope bytes per message (baseline column: unencrypted room)",
-            Unit::Bytes,
-            &per(w.bytes(), w),
-            &per(clear.bytes(), clear),
-        ),
-        Metric::side_by_side(
-            "encryption's cost: body blob bytes per message, not ingested here \
+/// What encryption itself costs a relay, for an `-e2ee` report: the same
+/// posts in an unencrypted room, and per run the decode-and-verify rates
+/// of both workloads.
+pub struct EncryptionCost {
+    clear: Ingest,
+    /// Per run: [encrypted, unencrypted] envelopes per second.
+    verify: Vec<[f64; 2]>,
+}
+
+impl EncryptionCost {
+    /// For a run over `w`: `None` unless its room is encrypted.
+    pub fn of(ctx: &Ctx, w: &Ingest) -> Result<Option<Self>> {
+        Ok(match w.rooms {
+            Rooms::Unencrypted => None,
+            Rooms::Encrypted => Some(Self {
+                clear: Ingest::generate(ctx.seed, w.envelopes.len(), Rooms::Unencrypted)?,
+                verify: Vec::new(),
+            }),
+        })
+    }
+
+    /// Records a run: the encrypted workload's measured decode-and-verify
+    /// rate, and the unencrypted one's, measured now.
+    pub fn record(&mut self, encrypted_verify_rate: f64) -> Result<()> {
+        let rate = self.clear.envelopes.len() as f64 / time_verify(&self.clear)?;
+        self.verify.push([encrypted_verify_rate, rate]);
+        Ok(())
+    }
+
+    /// The report's rows: bytes per message of `w` against the unencrypted
+    /// posts, and the two verification rates.
+    pub fn metrics(&self, w: &Ingest) -> Vec<Metric> {
+        let (clear, verify) = (&self.clear, &self.verify);
+        let per = |bytes: usize, of: &Ingest| vec![bytes as f64 / of.envelopes.len() as f64];
+        vec![
+            Metric::side_by_side(
+                "encryption's cost: envelope bytes per message (baseline column: unencrypted room)",
+                Unit::Bytes,
+                &per(w.bytes(), w),
+                &per(clear.bytes(), clear),
+            ),
+            Metric::side_by_side(
+                "encryption's cost: body blob bytes per message, not ingested here \
              (baseline column: unencrypted room)",
-            Unit::Bytes,
-            &per(w.blob_bytes, w),
-            &per(clear.blob_bytes, clear),
-        ),
-        Metric::side_by_side(
-            "encryption's cost: decode and verify (baseline column: unencrypted room)",
-            Unit::EnvelopesPerSecond,
-            &column(verify, 0),
-            &column(verify, 1),
-        ),
-    ]
+                Unit::Bytes,
+                &per(w.blob_bytes, w),
+                &per(clear.blob_bytes, clear),
+            ),
+            Metric::side_by_side(
+                "encryption's cost: decode and verify (baseline column: unencrypted room)",
+                Unit::EnvelopesPerSecond,
+                &column(verify, 0),
+                &column(verify, 1),
+            ),
+        ]
+    }
 }
 
 /// The baseline's description: its writes, and the same verification.
@@ -396,14 +414,10 @@ pub fn run_sled_e2ee(ctx: &Ctx) -> Result<Report> {
 fn run_sled_in(ctx: &Ctx, rooms: Rooms) -> Result<Report> {
     let name = rooms.name("relay-ingest-sled", "relay-ingest-sled-e2ee");
     let w = Ingest::generate(ctx.seed, size(ctx), rooms)?;
-    let clear = match rooms {
-        Rooms::Encrypted => Some(Ingest::generate(ctx.seed, size(ctx), Rooms::Unencrypted)?),
-        Rooms::Unencrypted => None,
-    };
+    let mut cost = EncryptionCost::of(ctx, &w)?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let n = w.envelopes.len() as f64;
     let mut run = 0;
-    let mut verify = Vec::new();
     let rows = runs(name, ctx.runs, || {
         let mut out = [0.0; 4];
         for phase in Phase::order(run) {
@@ -436,11 +450,8 @@ fn run_sled_in(ctx: &Ctx, rooms: Rooms) -> Result<Report> {
             };
             out[phase.column()] = n / secs;
         }
-        if let Some(clear) = &clear {
-            verify.push([
-                out[Phase::Verify.column()],
-                clear.envelopes.len() as f64 / time_verify(clear)?,
-            ]);
+        if let Some(cost) = &mut cost {
+            cost.record(out[Phase::Verify.column()])?;
         }
         run += 1;
         Ok(out)
@@ -457,8 +468,8 @@ fn run_sled_in(ctx: &Ctx, rooms: Rooms) -> Result<Report> {
              the envelope rows, one of its bucket entries, and a flush",
         ),
     );
-    if let Some(clear) = &clear {
-        report.metrics.extend(encryption_cost(&w, clear, &verify));
+    if let Some(cost) = &cost {
+        report.metrics.extend(cost.metrics(&w));
     }
     Ok(report)
 }

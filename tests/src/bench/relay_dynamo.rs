@@ -19,8 +19,8 @@ use concord_node::relay::{DynamoRelayStore, StoredEnvelope};
 use futures::{StreamExt, TryStreamExt};
 
 use super::relay::{
-    baseline_text, encryption_cost, ingest, partitions, raw_verify, report, size, store_only,
-    time_verify, Ingest, Phase,
+    baseline_text, ingest, partitions, raw_verify, report, size, store_only, time_verify,
+    EncryptionCost, Ingest, Phase,
 };
 use super::report::Report;
 use super::stats::runs;
@@ -208,10 +208,7 @@ pub fn run_e2ee(ctx: &Ctx) -> Result<Report> {
 fn run_in(ctx: &Ctx, rooms: Rooms) -> Result<Report> {
     let name = rooms.name("relay-ingest-dynamodb", "relay-ingest-dynamodb-e2ee");
     let w = Ingest::generate(ctx.seed, size(ctx), rooms)?;
-    let clear = match rooms {
-        Rooms::Encrypted => Some(Ingest::generate(ctx.seed, size(ctx), Rooms::Unencrypted)?),
-        Rooms::Unencrypted => None,
-    };
+    let mut cost = EncryptionCost::of(ctx, &w)?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let endpoint = endpoint()?;
     let client = raw_client(&endpoint);
@@ -223,7 +220,6 @@ fn run_in(ctx: &Ctx, rooms: Rooms) -> Result<Report> {
     }
     let n = w.envelopes.len() as f64;
     let mut run = 0;
-    let mut verify = Vec::new();
     let rows = runs(name, ctx.runs, || {
         let mut out = [0.0; 4];
         for phase in Phase::order(run) {
@@ -236,9 +232,8 @@ fn run_in(ctx: &Ctx, rooms: Rooms) -> Result<Report> {
             };
             out[phase.column()] = n / secs;
         }
-        if let Some(clear) = &clear {
-            let rate = clear.envelopes.len() as f64 / time_verify(clear)?;
-            verify.push([out[Phase::Verify.column()], rate]);
+        if let Some(cost) = &mut cost {
+            cost.record(out[Phase::Verify.column()])?;
         }
         run += 1;
         Ok(out)
@@ -260,8 +255,8 @@ fn run_in(ctx: &Ctx, rooms: Rooms) -> Result<Report> {
             ),
         ),
     );
-    if let Some(clear) = &clear {
-        report.metrics.extend(encryption_cost(&w, clear, &verify));
+    if let Some(cost) = &cost {
+        report.metrics.extend(cost.metrics(&w));
     }
     Ok(report)
 }

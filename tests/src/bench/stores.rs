@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Result};
 use concord_core::{
-    Anchor, Cursor, Delivery, Draft, ManualClock, MessageId, Op, Replica, RoomId, SledStore,
+    Anchor, Cursor, Delivery, Draft, ManualClock, MessageId, Op, Replica, RoomId, SledStore, Store,
     MAX_PAGE,
 };
 use sled::IVec;
@@ -118,6 +118,34 @@ impl ConcordRoom {
     pub fn close(self) -> TempDir {
         self.dir
     }
+}
+
+/// `to` takes the governance changes of `room` that `from` holds and it
+/// lacks, as the governance half of a catch-up does.
+pub fn take_governance<S: Store, T: Store>(
+    from: &Replica<S>,
+    to: &mut Replica<T>,
+    room: &RoomId,
+) -> Result<()> {
+    let changes = from.governance_since(room, &to.governance_heads(room)?)?;
+    for outcome in to.apply_governance(room, changes)? {
+        outcome?;
+    }
+    Ok(())
+}
+
+/// `joiner` joins `host`'s room as a first catch-up each way would leave
+/// it: it takes the room's governance and publishes its device keys (in an
+/// encrypted room), which the host then holds, so the host's posts are
+/// encrypted for it.
+pub fn join_with_keys<S: Store, T: Store>(
+    joiner: &mut Replica<S>,
+    host: &mut Replica<T>,
+    room: &RoomId,
+) -> Result<()> {
+    joiner.join_room(host.genesis(room)?.as_bytes())?;
+    take_governance(host, joiner, room)?;
+    take_governance(joiner, host, room)
 }
 
 /// Bytes of a delivery as it travels: the envelope and its blobs.
